@@ -1,0 +1,116 @@
+"""Wire format ``livedenoise/1``: three-frame ZeroMQ messages ``[topic, header, payload]``.
+
+The header is a UTF-8 JSON object (see DESIGN.md); the payload is the array's bytes in
+C order, exactly ``prod(shape) * itemsize`` long. This module builds and checks
+headers and has no ZeroMQ dependency, so any program can reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "PROTOCOL",
+    "TOPICS",
+    "UNITS",
+    "ProtocolError",
+    "decode",
+    "encode_header",
+    "make_header",
+]
+
+PROTOCOL = "livedenoise/1"
+TOPICS = ("raw", "denoised", "truth")
+UNITS = {"raw": "adu", "denoised": "photoelectrons", "truth": "photoelectrons"}
+DTYPES = {"raw": np.dtype("<u2"), "denoised": np.dtype("<f4"), "truth": np.dtype("<f4")}
+REQUIRED = (
+    "protocol", "stream", "frame", "seq", "shape", "dtype", "units", "exposure_ms",
+    "t_acquired", "t_published", "dropped", "camera", "model", "calibration",
+)  # fmt: skip
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow ``livedenoise/1``."""
+
+
+def make_header(
+    stream: str,
+    *,
+    frame: int,
+    seq: int,
+    array: np.ndarray,
+    exposure_ms: float,
+    t_acquired: float,
+    t_published: float,
+    dropped: int,
+    camera: str | None,
+    model: str | None,
+    calibration: str | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The header dict of one message (``extra`` keys are added; subscribers ignore them)."""
+    if stream not in TOPICS:
+        raise ProtocolError(f"stream must be one of {TOPICS}, got {stream!r}")
+    if array.dtype != DTYPES[stream]:
+        raise ProtocolError(f"{stream} payload must be {DTYPES[stream].str}, got {array.dtype.str}")
+    header = {
+        "protocol": PROTOCOL,
+        "stream": stream,
+        "frame": int(frame),
+        "seq": int(seq),
+        "shape": [int(s) for s in array.shape],
+        "dtype": array.dtype.str,
+        "units": UNITS[stream],
+        "exposure_ms": float(exposure_ms),
+        "t_acquired": float(t_acquired),
+        "t_published": float(t_published),
+        "dropped": int(dropped),
+        "camera": camera,
+        "model": model,
+        "calibration": calibration,
+    }
+    header.update(extra)
+    return header
+
+
+def encode_header(header: dict[str, Any]) -> bytes:
+    return json.dumps(header, separators=(",", ":")).encode("utf-8")
+
+
+def decode(frames: list[bytes] | list[Any], *, copy: bool = True) -> tuple[str, dict[str, Any], np.ndarray]:
+    """Check and decode one message; returns ``(topic, header, array)``.
+
+    ``frames`` are the three message parts (``bytes`` or ``zmq.Frame``). With
+    ``copy=False`` the array is a read-only view of the last part's buffer.
+    """
+    if len(frames) != 3:
+        raise ProtocolError(f"a {PROTOCOL} message has 3 frames, got {len(frames)}")
+    topic_b, header_b, payload = frames
+    topic = bytes(getattr(topic_b, "bytes", topic_b)).decode("ascii", "replace")
+    try:
+        header = json.loads(bytes(getattr(header_b, "bytes", header_b)).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"header is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError("header must be a JSON object")
+    missing = [k for k in REQUIRED if k not in header]
+    if missing:
+        raise ProtocolError(f"header lacks {missing}")
+    if header["protocol"] != PROTOCOL:
+        raise ProtocolError(f"protocol is {header['protocol']!r}, expected {PROTOCOL!r}")
+    if header["stream"] != topic:
+        raise ProtocolError(f"header stream {header['stream']!r} differs from topic {topic!r}")
+    dtype = np.dtype(header["dtype"])
+    shape = tuple(int(s) for s in header["shape"])
+    buf = memoryview(getattr(payload, "buffer", payload))
+    expected = math.prod(shape) * dtype.itemsize
+    if buf.nbytes != expected:
+        raise ProtocolError(f"payload is {buf.nbytes} bytes, shape {list(shape)} {dtype.str} needs {expected}")
+    arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
+    if copy:
+        arr = arr.copy()
+    return topic, header, arr
