@@ -104,8 +104,13 @@ def decode(frames: list[bytes] | list[Any], *, copy: bool = True) -> tuple[str, 
         raise ProtocolError(f"protocol is {header['protocol']!r}, expected {PROTOCOL!r}")
     if header["stream"] != topic:
         raise ProtocolError(f"header stream {header['stream']!r} differs from topic {topic!r}")
-    dtype = np.dtype(header["dtype"])
-    shape = tuple(int(s) for s in header["shape"])
+    try:
+        dtype = np.dtype(header["dtype"])
+        shape = tuple(int(s) for s in header["shape"])
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad dtype {header['dtype']!r} or shape {header['shape']!r}: {exc}") from exc
+    if dtype.hasobject or any(s < 0 for s in shape):
+        raise ProtocolError(f"dtype {dtype.str} / shape {list(shape)} cannot describe an array payload")
     buf = memoryview(getattr(payload, "buffer", payload))
     expected = math.prod(shape) * dtype.itemsize
     if buf.nbytes != expected:

@@ -25,3 +25,18 @@ def rng() -> "np.random.Generator":  # noqa: F821
     import numpy as np
 
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(autouse=True)
+def _restore_livedenoise_logger():
+    """`livedenoise.cli.main()` configures the logger, as a program's entry point should.
+
+    Tests call main() in-process, so put the logger back afterwards: otherwise a later
+    test's ``caplog`` would see nothing (propagate=False) or duplicate handlers.
+    """
+    import logging
+
+    log = logging.getLogger("livedenoise")
+    saved = (list(log.handlers), log.level, log.propagate)
+    yield
+    log.handlers[:], log.level, log.propagate = saved[0], saved[1], saved[2]

@@ -8,6 +8,7 @@ standard library at module level; heavy imports happen inside ``run``.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from importlib import import_module
@@ -104,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"livedenoise {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        # A Micro-Manager core that ran a sequence can abort the interpreter at exit
+        # ("FATAL: exception not rethrown") unless it is collected before shutdown.
+        gc.collect()
 
 
 def _is_user_error(exc: BaseException) -> bool:

@@ -1,0 +1,134 @@
+"""ControlServer and client.request over real loopback sockets."""
+
+from __future__ import annotations
+
+import errno
+import json
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+zmq = pytest.importorskip("zmq")
+
+from livedenoise._zmqsec import ClientSecurity, ServerSecurity, create_client_keys  # noqa: E402
+from livedenoise.client import request  # noqa: E402
+from livedenoise.control import ControlServer  # noqa: E402
+
+
+@pytest.fixture
+def server() -> Iterator[ControlServer]:
+    state = {"frames": 0}
+
+    def status(req: dict) -> dict:
+        state["frames"] += 1
+        return {"state": "running", "frames": np.int64(state["frames"]), "fps": np.float32(99.5),
+                "latency_ms": np.array([1.5, 3.0])}  # fmt: skip
+
+    def boom(req: dict) -> dict:
+        raise RuntimeError("camera unplugged")
+
+    srv = ControlServer("tcp://127.0.0.1:*", {"status": status, "boom": boom}).start()
+    yield srv
+    t = time.monotonic()
+    srv.close()
+    assert time.monotonic() - t < 2.0, "close() must return promptly"
+
+
+def _raw(endpoint: str, payload: bytes | list[bytes], timeout_s: float = 5.0) -> dict:
+    """Send raw bytes (possibly not JSON) through a REQ socket; return the decoded reply."""
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.linger = 0
+    try:
+        sock.connect(endpoint)
+        sock.send_multipart(payload if isinstance(payload, list) else [payload])
+        assert sock.poll(int(timeout_s * 1000)), "no reply"
+        return json.loads(sock.recv())
+    finally:
+        sock.close(0)
+
+
+def test_status_like_handler_with_numpy_values(server: ControlServer) -> None:
+    reply = request(server.endpoint, {"cmd": "status"})
+    assert reply == {"ok": True, "state": "running", "frames": 1, "fps": 99.5, "latency_ms": [1.5, 3.0]}
+    assert request(server.endpoint, {"cmd": "status"})["frames"] == 2
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [(b"{not json", "not UTF-8 JSON"), (b"\xff\xfe", "not UTF-8 JSON"), (b"[1, 2]", "must be a JSON object, got list"),
+     (b'"status"', "must be a JSON object, got str"), (b'{"command": "status"}', 'has no "cmd"'),
+     (b'{"cmd": "launch"}', "unknown cmd 'launch'; known commands: boom, help, ping, status"),
+     (b'{"cmd": 3}', "unknown cmd 3"), ([b'{"cmd": "status"}', b"extra"], "one message frame")],
+)  # fmt: skip
+def test_bad_requests_get_an_error_reply_and_the_server_goes_on(server, payload, match) -> None:
+    reply = _raw(server.endpoint, payload)
+    assert reply["ok"] is False and match in reply["error"]
+    assert request(server.endpoint, {"cmd": "status"})["ok"] is True
+
+
+def test_handler_exception_is_an_error_reply(server: ControlServer) -> None:
+    reply = request(server.endpoint, {"cmd": "boom"})
+    assert reply == {"ok": False, "error": "boom failed: RuntimeError: camera unplugged"}
+    assert request(server.endpoint, {"cmd": "ping"}) == {"ok": True, "pong": True}
+    assert server.errors == 1
+
+
+def test_register_while_running_and_bad_handler_results(server: ControlServer) -> None:
+    server.register("stop", lambda req: {"stopping": True, "echo": req.get("why")})
+    server.register("nothing", lambda req: None)
+    server.register("weird", lambda req: 42)
+    server.register("unencodable", lambda req: {"obj": object()})
+    server.register("refuse", lambda req: {"ok": False, "error": "busy; try again"})
+    assert request(server.endpoint, {"cmd": "stop", "why": "test"}) == {"ok": True, "stopping": True, "echo": "test"}
+    assert request(server.endpoint, {"cmd": "nothing"}) == {"ok": True}
+    assert "returned int, expected a dict" in request(server.endpoint, {"cmd": "weird"})["error"]
+    assert "could not be encoded as JSON" in request(server.endpoint, {"cmd": "unencodable"})["error"]
+    assert request(server.endpoint, {"cmd": "refuse"}) == {"ok": False, "error": "busy; try again"}
+    assert "stop" in request(server.endpoint, {"cmd": "help"})["commands"]
+    with pytest.raises(TypeError, match="must be callable"):
+        server.register("x", "not a function")  # type: ignore[arg-type]
+
+
+def test_port_in_use_names_the_endpoint(server: ControlServer) -> None:
+    with pytest.raises(OSError, match="already in use") as info:
+        ControlServer(server.endpoint)
+    assert info.value.errno == errno.EADDRINUSE
+    assert server.endpoint in str(info.value) and "--control" in str(info.value)
+
+
+def test_request_times_out_with_a_hint() -> None:
+    srv = ControlServer("tcp://127.0.0.1:*")  # bound but never started: nobody answers
+    try:
+        t = time.monotonic()
+        with pytest.raises(TimeoutError, match="no livedenoise daemon answered at tcp://127.0.0.1:.* within 0.3 s"):
+            request(srv.endpoint, {"cmd": "status"}, timeout_s=0.3)
+        assert time.monotonic() - t < 2.0
+    finally:
+        srv.close()
+
+
+def test_request_rejects_a_bad_payload() -> None:
+    with pytest.raises(ValueError, match="must be a dict"):
+        request("tcp://127.0.0.1:1", ["status"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not JSON-serialisable"):
+        request("tcp://127.0.0.1:1", {"cmd": object()})
+
+
+def test_curve_control_socket(tmp_path) -> None:
+    keys = tmp_path / "keys"
+    _, secret = create_client_keys(tmp_path / "me", "me", authorize_in=keys)
+    _, stranger = create_client_keys(tmp_path / "them", "them")
+    srv = ControlServer("tcp://127.0.0.1:*", {"status": lambda r: {"state": "idle"}}, security=ServerSecurity(keys))
+    srv.start()
+    try:
+        good = ClientSecurity(secret, keys / "server.key")
+        assert request(srv.endpoint, {"cmd": "status"}, security=good) == {"ok": True, "state": "idle"}
+        with pytest.raises(TimeoutError):
+            request(srv.endpoint, {"cmd": "status"}, timeout_s=0.5, security=ClientSecurity(stranger, keys / "server.key"))
+        with pytest.raises(TimeoutError):
+            request(srv.endpoint, {"cmd": "status"}, timeout_s=0.5)
+        assert request(srv.endpoint, {"cmd": "status"}, security=good)["ok"] is True
+    finally:
+        srv.close()
