@@ -74,8 +74,10 @@ class SimShutter(ShutterDevice):
         self._ready = True
 
     def shutdown(self) -> None:
-        with _LIGHT_LOCK:
-            _LIGHT_PATHS.get(self._path, weakref.WeakSet()).discard(self)
+        # No lock and no registry change here: UniMMCore also calls this from a weakref
+        # finalizer when a core is garbage-collected, which can run on a thread that is
+        # inside light_on() holding _LIGHT_LOCK (a deadlock with a plain lock). An unloaded
+        # shutter is ignored by light_on(); the WeakSet forgets it once it is collected.
         self._ready = False
 
     def get_open(self) -> bool:
@@ -102,4 +104,4 @@ def light_on(camera: Any, path: str) -> bool:
     token = _core_token(camera)
     with _LIGHT_LOCK:
         shutters = list(_LIGHT_PATHS.get(path, ()))
-    return all(s._open for s in shutters if _core_token(s) is token)
+    return all(s._open for s in shutters if s._ready and _core_token(s) is token)

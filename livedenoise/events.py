@@ -25,7 +25,9 @@ class PipelineEvents(SignalGroup):
         ``(frame, reason, dropped_total)``: a frame that will not be restored.
         ``reason`` is one of ``"ring-full"`` (drop-oldest overwrote it), ``"camera"``
         (the core's own buffer overflowed: frame numbers skipped), ``"engine-error"``,
-        ``"bad-frame"``.
+        ``"bad-frame"``, ``"not-seen"`` (attached to another program's core, which popped
+        the frame before livedenoise could read it), ``"stopped"`` (the ring closed while
+        the frame waited under the ``block`` policy).
     error : Signal(str, str)
         ``(where, message)``: a fault that was reported and handled.
     stateChanged : Signal(str)

@@ -1,0 +1,310 @@
+"""Benchmark of the live pipeline: each stage and the whole path, at several frame sizes.
+
+The camera is the simulator's ``ReplayCamera`` replaying pre-generated uint16 frames
+through a ``UniMMCore`` (so the simulator's own noise generation is not what is measured,
+but acquisition still goes through the core), paced at ``camera_fps``. The pipeline
+converts to photoelectrons, passes the ring, runs the engine and publishes ``raw`` and
+``denoised`` to one real ZeroMQ subscriber on loopback (a thread of this process).
+
+Reported per run: frames/s acquired, restored and received by the subscriber, drops,
+subscriber gaps, latency p50/p99 per stage and end to end (ms), and the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .calibration import Calibration
+from .config import PipelineConfig
+from .stats import STAGES
+
+__all__ = ["BenchResult", "bench_pipeline", "machine_description", "markdown_table", "run_bench"]
+
+
+@dataclass
+class BenchResult:
+    """One benchmark run (one frame size, one engine)."""
+
+    size: int
+    transport: str
+    topics: list[str]
+    engine: str
+    engine_description: dict[str, Any]
+    camera_fps: float
+    seconds: float
+    acquired: int
+    restored: int
+    received_raw: int
+    received_denoised: int
+    fps_acquired: float
+    fps_restored: float
+    fps_received: float
+    dropped: int
+    drops: dict[str, int]
+    subscriber_gaps: int
+    latency_ms: dict[str, dict[str, float | None]]
+    subscriber_latency_ms: dict[str, float | None] = field(default_factory=dict)
+    dropped_warmup: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def machine_description() -> dict[str, Any]:
+    """CPU model, cores, Python, numpy, pyzmq and torch versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    desc: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        import zmq
+
+        desc["pyzmq"] = zmq.__version__
+        desc["libzmq"] = zmq.zmq_version()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import torch
+
+        desc["torch"] = torch.__version__
+        desc["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:  # pragma: no cover
+        desc["torch"] = None
+    return desc
+
+
+def _frames(size: int, n: int, rng: np.random.Generator, offset_adu: float, gain: float) -> np.ndarray:
+    """``n`` noisy uint16 frames of a smooth scene (~50-500 e- per pixel)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    scene = 50 + 450 * (0.5 + 0.5 * np.sin(6 * xx) * np.cos(5 * yy))
+    stack = np.empty((n, size, size), np.uint16)
+    for i in range(n):
+        e = rng.poisson(scene).astype(np.float32)
+        stack[i] = np.clip(offset_adu + gain * e + rng.normal(0, 1.5, scene.shape), 0, 65535).astype(np.uint16)
+    return stack
+
+
+def _replay_core(stack: np.ndarray, camera_fps: float) -> tuple[Any, Any]:
+    from pymmcore_plus.experimental.unicore import UniMMCore
+
+    from livedenoise.drivers.simcam import ReplayCamera
+
+    core = UniMMCore()
+    cam = ReplayCamera()
+    core.loadPyDevice("Camera", cam)
+    core.initializeDevice("Camera")
+    core.setCameraDevice("Camera")
+    cam.load_frames(stack)
+    core.setProperty("Camera", "IntervalMs", 1000.0 / camera_fps if camera_fps > 0 else 0.0)
+    return core, cam
+
+
+class _SubscriberThread(threading.Thread):
+    """Receives ``raw`` and ``denoised``; counts messages, seq gaps and latency."""
+
+    def __init__(self, endpoint: str, topics: tuple[str, ...] = ("raw", "denoised")) -> None:
+        super().__init__(name="bench-subscriber", daemon=True)
+        from .subscriber import Subscriber
+
+        self.sub = Subscriber(endpoint, topics=topics, rcvhwm=100)
+        self.stop = threading.Event()
+        self.counts = dict.fromkeys(("raw", "denoised"), 0)
+        self.gaps = 0
+        self._next_seq: dict[str, int] = {}
+        self.latency = np.zeros(100_000, np.float64)
+        self.n_latency = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            msg = self.sub.recv(timeout_s=0.1)
+            if msg is None:
+                continue
+            h = msg.header
+            seq = h["seq"]
+            expected = self._next_seq.get(msg.topic)
+            if expected is not None and seq != expected:
+                self.gaps += seq - expected
+            self._next_seq[msg.topic] = seq + 1
+            self.counts[msg.topic] += 1
+            if msg.topic == "denoised" and self.n_latency < self.latency.size:
+                self.latency[self.n_latency] = time.time() - h["t_acquired"]
+                self.n_latency += 1
+        self.sub.close()
+
+    def latency_ms(self) -> dict[str, float | None]:
+        if self.n_latency == 0:
+            return {"p50": None, "p99": None}
+        p50, p99 = np.percentile(self.latency[: self.n_latency], (50, 99)) * 1e3
+        return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
+
+
+def bench_pipeline(
+    size: int,
+    engine: Any,
+    *,
+    seconds: float = 5.0,
+    warmup_s: float = 1.0,
+    camera_fps: float = 100.0,
+    ring_slots: int = 16,
+    pool_frames: int = 8,
+    seed: int = 0,
+    endpoint: str = "tcp://127.0.0.1:*",
+    topics: tuple[str, ...] = ("raw", "denoised"),
+) -> BenchResult:
+    """Run the whole pipeline for ``seconds`` on ``size``² replayed frames with ``engine``.
+
+    ``endpoint`` is where the publisher binds (loopback tcp by default; ``ipc://...`` is
+    the other local transport); ``topics`` are what the one subscriber receives.
+    """
+    from .daemon import Pipeline
+    from .publisher import Publisher
+    from .sources import CoreSource
+
+    rng = np.random.default_rng(seed)
+    offset, gain = 100.0, 2.0
+    stack = _frames(size, pool_frames, rng, offset, gain)
+    core, _cam = _replay_core(stack, camera_fps)
+    cal = Calibration(
+        rng.normal(offset, 2.0, (size, size)).astype(np.float32),
+        rng.normal(gain, 0.05, (size, size)).astype(np.float32),
+        np.full((size, size), 2.0, np.float32),
+        meta={"source": "bench", "camera": "Camera"},
+    )
+    publisher = Publisher(endpoint, sndhwm=100)
+    sub = _SubscriberThread(publisher.endpoint, topics)
+    sub.start()
+    deadline = time.monotonic() + 5.0
+    while not all(publisher.has_subscribers(t) for t in topics):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the benchmark subscriber did not connect within 5 s")
+        time.sleep(0.01)
+    config = PipelineConfig(ring_slots=ring_slots, pub_endpoint=publisher.endpoint, control_endpoint="inproc://bench")
+    pipe = Pipeline(CoreSource(core), engine, publisher, cal, config)
+    try:
+        pipe.start()
+        time.sleep(warmup_s)
+        dropped_warmup = pipe.stats.dropped_total
+        pipe.stats.reset()  # measure after the warm-up
+        counts0 = dict(sub.counts)
+        sub.n_latency = 0
+        t0 = time.perf_counter()
+        if pipe.wait(seconds):
+            raise RuntimeError(f"the pipeline stopped during the benchmark: {pipe.failure}")
+        elapsed = time.perf_counter() - t0
+        status = pipe.status()
+        counts1 = dict(sub.counts)
+        gaps = sub.gaps
+    finally:
+        pipe.stop()
+        sub.stop.set()
+        sub.join(5.0)
+        publisher.close()
+        try:
+            core.unloadAllDevices()
+        except Exception:
+            pass
+    received = counts1["denoised"] - counts0["denoised"]
+    return BenchResult(
+        size=size,
+        transport=publisher.endpoint.split(":", 1)[0],
+        topics=list(topics),
+        engine=getattr(engine, "name", type(engine).__name__),
+        engine_description=engine.describe(),
+        camera_fps=camera_fps,
+        seconds=round(elapsed, 3),
+        acquired=status["frames"]["acquired"],
+        restored=status["frames"]["restored"],
+        received_raw=counts1["raw"] - counts0["raw"],
+        received_denoised=received,
+        fps_acquired=round(status["frames"]["acquired"] / elapsed, 2),
+        fps_restored=round(status["frames"]["restored"] / elapsed, 2),
+        fps_received=round(received / elapsed, 2),
+        dropped=status["dropped"],
+        drops=status["drops"],
+        subscriber_gaps=gaps,
+        dropped_warmup=dropped_warmup,
+        latency_ms=status["latency_ms"],
+        subscriber_latency_ms=sub.latency_ms(),
+    )
+
+
+def run_bench(
+    sizes: tuple[int, ...] = (512, 2048),
+    engines: tuple[str, ...] = ("passthrough",),
+    *,
+    model: str | None = None,
+    seconds: float = 5.0,
+    camera_fps: float = 100.0,
+    ring_slots: int = 16,
+    endpoint: str = "tcp://127.0.0.1:*",
+    topics: tuple[str, ...] = ("raw", "denoised"),
+    progress: Any = None,
+) -> dict[str, Any]:
+    """Benchmark every (engine, size); returns ``{"machine": ..., "results": [...]}``."""
+    from .engines import make_engine
+
+    results = []
+    for kind in engines:
+        for size in sizes:
+            engine = make_engine(kind, model=None if kind == "passthrough" else model)
+            if progress is not None:
+                progress(f"bench: {kind} at {size}x{size}, camera {camera_fps:g} fps, {seconds:g} s ...")
+            try:
+                res = bench_pipeline(
+                    size, engine, seconds=seconds, camera_fps=camera_fps, ring_slots=ring_slots,
+                    endpoint=endpoint, topics=topics,
+                )  # fmt: skip
+            finally:
+                engine.close()
+            results.append(res.as_dict())
+    return {"machine": machine_description(), "results": results}
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The report as Markdown: one row per run, then the machine."""
+    head = ["size", "engine", "transport", "camera fps", "fps acquired", "fps restored"]
+    head += ["fps received (denoised)", "dropped", "gaps"]
+    head += [f"{s} p50/p99 ms" for s in STAGES]
+    head += ["subscriber latency p50/p99 ms"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+
+    def pair(d: dict[str, Any]) -> str:
+        if d.get("p50") is None:
+            return "-"
+        return f"{d['p50']:.2f} / {d['p99']:.2f}"
+
+    for r in report["results"]:
+        row = [
+            f"{r['size']}²", r["engine"], f"{r['transport']} ({'+'.join(r['topics'])})", f"{r['camera_fps']:g}", f"{r['fps_acquired']:.1f}",
+            f"{r['fps_restored']:.1f}", f"{r['fps_received']:.1f}", str(r["dropped"]), str(r["subscriber_gaps"]),
+        ]  # fmt: skip
+        row += [pair(r["latency_ms"][s]) for s in STAGES]
+        row += [pair(r["subscriber_latency_ms"])]
+        lines.append("| " + " | ".join(row) + " |")
+    m = report["machine"]
+    lines.append("")
+    lines.append(
+        f"Machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['cores']} total), Python {m['python']}, "
+        f"numpy {m['numpy']}, pyzmq {m.get('pyzmq')}, torch {m.get('torch')}, {m['platform']}"
+    )
+    return "\n".join(lines)

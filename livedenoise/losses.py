@@ -1,0 +1,112 @@
+"""Training losses, in photoelectrons.
+
+- :func:`poisson_loss` (default, physics-informed): the Poisson negative log-likelihood
+  of the target counts under the predicted rate, offset by a constant so that it equals
+  the Kullback-Leibler divergence ``KL(Pois(t) || Pois(r*lambda))`` when the target is
+  an expectation. For a target exposure ``r`` times the input's, target counts are
+  ``Poisson(r * lambda)``. Per pixel, an error of one shot-noise standard deviation
+  costs ~1/2 at any photon level, so frames from 1 to 500 e- weigh alike.
+- :func:`mse_loss`, and :func:`mse_ssim_loss` (RLN's own: MSE + -log((1 + SSIM)/2), with
+  the optional 0.1 * MSE(estimate, 0.8 target + 0.2 input) term), both on images scaled
+  by the target's range so that they too compare frames of different photon levels.
+
+``LOSSES`` maps the names used by ``livedenoise train --loss`` to the functions; every
+function takes ``(pred, target, ratio=1.0, **extra)`` with ``(N, 1, H, W)`` tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["LOSSES", "mse_loss", "mse_ssim_loss", "poisson_kl", "poisson_loss", "ssim"]
+
+EPS = 1e-6
+
+
+def poisson_kl(a: torch.Tensor, b: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Element-wise ``KL(Pois(a) || Pois(b)) = a log(a / b) - a + b`` (0 log 0 = 0).
+
+    Negative inputs are clamped to 0; ``eps`` keeps ``log b`` finite at ``b = 0``.
+    """
+    a = torch.clamp(a, min=0.0)
+    b = torch.clamp(b, min=0.0)
+    return torch.xlogy(a, a) - a * torch.log(b + eps) - a + b
+
+
+def _ratio(ratio, like: torch.Tensor) -> torch.Tensor:
+    r = torch.as_tensor(ratio, dtype=like.dtype, device=like.device)
+    if r.dim() == 1:  # one ratio per sample
+        r = r.view(-1, 1, 1, 1)
+    if torch.any(r <= 0):
+        raise ValueError("exposure ratio must be > 0 (target exposure / input exposure)")
+    return r
+
+
+def poisson_loss(pred: torch.Tensor, target: torch.Tensor, ratio=1.0, eps: float = EPS, **_) -> torch.Tensor:
+    """Mean Poisson NLL of ``target`` counts under rate ``ratio * pred`` (+ constant: the Poisson KL).
+
+    ``pred`` is the network's estimate of the expected photoelectrons of the *input*
+    exposure; ``target`` counts (or expectations) were taken with ``ratio`` times that
+    exposure. Well defined for ``target = 0`` and for slightly negative values (both
+    clamped to 0).
+    """
+    rate = _ratio(ratio, pred) * torch.clamp(pred, min=0.0)
+    return poisson_kl(target, rate, eps).mean()
+
+
+def mse_loss(pred: torch.Tensor, target: torch.Tensor, ratio=1.0, **_) -> torch.Tensor:
+    """MSE between ``ratio * pred`` and ``target``, each sample scaled by its target's range."""
+    r = _ratio(ratio, pred)
+    scale = _range(target)
+    return (((r * pred - target) / scale) ** 2).mean()
+
+
+def _range(t: torch.Tensor) -> torch.Tensor:
+    flat = t.flatten(1)
+    rng = flat.max(dim=1).values - flat.min(dim=1).values
+    return torch.clamp(rng, min=1.0).view(-1, 1, 1, 1)
+
+
+def _gauss_window(size: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
+    c = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
+    g = torch.exp(-(c**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).view(1, 1, size, size)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: torch.Tensor | float = 1.0, win: int = 11) -> torch.Tensor:
+    """Mean SSIM of ``(N, 1, H, W)`` images (Gaussian window 11, sigma 1.5; Wang et al. 2004)."""
+    win = min(win, x.shape[-1], x.shape[-2])
+    win = win if win % 2 else win - 1
+    w = _gauss_window(win, 1.5, x)
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    mx, my = F.conv2d(x, w), F.conv2d(y, w)
+    sxx = F.conv2d(x * x, w) - mx * mx
+    syy = F.conv2d(y * y, w) - my * my
+    sxy = F.conv2d(x * y, w) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return s.mean()
+
+
+def mse_ssim_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    ratio=1.0,
+    estimate: torch.Tensor | None = None,
+    input_e: torch.Tensor | None = None,
+    **_,
+) -> torch.Tensor:
+    """RLN's loss: MSE + -log((1 + SSIM) / 2) [+ 0.1 MSE(estimate, 0.8 target + 0.2 input)], range-scaled."""
+    r = _ratio(ratio, pred)
+    scale = _range(target)
+    p, t = r * pred / scale, target / scale
+    loss = ((p - t) ** 2).mean() - torch.log((1 + ssim(p, t, 1.0)) / 2 + EPS)
+    if estimate is not None and input_e is not None:
+        mix = 0.8 * t + 0.2 * (input_e * r) / scale
+        loss = loss + 0.1 * ((r * estimate / scale - mix) ** 2).mean()
+    return loss
+
+
+LOSSES = {"poisson": poisson_loss, "mse": mse_loss, "mse_ssim": mse_ssim_loss}

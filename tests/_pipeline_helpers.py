@@ -1,0 +1,116 @@
+"""Shared helpers of the pipeline tests: small cores, fake cameras, fake engines."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from pymmcore_plus.experimental.unicore import CameraDevice, UniMMCore
+
+from livedenoise.drivers.simcam import load_sim_core
+
+
+def sim_core(size: int = 64, exposure_ms: float = 5.0, seed: int = 0) -> tuple[Any, Any]:
+    """The real simulated camera on a small sensor (fast tests)."""
+    core, cam = load_sim_core(sensor_shape=(size, size), seed=seed)
+    core.setExposure(exposure_ms)
+    return core, cam
+
+
+class FaultyCamera(CameraDevice):
+    """A 16-bit camera whose sequence raises after ``fail_after`` frames (or a chosen dtype)."""
+
+    def __init__(self, shape: tuple[int, int] = (32, 32), dtype: Any = np.uint16, fail_after: int | None = None,
+                 interval_s: float = 0.002) -> None:  # fmt: skip
+        super().__init__()
+        self._shape = shape
+        self._dtype = np.dtype(dtype)
+        self._exposure = 1.0
+        self.fail_after = fail_after
+        self.interval_s = interval_s
+        self.frames = 0
+
+    def get_exposure(self) -> float:
+        return self._exposure
+
+    def set_exposure(self, exposure: float) -> None:
+        self._exposure = float(exposure)
+
+    def shape(self) -> tuple[int, int]:
+        return self._shape
+
+    def dtype(self) -> np.dtype:
+        return self._dtype
+
+    def start_sequence(self, n: int | None, get_buffer: Callable[[Sequence[int], Any], np.ndarray]) -> Iterator[Mapping]:
+        k = 0
+        while n is None or k < n:
+            if self.fail_after is not None and self.frames >= self.fail_after:
+                raise OSError("simulated camera fault: sensor link lost")
+            buf = get_buffer(self._shape, self._dtype)
+            buf[:] = 100 + self.frames % 100
+            self.frames += 1
+            k += 1
+            time.sleep(self.interval_s)
+            yield {"Exposure-ms": self._exposure}
+
+
+def fake_core(**kwargs: Any) -> tuple[Any, FaultyCamera]:
+    core = UniMMCore()
+    cam = FaultyCamera(**kwargs)
+    core.loadPyDevice("Camera", cam)
+    core.initializeDevice("Camera")
+    core.setCameraDevice("Camera")
+    return core, cam
+
+
+class SlowEngine:
+    """Passthrough that takes ``delay_s`` per frame (and may fail on chosen frames)."""
+
+    name = "slow"
+
+    def __init__(self, delay_s: float = 0.02, fail: Callable[[int], bool] | None = None, model_id: str = "slow-1") -> None:
+        self.delay_s = delay_s
+        self.fail = fail
+        self.model_id = model_id
+        self.calls = 0
+        self.prepared: list[tuple[int, int]] = []
+        self.closed = False
+
+    def prepare(self, shape: tuple[int, int]) -> None:
+        self.prepared.append(tuple(shape))
+
+    def restore(self, frame_e: np.ndarray, out: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.fail is not None and self.fail(self.calls):
+            raise RuntimeError(f"injected failure on call {self.calls}")
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        np.maximum(frame_e, 0.0, out=out)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "model": self.model_id}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
+    """Poll ``predicate`` on a condition until true or timeout (returns the last value)."""
+    cond = threading.Condition()
+    deadline = time.monotonic() + timeout_s
+    with cond:
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return predicate()
+            cond.wait(min(0.01, remaining))
+    return True
+
+
+def livedenoise_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("livedenoise-")]

@@ -1,0 +1,144 @@
+"""The demo, serve and bench commands: help texts, real runs, clear refusals."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from livedenoise.cli import main
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("command", ["demo", "serve", "bench"])
+def test_help(command: str, capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert f"livedenoise {command}" in out and "Example" in out
+
+
+def test_demo_runs_for_three_seconds_and_summarises() -> None:
+    pub, control = _free_port(), _free_port()
+    proc = subprocess.run(
+        [sys.executable, "-m", "livedenoise", "demo", "--seconds", "3", "--size", "128",
+         "--pub", f"tcp://127.0.0.1:{pub}", "--control", f"tcp://127.0.0.1:{control}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert f"publishing on tcp://127.0.0.1:{pub}" in out
+    assert out.count("fps acq") >= 2  # live statistics once a second
+    assert "state: stopped" in out and "| end_to_end |" in out
+    assert "PSNR vs truth" in out
+    assert "frames: acquired" in out
+
+
+def test_serve_on_the_simulator_config_uses_its_maps_and_stops(tmp_path: Path, capsys: Any) -> None:
+    from livedenoise.drivers import config_path
+
+    cfg = tmp_path / "small-sim.cfg"  # the shipped config with a small sensor (fast to build)
+    text = config_path("simcam.cfg").read_text()
+    cfg.write_text(text.replace("SensorWidth,2048", "SensorWidth,128").replace("SensorHeight,2048", "SensorHeight,96"))
+    rc = main([
+        "serve", "--config", str(cfg), "--engine", "passthrough", "--seconds", "1.5",
+        "--pub", f"tcp://127.0.0.1:{_free_port()}", "--control", f"tcp://127.0.0.1:{_free_port()}",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "simulated camera: using its true calibration" in out and "state: stopped" in out
+
+
+def _replay_cfg(tmp_path: Path) -> Path:
+    cfg = tmp_path / "replay.cfg"
+    cfg.write_text(
+        "Property,Core,Initialize,0\n"
+        "#py pyDevice,Camera,livedenoise.drivers.simcam,ReplayCamera\n"
+        "Property,Core,Initialize,1\n"
+        "#py Property,Core,Camera,Camera\n"
+    )
+    return cfg
+
+
+def test_serve_refuses_to_guess_a_calibration(tmp_path: Path, capsys: Any) -> None:
+    rc = main(["serve", "--config", str(_replay_cfg(tmp_path)), "--engine", "passthrough"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "no calibration for camera 'Camera'" in err and "--calibration CAL.tif" in err
+    assert "--no-calibration" in err
+
+
+def test_serve_no_calibration_needs_the_nominal_values(tmp_path: Path, capsys: Any) -> None:
+    rc = main(["serve", "--config", str(_replay_cfg(tmp_path)), "--no-calibration"])
+    assert rc == 2
+    assert "nominal_gain_adu_per_e" in capsys.readouterr().err
+
+
+def test_serve_settings_file_errors_name_the_field(tmp_path: Path, capsys: Any) -> None:
+    settings = tmp_path / "pipeline.toml"
+    settings.write_text("[pipeline]\nring_slots = 1\n")
+    rc = main(["serve", "--config", str(_replay_cfg(tmp_path)), "--settings", str(settings)])
+    assert rc == 2
+    assert "ring_slots = 1 is out of range" in capsys.readouterr().err
+
+
+def test_serve_missing_config(tmp_path: Path, capsys: Any) -> None:
+    rc = main(["serve", "--config", str(tmp_path / "nope.cfg"), "--no-calibration",
+               "--nominal-gain-adu-per-e", "2", "--nominal-offset-adu", "100"])  # fmt: skip
+    assert rc == 2 and "nope.cfg does not exist" in capsys.readouterr().err
+
+
+def test_bench_small_run_reports_every_stage(tmp_path: Path, capsys: Any) -> None:
+    out_json = tmp_path / "bench.json"
+    rc = main(["bench", "--size", "64", "--seconds", "0.5", "--camera-fps", "200", "--json", str(out_json)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "| 64² | passthrough | tcp (raw+denoised) | 200 |" in table and "Machine:" in table
+    report = json.loads(out_json.read_text())
+    (r,) = report["results"]
+    assert r["size"] == 64 and r["acquired"] > 20 and r["received_denoised"] > 0
+    # counts start after the warm-up: frames in flight then (at most the 16 ring slots) blur the balance
+    assert abs(r["acquired"] - (r["restored"] + r["dropped"])) <= 16
+    assert set(r["latency_ms"]) == {"acquire", "convert", "queue", "engine", "publish", "end_to_end"}
+    assert report["machine"]["cores"] >= 1
+
+
+def test_bench_rejects_bad_sizes(capsys: Any) -> None:
+    assert main(["bench", "--size", "3"]) == 2
+    assert "--size must be 16 to 8192" in capsys.readouterr().err
+
+
+def test_demo_ctrl_c_stops_cleanly_with_a_summary() -> None:
+    import signal
+
+    pub, control = _free_port(), _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "livedenoise", "demo", "--engine", "passthrough", "--size", "64",
+         "--exposure-ms", "10", "--pub", f"tcp://127.0.0.1:{pub}", "--control", f"tcp://127.0.0.1:{control}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # wait for the first line of live statistics
+            lines.append(line)
+            if "fps acq" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert "stopping (Ctrl-C)" in out and "state: stopped" in out and "dropped: 0" in out

@@ -1,0 +1,180 @@
+"""Daemon jobs: the job manager, and paired acquisition from a running pipeline over the control socket."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from livedenoise.client import request
+from livedenoise.control import ControlServer
+from livedenoise.jobs import JobManager, install_pair_commands
+from livedenoise.pairs import PairDataset
+
+
+@pytest.fixture
+def jobs():
+    jm = JobManager()
+    yield jm
+    jm.close(timeout_s=10)
+
+
+def test_job_states(jobs):
+    gate = threading.Event()
+
+    def blocked(ctx, n):
+        ctx.progress(done=0, total=n)
+        gate.wait(10)
+        ctx.progress(done=n)
+        return {"n": n}
+
+    def broken(ctx):
+        raise ValueError("the camera fell off")
+
+    first = jobs.submit("blocked", blocked, n=3)
+    second = jobs.submit("broken", broken)
+    deadline = time.monotonic() + 5
+    while jobs.job(first)["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert jobs.job(first)["state"] == "running" and jobs.job(first)["progress"] == {"done": 0, "total": 3}
+    assert jobs.job(second)["state"] == "queued"  # one worker: jobs run one at a time
+    gate.set()
+    done = jobs.wait(first, timeout_s=5)
+    assert done["state"] == "done" and done["result"] == {"n": 3} and done["error"] is None
+    failed = jobs.wait(second, timeout_s=5)
+    assert failed["state"] == "failed" and failed["error"] == "the camera fell off"
+    with pytest.raises(KeyError, match="no job 'job-99'"):
+        jobs.job("job-99")
+
+
+def test_close_fails_running_and_queued_jobs():
+    jm = JobManager()
+
+    def until_cancelled(ctx):
+        if not ctx.cancel.wait(10):
+            return {"finished": True}
+        raise RuntimeError("the daemon stopped")
+
+    a = jm.submit("wait", until_cancelled)
+    b = jm.submit("wait", until_cancelled)
+    deadline = time.monotonic() + 5
+    while jm.job(a)["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    jm.close(timeout_s=5)
+    assert jm.job(a)["state"] == "failed" and "daemon stopped" in jm.job(a)["error"]
+    assert jm.job(b)["state"] == "failed" and jm.job(b)["error"]
+    with pytest.raises(RuntimeError, match="closed"):
+        jm.submit("late", until_cancelled)
+
+
+# -- through the control socket, with the real pipeline on the simulated camera -------------
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    from livedenoise.daemon import Pipeline
+    from livedenoise.drivers.simcam import load_sim_core
+    from livedenoise.engines import PassthroughEngine
+    from livedenoise.publisher import Publisher
+    from livedenoise.sources import CoreSource
+
+    core, camera = load_sim_core(sensor_shape=(64, 64), seed=5)
+    core.setProperty("Camera", "Motion", 0.0)
+    core.setExposure(10.0)
+    publisher = Publisher("tcp://127.0.0.1:*")
+    pipe = Pipeline(CoreSource(core), PassthroughEngine(), publisher, camera.true_calibration())
+    frames = []
+    pipe.events.frameAcquired.connect(lambda frame, t: frames.append(frame))
+    server = ControlServer("tcp://127.0.0.1:*", handlers=pipe.handlers())
+    jm = JobManager()
+    install_pair_commands(server, pipe, core, jm)
+    server.start()
+    pipe.start()
+    yield pipe, server, jm, core, frames
+    jm.close(timeout_s=10)
+    server.close()
+    pipe.close()
+
+
+def _wait_job(endpoint, job_id, states=("done", "failed"), timeout_s=30.0):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = request(endpoint, {"cmd": "job", "id": job_id})
+        assert reply["ok"], reply
+        if reply["state"] in states or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.05)
+
+
+def _wait_frames(frames, more_than, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while len(frames) <= more_than and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return len(frames) > more_than
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        ({"short_ms": 5, "long_ms": 50, "pairs": 2}, "missing output"),
+        ({"long_ms": 50, "pairs": 2, "output": "x"}, "missing short_ms"),
+        ({"short_ms": 50, "long_ms": 5, "pairs": 2, "output": "x"}, "must be shorter"),
+        ({"short_ms": "5", "long_ms": 50, "pairs": 2, "output": "x"}, "short_ms must be a number"),
+        ({"short_ms": 5, "long_ms": 50, "pairs": -1, "output": "x"}, "pairs must be >= 1"),
+        ({"short_ms": 5, "long_ms": 50, "pairs": 2, "output": "x", "speed": 3}, "unknown argument"),
+        ({"short_ms": 5, "long_ms": 50, "pairs": 2, "output": "/nonexistent/dir/ds"}, "does not exist"),
+    ],
+)
+def test_collect_pairs_bad_requests(daemon, tmp_path, payload, match):
+    pipe, server, jm, core, frames = daemon
+    reply = request(server.endpoint, {"cmd": "collect_pairs", **payload})
+    assert reply["ok"] is False and match in reply["error"]
+    assert jm.jobs() == []  # nothing queued
+    assert request(server.endpoint, {"cmd": "status"})["state"] == "running"  # the daemon keeps running
+    bad = request(server.endpoint, {"cmd": "job", "id": "job-7"})
+    assert bad["ok"] is False and "no job" in bad["error"]
+
+
+def test_collect_pairs_job_pauses_and_resumes_stream(daemon, tmp_path):
+    pipe, server, jm, core, frames = daemon
+    assert _wait_frames(frames, 3)
+    out = tmp_path / "ds"
+    t0 = time.monotonic()
+    reply = request(server.endpoint, {"cmd": "collect_pairs", "short_ms": 5, "long_ms": 40, "pairs": 3,
+                                      "output": str(out)})  # fmt: skip
+    assert reply["ok"] and reply["id"].startswith("job-") and time.monotonic() - t0 < 1.0  # answered at once
+    final = _wait_job(server.endpoint, reply["id"])
+    assert final["state"] == "done", final
+    assert final["result"]["pairs_written"] == 3 and final["progress"]["pairs_done"] == 3
+    assert len(PairDataset(out)) == 3
+    assert core.getExposure() == 10.0  # the stream's exposure is back
+    n = len(frames)
+    assert _wait_frames(frames, n + 3)  # the stream resumed
+    assert request(server.endpoint, {"cmd": "status"})["state"] == "running"
+    # ...and a subscriber sees it: raw frames at the stream's exposure, after the job
+    from livedenoise.subscriber import Subscriber
+
+    with Subscriber(pipe.publisher.endpoint, topics=("raw",)) as sub:
+        msgs = [m for m in (sub.recv(timeout_s=5.0) for _ in range(3)) if m is not None]
+    assert len(msgs) == 3 and all(m.header["exposure_ms"] == 10.0 for m in msgs)
+    assert msgs[0].header["t_acquired"] > final["t_finished"]
+
+
+def test_daemon_stopped_mid_job(daemon, tmp_path):
+    pipe, server, jm, core, frames = daemon
+    out = tmp_path / "ds"
+    reply = request(server.endpoint, {"cmd": "collect_pairs", "short_ms": 10, "long_ms": 100, "pairs": 40,
+                                      "output": str(out)})  # fmt: skip
+    running = _wait_job(server.endpoint, reply["id"], states=("failed", "done"), timeout_s=0.01)
+    deadline = time.monotonic() + 20
+    while (running.get("progress", {}).get("pairs_done", 0) < 1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        running = jm.job(reply["id"])
+    assert running["state"] == "running"
+    assert request(server.endpoint, {"cmd": "stop"})["ok"]  # the daemon is told to stop
+    final = jm.wait(reply["id"], timeout_s=20)
+    assert final["state"] == "failed" and "daemon stopped" in final["error"], final
+    ds = PairDataset(out)  # valid, with the complete pairs only
+    assert 1 <= len(ds) < 40 and ds.stray == []
+    assert not core.mda.is_running()

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from livedenoise.losses import LOSSES, mse_loss, mse_ssim_loss, poisson_kl, poisson_loss, ssim
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        (2.0, 1.0, 2 * math.log(2) - 2 + 1),
+        (1.0, 2.0, math.log(0.5) - 1 + 2),
+        (5.0, 5.0, 0.0),
+        (0.0, 3.0, 3.0),  # 0 log 0 = 0
+        (10.0, 12.5, 10 * math.log(10 / 12.5) - 10 + 12.5),
+    ],
+)
+def test_poisson_kl_closed_form(a, b, expected):
+    got = poisson_kl(torch.tensor([a], dtype=torch.float64), torch.tensor([b], dtype=torch.float64), eps=0.0)
+    assert float(got) == pytest.approx(expected, abs=1e-12)
+
+
+def test_poisson_kl_matches_the_sum_over_counts():
+    # KL(Pois(a) || Pois(b)) computed from the distributions themselves
+    a, b = 3.0, 4.5
+    k = torch.arange(0, 80, dtype=torch.float64)
+    log_pa = k * math.log(a) - a - torch.lgamma(k + 1)
+    log_pb = k * math.log(b) - b - torch.lgamma(k + 1)
+    direct = float((log_pa.exp() * (log_pa - log_pb)).sum())
+    assert float(poisson_kl(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), 0.0)) == (
+        pytest.approx(direct, rel=1e-9)
+    )
+
+
+def test_poisson_loss_is_the_nll_plus_a_constant(rng):
+    t = torch.from_numpy(rng.poisson(7.0, (2, 1, 8, 8)).astype("float64"))
+    offsets = []
+    for scale in (0.5, 1.0, 2.0):
+        pred = torch.full_like(t, 7.0 * scale)
+        nll = F.poisson_nll_loss(pred, t, log_input=False, full=False, eps=1e-6)
+        offsets.append(float(poisson_loss(pred, t) - nll))
+    assert offsets[0] == pytest.approx(offsets[1], abs=1e-9)
+    assert offsets[1] == pytest.approx(offsets[2], abs=1e-9)
+
+
+def test_poisson_loss_with_exposure_ratio():
+    pred = torch.full((1, 1, 4, 4), 3.0, dtype=torch.float64)
+    target = torch.full((1, 1, 4, 4), 12.0, dtype=torch.float64)  # 4x longer exposure of the same rate
+    assert float(poisson_loss(pred, target, ratio=4.0)) == pytest.approx(0.0, abs=1e-5)
+    per_sample = torch.tensor([4.0], dtype=torch.float64)
+    assert float(poisson_loss(pred, target, ratio=per_sample)) == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ValueError, match="ratio"):
+        poisson_loss(pred, target, ratio=0.0)
+
+
+def test_minimum_at_the_expectation_and_gradient_there():
+    t = torch.tensor([[[[0.0, 0.5, 3.0, 250.0]]]], dtype=torch.float64)
+    pred = t.clone().requires_grad_(True)
+    loss = poisson_loss(pred, t)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    # zero-count pixels pull the prediction down (gradient 1/n), the others are at their optimum
+    assert pred.grad[0, 0, 0, 1:].abs().max() < 1e-5
+
+
+def test_zero_targets_and_negative_inputs_are_finite():
+    pred = torch.tensor([[[[-0.2, 0.0, 1.0]]]], requires_grad=True)
+    target = torch.tensor([[[[0.0, -0.1, 0.0]]]])
+    loss = poisson_loss(pred, target)
+    loss.backward()
+    assert torch.isfinite(loss.detach()) and torch.isfinite(pred.grad).all()
+
+
+def test_ssim_and_mse_ssim(rng):
+    x = torch.from_numpy(rng.random((1, 1, 32, 32)).astype("float32"))
+    assert float(ssim(x, x)) == pytest.approx(1.0, abs=1e-5)
+    assert float(ssim(x, torch.roll(x, 3, dims=-1))) < 0.5
+    assert float(mse_ssim_loss(x * 50, x * 50)) == pytest.approx(0.0, abs=1e-4)
+    assert float(mse_ssim_loss(x * 50 + 5, x * 50)) > 0.01
+    assert float(mse_loss(x * 50, x * 50)) == 0.0
+    assert set(LOSSES) == {"poisson", "mse", "mse_ssim"}

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from livedenoise.modelio import (
+    DEFAULT_MODEL,
+    ModelCard,
+    ModelError,
+    list_models,
+    load_model,
+    resolve_model,
+    save_model,
+)
+from livedenoise.nets import build_network
+from livedenoise.synthetic import make_eval_set
+from livedenoise.train import psnr_db
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    net = build_network("rln")
+    card = ModelCard(id="tiny-rln", architecture="rln", task="denoise", training={"loss": "poisson"})
+    card = save_model(net, card, tmp_path / "tiny-rln.pt")
+    return net.eval(), card, tmp_path / "tiny-rln.pt"
+
+
+def test_round_trip(saved):
+    net, card, path = saved
+    loaded, card2 = load_model(path)
+    assert card2.id == "tiny-rln" and card2.units == "photoelectrons"
+    assert card2.parameters == sum(p.numel() for p in net.parameters())
+    assert len(card2.sha256) == 64
+    assert not loaded.training
+    x = torch.rand(1, 1, 24, 30) * 40
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net(x))
+    on_disk = json.loads(path.with_suffix(".json").read_text())
+    assert on_disk["livedenoise_model"] == 1 and "path" not in on_disk
+
+
+def test_found_by_id_through_the_environment(saved, monkeypatch):
+    _, _, path = saved
+    monkeypatch.setenv("LIVEDENOISE_MODELS", str(path.parent))
+    assert resolve_model("tiny-rln") == path
+    assert "tiny-rln" in {c.id for c in list_models()}
+    with pytest.raises(FileNotFoundError, match="tiny-rln"):  # the message lists what is installed
+        resolve_model("no-such-model")
+
+
+def test_corrupt_weights(saved):
+    _, card, path = saved
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="corrupt"):
+        load_model(path)
+    # even without a checksum in the card, unreadable bytes give a clear error
+    path.write_bytes(b"not a torch file")
+    d = json.loads(path.with_suffix(".json").read_text())
+    d["sha256"] = ""
+    path.with_suffix(".json").write_text(json.dumps(d))
+    with pytest.raises(ModelError, match="cannot be read as weights"):
+        load_model(path)
+
+
+def _edit_card(path, **changes):
+    cpath = path.with_suffix(".json")
+    d = json.loads(cpath.read_text())
+    d.update(changes)
+    cpath.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"architecture": "unet3000"}, "this livedenoise runs"),
+        ({"units": "adu"}, "photoelectrons"),
+        ({"task": "segment"}, "task"),
+        ({"livedenoise_model": 7}, "schema version"),
+        ({"architecture": "resunet"}, "do not fit"),  # card says another architecture than the weights
+        ({"arch_params": {"bp_channels": 12}}, "do not fit"),
+    ],
+)
+def test_wrong_card(saved, changes, message):
+    _, _, path = saved
+    _edit_card(path, **changes)
+    with pytest.raises(ModelError, match=message):
+        load_model(path)
+
+
+def test_missing_card_and_file(saved):
+    _, _, path = saved
+    path.with_suffix(".json").unlink()
+    with pytest.raises(ModelError, match="no card"):
+        load_model(path)
+    with pytest.raises(FileNotFoundError):
+        load_model(path.parent / "nothing.pt")
+
+
+def test_save_refuses_an_unwritable_place(tmp_path):
+    with pytest.raises(OSError, match="does not exist"):
+        save_model(build_network("rln"), ModelCard(id="x", architecture="rln"), tmp_path / "nope" / "x.pt")
+    assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- the shipped models
+
+# minimum gain over the raw frame on fresh held-out frames at 20 e- peak (measured at ship time:
+# see the cards' quality.held_out; these margins leave room for frame-to-frame variation)
+SHIPPED_MARGIN_DB = {"rln-denoise-v1": 5.0, "resunet-denoise-v1": 6.0}
+
+
+@pytest.mark.parametrize("model_id", sorted(SHIPPED_MARGIN_DB))
+def test_shipped_model_improves_psnr(model_id):
+    module, card = load_model(model_id)
+    assert card.task == "denoise" and card.training["command"].startswith("livedenoise train")
+    x, t, _ = make_eval_set(3, 96, (20.0, 20.0), seed=31337)
+    with torch.no_grad():
+        y = module(torch.from_numpy(x[:, None]))[:, 0].numpy()
+    gain = np.mean([psnr_db(yi, ti) - psnr_db(xi, ti) for xi, yi, ti in zip(x, y, t)])
+    assert gain >= SHIPPED_MARGIN_DB[model_id], f"{model_id}: only {gain:.2f} dB over the raw frame"
+
+
+def test_default_model_is_the_fast_rln():
+    _, card = load_model(None)
+    assert card.id == DEFAULT_MODEL and card.architecture == "rln"

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from livedenoise.nets import ARCHITECTURES, build_network, count_parameters, fuse_for_inference
+
+SMALL = {"rln": {}, "resunet": {"channels": [8, 16, 16], "mid_blocks": 1}}
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def net(request):
+    torch.manual_seed(0)
+    return build_network(request.param, **SMALL[request.param])
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 33, 47), (2, 1, 16, 16), (1, 1, 9, 70)])
+def test_shapes_and_non_negative_for_odd_sizes(net, shape, rng):
+    x = torch.from_numpy(rng.poisson(8.0, shape).astype("float32")) - 1.5  # small negatives, like read noise
+    with torch.no_grad():
+        y = net.eval()(x)
+    assert y.shape == x.shape
+    assert y.dtype == torch.float32
+    assert torch.isfinite(y).all()
+    assert (y >= 0).all()
+
+
+def test_zero_and_negative_frames_stay_finite(net):
+    with torch.no_grad():
+        for x in (torch.zeros(1, 1, 20, 20), torch.full((1, 1, 20, 20), -5.0)):
+            y = net.eval()(x)
+            assert torch.isfinite(y).all() and (y >= 0).all()
+
+
+def test_gradients_reach_every_parameter(net, rng):
+    x = torch.from_numpy(rng.poisson(20.0, (2, 1, 32, 32)).astype("float32"))
+    net.train()
+    net(x).mean().backward()
+    attention_with_grad = 0
+    for name, p in net.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        if ".fc1." in name or ".fc2.weight" in name:  # channel attention: a ReLU gate may be off for this input
+            attention_with_grad += int(p.grad.abs().sum() > 0)
+            continue
+        assert p.grad.abs().sum() > 0, f"no gradient reaches {name}"
+    if any(".fc1." in n for n, _ in net.named_parameters()):
+        assert attention_with_grad > 0
+
+
+def test_fused_inference_matches_eval(net, rng):
+    x = torch.from_numpy(rng.poisson(30.0, (1, 1, 40, 40)).astype("float32"))
+    net.train()
+    for _ in range(2):  # move the batch-norm running statistics away from their initial values
+        net(x * 2)
+    net.eval()
+    fused = fuse_for_inference(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), net(x), rtol=1e-4, atol=1e-4)
+
+
+def test_default_sizes_match_the_papers():
+    rln = build_network("rln")
+    res = build_network("resunet")
+    assert 4_000 <= count_parameters(rln) <= 20_000
+    assert 1_000_000 <= count_parameters(res) <= 2_000_000
+    assert not any(m.bias is not None for m in rln.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_bad_input_and_names():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_network("unet3000")
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
+        build_network("rln")(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="odd"):
+        build_network("rln", kernel=4)

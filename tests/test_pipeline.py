@@ -1,0 +1,387 @@
+"""The live pipeline end to end: simulated camera in a real UniMMCore -> real ZeroMQ subscriber."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+
+from _pipeline_helpers import SlowEngine, fake_core, livedenoise_threads, sim_core, wait_for
+from livedenoise.calibration import Calibration
+from livedenoise.client import request
+from livedenoise.config import ConfigError, PipelineConfig
+from livedenoise.daemon import Pipeline
+from livedenoise.engines import PassthroughEngine
+from livedenoise.protocol import PROTOCOL
+from livedenoise.publisher import Publisher
+from livedenoise.sources import CoreSource
+from livedenoise.subscriber import Subscriber
+
+
+class Received:
+    """A subscriber thread that keeps every message (header + array copy)."""
+
+    def __init__(self, endpoint: str, topics: tuple[str, ...] = ("raw", "denoised", "truth"), *,
+                 rcvhwm: int = 1000, stall_s: float = 0.0) -> None:  # fmt: skip
+        self.sub = Subscriber(endpoint, topics, rcvhwm=rcvhwm)
+        self.msgs: dict[str, list[tuple[dict[str, Any], np.ndarray]]] = {t: [] for t in topics}
+        self.stall_s = stall_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        if self.stall_s:
+            self._stop.wait(self.stall_s)  # a stalled viewer: reads nothing for a while
+        while not self._stop.is_set():
+            m = self.sub.recv(timeout_s=0.05)
+            if m is not None:
+                self.msgs[m.topic].append((m.header, np.array(m.array)))
+
+    def count(self, topic: str) -> int:
+        return len(self.msgs[topic])
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+        self.sub.close()
+
+
+class Rig:
+    """Pipeline + publisher + subscriber on random loopback ports."""
+
+    def __init__(self, core: Any, engine: Any, calibration: Calibration, *, truth: Any = None,
+                 sub_kwargs: dict[str, Any] | None = None, **config: Any) -> None:  # fmt: skip
+        self.core = core
+        self.pub = Publisher("tcp://127.0.0.1:*", sndhwm=1000)
+        self.config = PipelineConfig(pub_endpoint=self.pub.endpoint, **config)
+        self.rx = Received(self.pub.endpoint, **(sub_kwargs or {}))
+        assert wait_for(lambda: all(self.pub.has_subscribers(t) for t in self.rx.msgs), 5.0)
+        self.drops: list[tuple[int, str, int]] = []
+        self.errors: list[tuple[str, str]] = []
+        self.pipe = Pipeline(CoreSource(core, truth=truth), engine, self.pub, calibration, self.config)
+        self.pipe.events.frameDropped.connect(lambda f, r, n: self.drops.append((f, r, n)))
+        self.pipe.events.error.connect(lambda w, m: self.errors.append((w, m)))
+
+    def __enter__(self) -> Rig:
+        self.pipe.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pipe.close()
+        self.rx.close()
+
+    def settle(self, topic: str, n: int) -> None:
+        """Wait until the subscriber has ``n`` messages of ``topic`` (after a stop)."""
+        assert wait_for(lambda: self.rx.count(topic) >= n, 5.0), (self.rx.count(topic), n)
+
+
+def _roi_cal(cam: Any, roi: list[int] | tuple[int, ...]) -> Calibration:
+    x, y, w, h, b = roi
+    return cam.true_calibration().for_roi(x, y, w, h, b)
+
+
+def _expected_e(raw: np.ndarray, cal: Calibration) -> np.ndarray:
+    return np.maximum((raw.astype(np.float32) - cal.offset_adu) / cal.gain_adu_per_e, 0)
+
+
+def test_frames_are_contiguous_matched_and_follow_the_protocol() -> None:
+    core, cam = sim_core(64, exposure_ms=4.0)
+    core.setROI(8, 4, 48, 32)
+    with Rig(core, PassthroughEngine(), cam.true_calibration(), truth=cam.truth, publish_truth=True) as rig:
+        assert wait_for(lambda: rig.rx.count("denoised") >= 40)
+        rig.pipe.stop()
+        n = rig.pipe.status()["frames"]["restored"]
+        rig.settle("denoised", n)
+        rig.settle("raw", n)
+    cal = _roi_cal(cam, (8, 4, 48, 32, 1))
+    raw = {h["frame"]: (h, a) for h, a in rig.rx.msgs["raw"]}
+    for topic, dtype, units in (("raw", "<u2", "adu"), ("denoised", "<f4", "photoelectrons"),
+                                ("truth", "<f4", "photoelectrons")):  # fmt: skip
+        msgs = rig.rx.msgs[topic]
+        assert [h["seq"] for h, _ in msgs] == list(range(len(msgs))), topic
+        assert [h["frame"] for h, _ in msgs] == list(range(len(msgs))), topic
+        for h, a in msgs:
+            assert h["protocol"] == PROTOCOL and h["stream"] == topic
+            assert h["shape"] == [32, 48] and h["dtype"] == dtype and h["units"] == units
+            assert a.shape == (32, 48) and a.dtype == np.dtype(dtype)
+            assert h["dropped"] == 0 and h["camera"] == "Camera" and h["calibration"] == cal.id
+            assert h["t_acquired"] <= h["t_published"] and h["exposure_ms"] == 4.0
+    assert len(rig.rx.msgs["truth"]) == n
+    for h, den in rig.rx.msgs["denoised"]:
+        twin_h, twin = raw[h["frame"]]  # every denoised frame has its raw twin
+        assert twin_h["t_acquired"] == h["t_acquired"]
+        np.testing.assert_allclose(den, _expected_e(twin, cal), rtol=1e-5, atol=1e-4)
+    assert rig.pipe.status()["dropped"] == 0
+
+
+def test_slow_subscriber_does_not_slow_acquisition() -> None:
+    core, cam = sim_core(256, exposure_ms=10.0)  # 100 frames/s of 384 kB
+    rig = Rig(core, PassthroughEngine(), cam.true_calibration(), sub_kwargs={"rcvhwm": 1, "stall_s": 30.0})
+    with rig:
+        t0 = time.monotonic()
+        assert wait_for(lambda: rig.pipe.status()["frames"]["acquired"] >= 10)
+        n0 = rig.pipe.status()["frames"]["acquired"]
+        time.sleep(1.0)
+        n1 = rig.pipe.status()["frames"]["acquired"]
+        elapsed = time.monotonic() - t0
+    st = rig.pipe.status()
+    # the camera runs at 100 frames/s; a shared 2-core machine may slow the simulator itself
+    assert (n1 - n0) >= 40, f"acquired only {n1 - n0} frames/s with a stalled subscriber"
+    assert st["dropped"] == 0 and st["frames"]["restored"] == st["frames"]["acquired"]
+    assert rig.rx.count("denoised") == 0 and elapsed < 10
+
+
+def test_drop_oldest_counts_every_lost_frame_exactly() -> None:
+    core, cam = sim_core(64, exposure_ms=4.0)  # 250 frames/s into a 20 frames/s engine
+    engine = SlowEngine(delay_s=0.05)
+    with Rig(core, engine, cam.true_calibration(), ring_slots=4, ring_policy="drop-oldest") as rig:
+        assert wait_for(lambda: rig.pipe.status()["drops"].get("ring-full", 0) >= 20)
+        rig.pipe.stop()
+        st = rig.pipe.status()
+        rig.settle("denoised", st["frames"]["restored"])
+    acquired, restored = st["frames"]["acquired"], st["frames"]["restored"]
+    ring_drops = st["drops"]["ring-full"]
+    assert set(st["drops"]) == {"ring-full"}
+    assert restored + ring_drops == acquired
+    assert st["ring"]["dropped"] == ring_drops and len(rig.drops) == ring_drops
+    assert [n for _, _, n in rig.drops] == list(range(1, ring_drops + 1))
+    published = [h["frame"] for h, _ in rig.rx.msgs["denoised"]]
+    dropped = [f for f, _, _ in rig.drops]
+    assert sorted(published + dropped) == list(range(acquired))  # every frame accounted once
+    headers = [h["dropped"] for h, _ in rig.rx.msgs["denoised"]]
+    assert headers == sorted(headers) and headers[-1] <= ring_drops
+    assert [h["seq"] for h, _ in rig.rx.msgs["denoised"]] == list(range(restored))
+
+
+def test_block_policy_loses_nothing() -> None:
+    core, cam = sim_core(64, exposure_ms=2.0)
+    engine = SlowEngine(delay_s=0.01)
+    with Rig(core, engine, cam.true_calibration(), ring_slots=2, ring_policy="block") as rig:
+        assert wait_for(lambda: rig.rx.count("denoised") >= 40)
+        rig.pipe.stop()
+        st = rig.pipe.status()
+        rig.settle("denoised", st["frames"]["restored"])
+    assert st["dropped"] == 0 and st["drops"] == {}
+    assert st["frames"]["restored"] == st["frames"]["acquired"]
+    frames = [h["frame"] for h, _ in rig.rx.msgs["denoised"]]
+    assert frames == list(range(st["frames"]["acquired"]))
+
+
+def test_roi_and_binning_change_mid_stream_recrop_and_continue() -> None:
+    core, cam = sim_core(64, exposure_ms=3.0)
+    with Rig(core, PassthroughEngine(), cam.true_calibration()) as rig:
+        assert wait_for(lambda: rig.rx.count("denoised") >= 5)
+        core.setROI(8, 16, 32, 24)
+        assert wait_for(lambda: rig.rx.msgs["denoised"][-1][0]["shape"] == [24, 32])
+        roi_after_crop = rig.pipe.status()["roi"]
+        core.setProperty("Camera", "Binning", 2)
+        assert wait_for(lambda: rig.pipe.status()["roi"][4] == 2)
+        assert wait_for(lambda: rig.rx.msgs["denoised"][-1][0]["calibration"] is not None)
+        roi_binned = rig.pipe.status()["roi"]
+        n = rig.rx.count("denoised") + 3
+        assert wait_for(lambda: rig.rx.count("denoised") >= n)
+        rig.pipe.stop()
+        st = rig.pipe.status()
+        rig.settle("raw", st["frames"]["acquired"])
+    assert roi_after_crop == [8, 16, 32, 24, 1]
+    assert st["state"] == "stopped" and st["dropped"] == 0
+    raw = {h["frame"]: a for h, a in rig.rx.msgs["raw"]}
+    cal_crop, cal_bin = _roi_cal(cam, roi_after_crop), _roi_cal(cam, roi_binned)
+    seen = set()
+    for h, den in rig.rx.msgs["denoised"]:
+        cal = {cal_crop.shape: cal_crop, cal_bin.shape: cal_bin}.get(den.shape)
+        if cal is None:
+            continue
+        seen.add(den.shape)
+        assert h["calibration"] == cal.id
+        np.testing.assert_allclose(den, _expected_e(raw[h["frame"]], cal), rtol=1e-5, atol=1e-3)
+    assert seen == {cal_crop.shape, cal_bin.shape}
+    assert [h["frame"] for h, _ in rig.rx.msgs["denoised"]] == list(range(st["frames"]["acquired"]))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_camera_error_mid_acquisition_stops_cleanly() -> None:
+    core, _ = fake_core(fail_after=15)
+    cal = Calibration.uniform((32, 32), offset_adu=100, gain_adu_per_e=2.0)
+    with Rig(core, PassthroughEngine(), cal) as rig:
+        assert rig.pipe.wait(10.0)
+        rig.pipe.stop()
+        rig.settle("denoised", 15)
+    st = rig.pipe.status()
+    assert st["state"] == "failed" and "stopped acquiring by itself after 15 frames" in st["failure"]
+    assert st["frames"]["acquired"] == st["frames"]["restored"] == 15  # nothing acquired was lost
+    assert [w for w, _ in rig.errors] == ["acquisition"]
+    assert livedenoise_threads() == []
+
+
+def test_engine_errors_are_counted_and_repeated_failures_stop() -> None:
+    core, cam = sim_core(64, exposure_ms=3.0)
+    flaky = SlowEngine(delay_s=0.0, fail=lambda call: call % 4 == 0)
+    with Rig(core, flaky, cam.true_calibration()) as rig:
+        assert wait_for(lambda: rig.pipe.status()["frames"]["restored"] >= 20)
+        rig.pipe.stop()
+        st = rig.pipe.status()
+        rig.settle("raw", st["frames"]["acquired"])
+    assert st["state"] == "stopped"
+    assert st["drops"] == {"engine-error": flaky.calls // 4}
+    assert st["frames"]["restored"] + st["dropped"] == st["frames"]["acquired"]
+    assert rig.rx.count("raw") == st["frames"]["acquired"]  # raw frames still published
+    assert all(w == "engine" for w, _ in rig.errors) and len(rig.errors) == st["dropped"]
+
+    core2, cam2 = sim_core(64, exposure_ms=3.0)
+    broken = SlowEngine(delay_s=0.0, fail=lambda call: True)
+    with Rig(core2, broken, cam2.true_calibration(), max_engine_failures=3) as rig2:
+        assert rig2.pipe.wait(10.0)
+    st2 = rig2.pipe.status()
+    assert st2["state"] == "failed" and "3 consecutive frames failed" in st2["failure"]
+    assert livedenoise_threads() == []
+
+
+def test_control_socket_status_model_swap_and_stop() -> None:
+    core, cam = sim_core(64, exposure_ms=3.0)
+    first = SlowEngine(delay_s=0.0, model_id="first")
+    with Rig(core, first, cam.true_calibration()) as rig:
+        server = rig.pipe.serve_control("tcp://127.0.0.1:*")
+        assert wait_for(lambda: rig.rx.count("denoised") >= 3)
+        reply = request(server.endpoint, {"cmd": "status"})
+        assert reply["ok"] and reply["state"] == "running" and reply["model"] == "first"
+        assert reply["frames"]["acquired"] >= 3 and reply["endpoints"]["pub"] == rig.pub.endpoint
+        assert reply["endpoints"]["control"] == server.endpoint
+        assert set(reply["latency_ms"]) >= {"acquire", "convert", "queue", "engine", "publish", "end_to_end"}
+        assert reply["latency_ms"]["end_to_end"]["p50"] > 0
+        bad = request(server.endpoint, {"cmd": "set_model", "model": 5})
+        assert not bad["ok"] and "model" in bad["error"]
+        unknown = request(server.endpoint, {"cmd": "set_model", "model": "no-such-model"})
+        assert not unknown["ok"] and "no-such-model" in unknown["error"]
+        assert request(server.endpoint, {"cmd": "status"})["state"] == "running"  # still running
+        second = SlowEngine(delay_s=0.0, model_id="second")
+        rig.pipe.set_engine(second)  # hot swap between frames
+        assert wait_for(lambda: rig.rx.msgs["denoised"][-1][0]["model"] == "second")
+        assert first.closed and second.prepared == [(64, 64)]
+        assert request(server.endpoint, {"cmd": "stop"})["ok"]
+        assert rig.pipe.wait(5.0)
+    models = [h["model"] for h, _ in rig.rx.msgs["denoised"]]
+    k = models.index("second")
+    assert set(models[:k]) == {"first"} and set(models[k:]) == {"second"}
+    assert livedenoise_threads() == []
+
+
+def test_pause_resume_with_roi_change_keeps_numbering() -> None:
+    core, cam = sim_core(64, exposure_ms=3.0)
+    with Rig(core, PassthroughEngine(), cam.true_calibration()) as rig:
+        assert wait_for(lambda: rig.rx.count("denoised") >= 3)
+        rig.pipe.pause()
+        assert rig.pipe.status()["state"] == "paused" and not core.isSequenceRunning()
+        core.setROI(16, 16, 16, 32)
+        rig.pipe.resume()
+        assert wait_for(lambda: rig.rx.msgs["denoised"][-1][0]["shape"] == [32, 16])
+        rig.pipe.stop()
+        st = rig.pipe.status()
+        rig.settle("denoised", st["frames"]["restored"])
+    assert st["dropped"] == 0 and st["roi"] == [16, 16, 16, 32, 1]
+    assert [h["frame"] for h, _ in rig.rx.msgs["denoised"]] == list(range(st["frames"]["acquired"]))
+
+
+def test_attached_pipeline_restores_another_programs_mda() -> None:
+    import useq
+
+    from livedenoise.sources import AttachedSource
+
+    core, cam = sim_core(64, exposure_ms=2.0)
+    pub = Publisher("tcp://127.0.0.1:*")
+    rx = Received(pub.endpoint, ("raw", "denoised"))
+    assert wait_for(lambda: pub.has_subscribers("raw") and pub.has_subscribers("denoised"), 5.0)
+    source = AttachedSource(core)
+    pipe = Pipeline(source, PassthroughEngine(), pub, cam.true_calibration(), PipelineConfig(pub_endpoint=pub.endpoint))
+    theirs: list[int] = []
+    core.mda.events.frameReady.connect(lambda img, event, meta: theirs.append(int(img.sum() > 0)))
+    try:
+        pipe.start()
+        assert source.attached.wait(5.0)
+        core.mda.run(useq.MDASequence(time_plan={"interval": 0, "loops": 8}))  # the other program
+        assert wait_for(lambda: rx.count("denoised") >= 8)
+    finally:
+        pipe.close()
+        rx.close()
+    assert len(theirs) == 8  # the other program's MDA got all its frames
+    assert [h["frame"] for h, _ in rx.msgs["denoised"]] == list(range(8))
+    assert pipe.status()["dropped"] == 0
+
+
+def test_stop_leaves_no_threads_and_is_idempotent() -> None:
+    core, cam = sim_core(64, exposure_ms=3.0)
+    rig = Rig(core, PassthroughEngine(), cam.true_calibration())
+    with rig:
+        assert wait_for(lambda: rig.rx.count("denoised") >= 2)
+        assert len(livedenoise_threads()) >= 2
+    rig.pipe.stop()
+    assert livedenoise_threads() == [] and not core.isSequenceRunning()
+    assert rig.pipe.status()["state"] == "stopped"
+
+
+def test_a_stopped_pipeline_starts_again() -> None:
+    core, cam = sim_core(64, exposure_ms=3.0)
+    with Rig(core, PassthroughEngine(), cam.true_calibration()) as rig:
+        assert wait_for(lambda: rig.rx.count("denoised") >= 3)
+        rig.pipe.stop()
+        n = rig.pipe.status()["frames"]["restored"]
+        rig.pipe.start()
+        assert wait_for(lambda: rig.rx.count("denoised") >= n + 3)
+    frames = [h["frame"] for h, _ in rig.rx.msgs["denoised"]]
+    assert frames == list(range(len(frames))) and rig.pipe.status()["dropped"] == 0
+
+
+def test_calibration_that_does_not_cover_the_roi_is_refused() -> None:
+    from livedenoise.calibration import CalibrationError
+
+    core, _ = sim_core(64, exposure_ms=3.0)
+    small = Calibration.uniform((32, 32), offset_adu=100, gain_adu_per_e=2.0, source="file")
+    rig = Rig(core, PassthroughEngine(), small)
+    try:
+        with pytest.raises(CalibrationError, match=r"calibration is 32×32 .* camera ROI is 64×64 at \(0, 0\)"):
+            rig.pipe.start()
+        assert rig.pipe.status()["state"] == "stopped"
+    finally:
+        rig.__exit__()
+    assert livedenoise_threads() == [] and not core.isSequenceRunning()
+
+
+def test_roi_moving_outside_the_calibration_fails_with_a_clear_message() -> None:
+    core, _ = sim_core(64, exposure_ms=3.0)
+    core.setROI(0, 0, 32, 32)
+    cal = Calibration.uniform((48, 64), offset_adu=100, gain_adu_per_e=2.0, source="file")  # 64 wide, 48 high
+    with Rig(core, PassthroughEngine(), cal) as rig:
+        assert wait_for(lambda: rig.rx.count("denoised") >= 3)
+        core.setROI(0, 32, 32, 32)  # rows 32..63: the maps end at row 47
+        assert rig.pipe.wait(10.0)
+        rig.pipe.stop()
+    st = rig.pipe.status()
+    assert st["state"] == "failed" and "camera ROI is 32×32 at (0, 32)" in st["failure"]
+    assert st["frames"]["acquired"] == st["frames"]["restored"]  # what was acquired was restored
+    assert st["drops"] == {"bad-frame": 1}
+    assert livedenoise_threads() == []
+
+
+def test_config_validation_and_toml(tmp_path: Any) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text('[pipeline]\nring_slots = 16\nring_policy = "block"\nengine = "passthrough"\n')
+    cfg = PipelineConfig.from_toml(path)
+    assert (cfg.ring_slots, cfg.ring_policy, cfg.engine) == (16, "block", "passthrough")
+    path.write_text("ring_slots = 1\n")
+    with pytest.raises(ConfigError, match=r"ring_slots = 1 is out of range: expected an integer in \[2, 4096\]"):
+        PipelineConfig.from_toml(path)
+    path.write_text("ring_slot = 4\n")
+    with pytest.raises(ConfigError, match="unknown key.*ring_slot.*known keys"):
+        PipelineConfig.from_toml(path)
+    with pytest.raises(ConfigError, match="not a loopback address.*allow_remote"):
+        PipelineConfig(pub_endpoint="tcp://0.0.0.0:5555")
+    with pytest.raises(ConfigError, match="nominal_gain_adu_per_e"):
+        PipelineConfig(no_calibration=True)
+    with pytest.raises(ConfigError, match="ring_policy = 'newest'"):
+        PipelineConfig(ring_policy="newest")
+    with pytest.raises(ConfigError, match="stats_interval_s = 0"):
+        PipelineConfig(stats_interval_s=0)

@@ -1,0 +1,240 @@
+"""Frame sources on real UniMMCore cores: the simulated camera and small fake devices."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+import useq
+
+from _pipeline_helpers import fake_core, sim_core, wait_for
+from livedenoise.sources import AttachedSource, CoreSource, FrameInfo, FrameSource, SourceError, check_pixel_type
+
+
+class Collector:
+    """A sink that keeps copies of what it is given (and can be slow)."""
+
+    def __init__(self, delay_s: float = 0.0, first_delay_s: float = 0.0) -> None:
+        self.frames: list[np.ndarray] = []
+        self.infos: list[FrameInfo] = []
+        self.delay_s = delay_s
+        self.first_delay_s = first_delay_s
+        self.lock = threading.Lock()
+
+    def __call__(self, raw: np.ndarray, info: FrameInfo) -> None:
+        with self.lock:
+            self.frames.append(raw.copy())
+            self.infos.append(info)
+        if len(self.infos) == 1 and self.first_delay_s:
+            time.sleep(self.first_delay_s)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self.infos)
+
+
+def _run(source: Any, sink: Collector, until: Any, timeout_s: float = 10.0) -> BaseException | None:
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            source.run(sink, stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            errors.append(exc)
+
+    t = threading.Thread(target=target)
+    t.start()
+    wait_for(lambda: until() or bool(errors), timeout_s)
+    stop.set()
+    t.join(5.0)
+    assert not t.is_alive(), "the source did not stop"
+    return errors[0] if errors else None
+
+
+def test_core_source_delivers_every_frame_in_order() -> None:
+    core, cam = sim_core(64, exposure_ms=2.0)
+    core.setROI(8, 16, 32, 24)
+    src = CoreSource(core, truth=cam.truth)
+    assert isinstance(src, FrameSource)
+    assert src.geometry() == (8, 16, 32, 24, 1)
+    sink = Collector()
+    assert _run(src, sink, lambda: len(sink) >= 30) is None
+    idx = [i.index for i in sink.infos]
+    assert idx == list(range(len(idx)))
+    assert all(f.shape == (24, 32) and f.dtype == np.uint16 for f in sink.frames)
+    info = sink.infos[0]
+    assert info.roi == (8, 16, 32, 24, 1) and info.camera == "Camera" and info.exposure_ms == 2.0
+    assert [i.truth_id for i in sink.infos[:5]] == [0, 1, 2, 3, 4]
+    assert src.truth(sink.infos[-1].truth_id).shape == (24, 32)
+    assert not core.isSequenceRunning()  # stopped on exit
+
+
+def test_core_source_counts_camera_side_overflow_as_gaps() -> None:
+    core, _ = sim_core(128, exposure_ms=1.0)
+    core.setCircularBufferMemoryFootprint(1)  # 1 MB: 32 frames of 128x128
+    src = CoreSource(core)
+    sink = Collector(first_delay_s=0.8)  # the core overwrites while the consumer sleeps
+    assert _run(src, sink, lambda: len(sink) >= 60) is None
+    idx = [i.index for i in sink.infos]
+    assert idx == sorted(idx) and len(set(idx)) == len(idx)
+    gaps = idx[-1] + 1 - len(idx)
+    assert gaps > 0, "the core's buffer should have overflowed"
+    assert all(i.missed_reason == "camera" for i in sink.infos)
+
+
+def test_core_source_follows_roi_and_binning_changes_mid_stream() -> None:
+    core, _ = sim_core(64, exposure_ms=2.0)
+    src = CoreSource(core)
+    sink = Collector()
+    stop = threading.Event()
+    t = threading.Thread(target=src.run, args=(sink, stop))
+    t.start()
+    try:
+        assert wait_for(lambda: len(sink) >= 3)
+        core.setROI(4, 8, 40, 20)
+        assert wait_for(lambda: sink.infos[-1].roi == (4, 8, 40, 20, 1))
+        core.setProperty("Camera", "Binning", 2)
+        assert wait_for(lambda: sink.infos[-1].roi[4] == 2)
+    finally:
+        stop.set()
+        t.join(5.0)
+    for f, info in zip(sink.frames, sink.infos):
+        assert f.shape == (info.roi[3], info.roi[2])
+    assert [i.index for i in sink.infos] == list(range(len(sink)))
+
+
+def test_pause_and_resume_restart_the_sequence() -> None:
+    core, _ = sim_core(64, exposure_ms=2.0)
+    src = CoreSource(core)
+    sink = Collector()
+    stop = threading.Event()
+    t = threading.Thread(target=src.run, args=(sink, stop))
+    t.start()
+    try:
+        assert wait_for(lambda: len(sink) >= 3)
+        src.pause()
+        assert not core.isSequenceRunning()
+        n = len(sink)
+        time.sleep(0.05)
+        assert len(sink) == n  # nothing comes while paused
+        core.setROI(0, 0, 16, 16)
+        src.resume()
+        assert wait_for(lambda: len(sink) >= n + 3)
+    finally:
+        stop.set()
+        t.join(5.0)
+    idx = [i.index for i in sink.infos]
+    assert idx == list(range(len(idx)))  # numbering runs on across the restart
+    assert sink.frames[-1].shape == (16, 16)
+
+
+@pytest.mark.parametrize(("dtype", "bits"), [(np.uint8, "8-bit"), (np.uint32, "32-bit")])
+def test_bad_pixel_type_is_refused_with_a_clear_message(dtype: Any, bits: str) -> None:
+    core, _ = fake_core(dtype=dtype)
+    with pytest.raises(SourceError, match=bits) as exc:
+        check_pixel_type(core)
+    assert "16-bit" in str(exc.value) and "PixelType" in str(exc.value)
+    err = _run(CoreSource(core), Collector(), lambda: False, timeout_s=2.0)
+    assert isinstance(err, SourceError) and bits in str(err)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_camera_error_mid_acquisition_ends_run_cleanly() -> None:
+    core, _ = fake_core(fail_after=12)
+    sink = Collector()
+    err = _run(CoreSource(core), sink, lambda: False, timeout_s=5.0)
+    assert isinstance(err, SourceError)
+    assert "stopped acquiring by itself after 12 frames" in str(err)
+    assert [i.index for i in sink.infos] == list(range(12))  # nothing already acquired is lost
+
+
+class _EmptyOnce:
+    """A core whose count says 1 once while its buffer is empty (the race the notes warn about)."""
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+        self.lied = False
+        self.raised = False
+
+    def getRemainingImageCount(self) -> int:
+        n = self._core.getRemainingImageCount()
+        if n == 0 and not self.lied:
+            self.lied = True
+            return 1
+        return n
+
+    def popNextImageAndMD(self) -> Any:
+        if self._core.getRemainingImageCount() == 0:
+            self.raised = True
+            raise IndexError("Circular buffer is empty.")
+        return self._core.popNextImageAndMD()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._core, name)
+
+
+def test_pop_from_an_empty_buffer_after_the_count_is_handled() -> None:
+    core, _ = sim_core(64, exposure_ms=5.0)
+    wrapped = _EmptyOnce(core)
+    src = CoreSource(wrapped)
+    sink = Collector()
+    assert _run(src, sink, lambda: len(sink) >= 5) is None
+    assert wrapped.lied and wrapped.raised
+    assert [i.index for i in sink.infos] == list(range(len(sink)))
+
+
+def test_attached_source_sees_every_mda_frame_without_taking_them() -> None:
+    core, _ = sim_core(64, exposure_ms=1.0)
+    theirs: list[int] = []
+    core.mda.events.frameReady.connect(lambda img, event, meta: theirs.append(event.index.get("t", -1)))
+    src = AttachedSource(core)
+    sink = Collector()
+    stop = threading.Event()
+    t = threading.Thread(target=src.run, args=(sink, stop))
+    t.start()
+    try:
+        assert src.attached.wait(5.0)
+        core.mda.run(useq.MDASequence(time_plan={"interval": 0, "loops": 6}))
+        assert wait_for(lambda: len(sink) >= 6), (len(sink), theirs, src.seen, src.describe())
+    finally:
+        stop.set()
+        t.join(5.0)
+    assert theirs == list(range(6))  # the other program got all its frames
+    assert [i.index for i in sink.infos] == list(range(6))
+    assert all(f.shape == (64, 64) for f in sink.frames)
+
+
+def test_attached_source_peeks_live_acquisition_without_popping() -> None:
+    core, _ = sim_core(64, exposure_ms=2.0)
+    src = AttachedSource(core, poll_interval_ms=0.5)
+    sink = Collector()
+    stop = threading.Event()
+    t = threading.Thread(target=src.run, args=(sink, stop))
+    t.start()
+    try:
+        assert src.attached.wait(5.0)
+        core.startContinuousSequenceAcquisition(0)  # the "other program" runs live mode
+        assert wait_for(lambda: len(sink) >= 20)
+        core.stopSequenceAcquisition()
+        assert wait_for(lambda: not core.isSequenceRunning())
+    finally:
+        stop.set()
+        t.join(5.0)
+    # the other program still has every frame: nothing was popped
+    remaining = core.getRemainingImageCount()
+    numbers = []
+    while core.getRemainingImageCount():
+        _, md = core.popNextImageAndMD()
+        numbers.append(int(md["ImageNumber"]))
+    assert numbers == list(range(remaining)) and remaining >= len(sink)
+    idx = [i.index for i in sink.infos]
+    assert idx == sorted(idx) and len(set(idx)) == len(idx)
+    assert src.seen == len(sink) and src.seen + src.not_seen == idx[-1] + 1
+    # frames seen are the core's frames with those numbers
+    assert all(i.missed_reason == "not-seen" for i in sink.infos)
