@@ -16,6 +16,12 @@ __all__ = ["ReplayCamera"]
 DEFAULT_EXPOSURE_MS = 20.0
 
 
+# Frames a camera holds while the host is late (a frame grabber's memory, about 1 s at
+# 100 fps): within it the backlog is delivered in a burst and the frame clock never
+# slips, as with a real sCMOS camera; a camera further behind resyncs its clock.
+_MAX_LAG_FRAMES = 100
+
+
 class ReplayCamera(CameraDevice):
     """Replays a preloaded uint16 stack in a loop, for benchmarks.
 
@@ -101,8 +107,10 @@ class ReplayCamera(CameraDevice):
                             time.sleep(delay)
                         elif stop.wait(delay):
                             return  # stopSequenceAcquisition: no frame after the stop
-                    else:
-                        nxt -= delay  # behind: do not burst to catch up
+                    elif -delay > _MAX_LAG_FRAMES * interval_s:
+                        nxt = time.monotonic()  # hopelessly behind: resync the clock
+                    # else: a little late (thread scheduling); keep the fixed frame clock,
+                    # as a camera does, so the next frames catch up instead of the rate slipping
                 yield {"SimFrame": k, "ReplayIndex": k % t, KW.Metadata_Exposure: self._exposure_ms}
                 k += 1
         finally:

@@ -48,6 +48,8 @@ import numpy as np
 from pymmcore_plus import Keyword as KW
 from pymmcore_plus.experimental.unicore import CameraDevice, pymm_property
 
+from livedenoise._mmcore import new_unicore
+
 from . import config_path
 from ._replay import ReplayCamera
 from ._scene import SCENES, make_scene
@@ -561,7 +563,6 @@ def load_sim_core(
         The core, with the camera as its current camera, and the camera object (for
         ``true_calibration()``, ``truth()``).
     """
-    from pymmcore_plus.experimental.unicore import UniMMCore
 
     path = Path(config) if config is not None else config_path("simcam.cfg")
     if not path.is_file():
@@ -590,7 +591,7 @@ def load_sim_core(
     if init is None:
         raise ValueError(f"{path} has no 'Property,Core,Initialize,1' line")
     text = "\n".join([*lines[:init], *extra, *lines[init:]]) + "\n"
-    core = UniMMCore()
+    core = new_unicore(text)
     with tempfile.TemporaryDirectory(prefix="livedenoise-cfg-") as tmp:
         cfg = Path(tmp) / path.name
         cfg.write_text(text)

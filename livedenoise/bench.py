@@ -105,11 +105,10 @@ def _frames(size: int, n: int, rng: np.random.Generator, offset_adu: float, gain
 
 
 def _replay_core(stack: np.ndarray, camera_fps: float) -> tuple[Any, Any]:
-    from pymmcore_plus.experimental.unicore import UniMMCore
-
+    from livedenoise._mmcore import new_unicore
     from livedenoise.drivers.simcam import ReplayCamera
 
-    core = UniMMCore()
+    core = new_unicore()
     cam = ReplayCamera()
     core.loadPyDevice("Camera", cam)
     core.initializeDevice("Camera")

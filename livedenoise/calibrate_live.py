@@ -464,9 +464,9 @@ def _loaded_core(config: str | os.PathLike[str] | None, seed: int) -> Iterator[A
 
             core, _ = load_sim_core(str(path), seed=seed)
         else:
-            from pymmcore_plus.experimental.unicore import UniMMCore
+            from livedenoise._mmcore import new_unicore
 
-            core = UniMMCore()
+            core = new_unicore(path.read_text(errors="replace"))
             core.loadSystemConfiguration(str(path))
     except (RuntimeError, ValueError, OSError) as exc:
         raise CalibrationError(f"could not load the configuration {path}: {exc}") from exc

@@ -419,6 +419,7 @@ class Pipeline:
                     break
                 continue
             t_get = time.perf_counter()
+            lent = None
             try:
                 shape = slot.e.shape
                 if out.shape != shape:
@@ -431,8 +432,11 @@ class Pipeline:
                     continue
                 lat["queue"].add(t_get - slot.t_commit)
                 restored = None
+                # restore straight into a send buffer of the publisher when it lends one
+                # (saves a copy of every restored frame); else into our own buffer
+                lent = self._borrow(shape)
                 try:
-                    restored = self.engine.restore(slot.e, out)
+                    restored = self.engine.restore(slot.e, out if lent is None else lent)
                     failures = 0
                 except Exception as exc:
                     failures += 1
@@ -460,7 +464,13 @@ class Pipeline:
                 self.events.error.emit("worker", f"frame {slot.frame}: {exc}")
                 log.warning("worker failed on frame %s: %s", slot.frame, exc)
             finally:
+                if lent is not None:  # not published (engine error, fault): a no-op once it was
+                    self.publisher.give_back("denoised", lent)
                 ring.release(slot)
+
+    def _borrow(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        borrow = getattr(self.publisher, "borrow", None)
+        return None if borrow is None else borrow("denoised", shape, np.float32)
 
     def _publish(self, slot: Any, restored: np.ndarray | None) -> None:
         pub = self.publisher

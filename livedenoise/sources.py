@@ -106,12 +106,12 @@ class FrameSource(Protocol):
 
 def load_core(config: str | Path) -> Any:
     """A ``UniMMCore`` with ``config`` loaded (``#py`` Python devices allowed)."""
-    from pymmcore_plus.experimental.unicore import UniMMCore
+    from ._mmcore import new_unicore
 
     path = Path(config)
     if not path.is_file():
         raise FileNotFoundError(f"Micro-Manager configuration {path} does not exist")
-    core = UniMMCore()
+    core = new_unicore(path.read_text(errors="replace"))
     try:
         core.loadSystemConfiguration(str(path))
     except Exception as exc:

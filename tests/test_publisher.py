@@ -344,3 +344,23 @@ def test_subscriber_skips_malformed_messages(ctx, closing) -> None:
         msg = sub.recv(0.05)
     assert msg is not None and msg.header["seq"] == 0 and not msg.array.flags.writeable
     assert sub.malformed >= 2
+
+
+
+def test_borrowed_buffer_is_sent_without_copy_and_never_lent_twice(ctx, closing) -> None:
+    pub = _pub(ctx, closing, pool_size=2, sndhwm=100)
+    sub = _sub(ctx, closing, pub.endpoint, rcvhwm=100)
+    _wait(lambda: pub.has_subscribers("denoised"), what="subscription")
+    shape = (256, 256)  # 256 KiB: above the zero-copy threshold
+    a = pub.borrow("denoised", shape, np.float32)
+    b = pub.borrow("denoised", shape, np.float32)
+    assert a is not None and b is not None and a is not b
+    assert pub.borrow("denoised", shape, np.float32) is None  # both lent: none left
+    a[...] = 7.0
+    assert _send(pub, "denoised", a, 0)
+    pub.give_back("denoised", b)  # not published: returned to the pool
+    assert pub.borrow("denoised", shape, np.float32) is b
+    (msg,) = _recv_all(sub, 1)
+    assert float(msg.array.mean()) == 7.0
+    assert pub.stats()["zero_copy_sends"] == 1 and pub.stats()["copied_sends"] == 0
+    assert pub.borrow("raw", (4, 4), np.uint16) is None  # small frames: use your own array
