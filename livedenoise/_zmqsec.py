@@ -273,6 +273,26 @@ def secure_client(socket: Any, security: ClientSecurity) -> None:
     socket.curve_serverkey = server_public
 
 
+def bind_server(socket: Any, endpoint: str, *, security: ServerSecurity | None, context: Any, option: str) -> str:
+    """Prepare a server socket (IPv6 where the endpoint asks, CURVE when ``security``) and bind it.
+
+    Returns the endpoint actually bound. On failure the CURVE authenticator taken for this
+    socket is released again; the caller closes the socket.
+    """
+    import zmq
+
+    if "[" in endpoint:
+        socket.setsockopt(zmq.IPV6, 1)
+    if security is not None:
+        secure_server(socket, security)
+    try:
+        return bind(socket, endpoint, option=option)
+    except BaseException:
+        if security is not None:
+            release_server(context)
+        raise
+
+
 def bind(socket: Any, endpoint: str, *, option: str) -> str:
     """Bind ``socket`` to ``endpoint``; return the endpoint actually bound (``*`` ports resolved).
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import atomic_path
+from ._jsonutil import json_default
 
 __all__ = [
     "PAGES",
@@ -226,7 +227,7 @@ def write_calibration(path: str | os.PathLike[str], cal: Calibration, **extra_me
     }
     meta.update({k: v for k, v in cal.meta.items() if k not in meta})
     meta.update(extra_meta)
-    description = json.dumps(meta, default=_json_default)
+    description = json.dumps(meta, default=json_default)
     with atomic_path(path, "calibration") as tmp:
         with tifffile.TiffWriter(tmp) as tw:
             for i, name in enumerate(PAGES):
@@ -237,14 +238,6 @@ def write_calibration(path: str | os.PathLike[str], cal: Calibration, **extra_me
                     metadata=None,
                 )
     return path
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def read_calibration(path: str | os.PathLike[str]) -> Calibration:

@@ -15,10 +15,10 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
-from ._zmqsec import ServerSecurity, bind, check_bind, release_server, secure_server
+from ._jsonutil import json_default
+from ._zmqsec import ServerSecurity, bind_server, check_bind, release_server
 
 __all__ = ["ControlServer", "Handler"]
 
@@ -26,14 +26,6 @@ log = logging.getLogger("livedenoise")
 
 Handler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 MAX_REQUEST_BYTES = 1 << 20
-
-
-def _json_default(obj: Any) -> Any:
-    if callable(getattr(obj, "tolist", None)):  # numpy scalars and (small) arrays
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
 class ControlServer:
@@ -85,16 +77,7 @@ class ControlServer:
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-            if "[" in endpoint:
-                sock.setsockopt(zmq.IPV6, 1)
-            if security is not None:
-                secure_server(sock, security)
-            try:
-                self.endpoint = bind(sock, endpoint, option="--control")
-            except BaseException:
-                if security is not None:
-                    release_server(self._ctx)
-                raise
+            self.endpoint = bind_server(sock, endpoint, security=security, context=self._ctx, option="--control")
         except BaseException:
             sock.close(0)
             raise
@@ -166,7 +149,7 @@ class ControlServer:
         if not reply.get("ok"):
             self.errors += 1
         try:
-            return json.dumps(reply, default=_json_default).encode("utf-8")
+            return json.dumps(reply, default=json_default).encode("utf-8")
         except (TypeError, ValueError) as exc:
             self.errors += 1
             log.error("control reply is not JSON: %s", exc)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import atomic_path, check_writable_dir
+from ._jsonutil import json_default
 from ._registration import phase_shift, registration_confidence
 from .calibration import Calibration, PhotonConverter, read_calibration, write_calibration
 
@@ -321,7 +322,7 @@ class PairWriter:
 
     def _write_index(self, index: Mapping[str, Any]) -> None:
         with atomic_path(self.path / INDEX_NAME, "pairs index") as tmp:
-            tmp.write_text(json.dumps(index, indent=1, default=_json_default))
+            tmp.write_text(json.dumps(index, indent=1, default=json_default))
 
     # -- pairs ----------------------------------------------------------------------
 
@@ -426,14 +427,6 @@ class PairWriter:
         if flags:
             log.warning("pair %s flagged %s: %s", pair_id, ",".join(flags), quality)
         return entry
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 # -- reading --------------------------------------------------------------------------

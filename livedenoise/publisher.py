@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ._zmqsec import ServerSecurity, bind, check_bind, release_server, secure_server
+from ._zmqsec import ServerSecurity, bind_server, check_bind, release_server
 from .protocol import TOPICS, encode_header, make_header
 
 __all__ = ["Publisher"]
@@ -135,16 +135,7 @@ class Publisher:
         try:
             sock.setsockopt(zmq.SNDHWM, sndhwm)
             sock.setsockopt(zmq.LINGER, self._linger_ms)
-            if "[" in endpoint:
-                sock.setsockopt(zmq.IPV6, 1)
-            if security is not None:
-                secure_server(sock, security)
-            try:
-                self.endpoint = bind(sock, endpoint, option="--pub")
-            except BaseException:
-                if security is not None:
-                    release_server(self._ctx)
-                raise
+            self.endpoint = bind_server(sock, endpoint, security=security, context=self._ctx, option="--pub")
         except BaseException:
             sock.close(0)
             raise

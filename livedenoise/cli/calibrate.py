@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._args import roi
+
 HELP = "measure the camera's per-pixel offset, gain and read noise (photon transfer)"
 
 DESCRIPTION = """\
@@ -42,16 +44,6 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
 
 
-def _roi(text: str) -> tuple[int, int, int, int]:
-    try:
-        vals = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) != 4 or vals[2] <= 0 or vals[3] <= 0 or min(vals) < 0:
-        raise argparse.ArgumentTypeError(f"expected X,Y,W,H (pixels, W and H > 0), got {text!r}")
-    return vals  # type: ignore[return-value]
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, metavar="CAL.tif", help="calibration file to write")
     p.add_argument("--report", metavar="CAL.png", help="also write a PNG report (photon-transfer curve, maps)")
@@ -77,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    type=lambda t: _device_prop(t, 3, "DEVICE,PROPERTY,VALUE"),
                    help="set a property first (repeatable), e.g. Camera,Scene,flat; restored afterwards")  # fmt: skip
     g.add_argument("--exposure-ms", type=float, default=None, help="exposure for darks and light-property levels")
-    g.add_argument("--roi", type=_roi, metavar="X,Y,W,H",
+    g.add_argument("--roi", type=roi, metavar="X,Y,W,H",
                    help="calibrate only this sensor region (recorded in the file); default: full sensor")  # fmt: skip
     g.add_argument("--seed", type=int, default=0, help="simulator seed when --config is the simulator")
 

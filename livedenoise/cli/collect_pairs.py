@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._args import roi
+
 HELP = "acquire short/long exposure pairs of the sample at hand (a dataset for fine-tuning)"
 
 DESCRIPTION = """\
@@ -29,16 +31,6 @@ From a running daemon, send {"cmd": "collect_pairs", ...} to its control socket 
 """
 
 
-def _roi(text: str) -> tuple[int, int, int, int]:
-    try:
-        vals = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) != 4 or vals[2] <= 0 or vals[3] <= 0 or min(vals) < 0:
-        raise argparse.ArgumentTypeError(f"expected X,Y,W,H (pixels, W and H > 0), got {text!r}")
-    return vals  # type: ignore[return-value]
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--short-ms", type=float, required=True, help="short exposure in ms (the network's input)")
     p.add_argument("--long-ms", type=float, required=True, help="long exposure in ms (the target; longer than short)")
@@ -51,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("camera")
     g.add_argument("--config", metavar="RIG.cfg", help="Micro-Manager configuration (default: the simulated camera)")
     g.add_argument("--calibration", metavar="CAL.tif", help="calibration of the camera (required with --config)")
-    g.add_argument("--roi", type=_roi, metavar="X,Y,W,H", help="camera ROI to collect on")
+    g.add_argument("--roi", type=roi, metavar="X,Y,W,H", help="camera ROI to collect on")
     g = p.add_argument_group("simulated camera (without --config)")
     g.add_argument("--scene", default="cells", help="simulated scene: cells (default), beads")
     g.add_argument("--light-level", type=float, default=None, help="simulated light level (default 1.0)")
