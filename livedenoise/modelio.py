@@ -43,8 +43,9 @@ __all__ = [
 log = logging.getLogger("livedenoise")
 
 SCHEMA_VERSION = 1
-DEFAULT_MODEL = "rln-denoise-v1"
-"""The fast RLN used by the live pipeline when no model is named."""
+DEFAULT_MODEL = "rln-denoise-v2"
+"""The fast RLN used by the live pipeline when no model is named (ReLU variant: ~28 ms per
+512x512 frame in bf16 on a 2-core CPU; ``rln-denoise-v1``, all softplus, ~45 ms, ~0.25 dB better)."""
 UNITS = "photoelectrons"
 TASKS = ("denoise", "deconvolve")
 

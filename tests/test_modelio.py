@@ -43,6 +43,19 @@ def test_round_trip(saved):
     assert on_disk["livedenoise_model"] == 1 and "path" not in on_disk
 
 
+def test_arch_params_round_trip_with_the_activation(tmp_path, rng):
+    torch.manual_seed(0)
+    net = build_network("rln", activation="relu")
+    card = ModelCard(id="tiny-relu", architecture="rln", arch_params={"activation": "relu"}, task="denoise")
+    save_model(net, card, tmp_path / "tiny-relu.pt")
+    assert json.loads((tmp_path / "tiny-relu.json").read_text())["arch_params"] == {"activation": "relu"}
+    loaded, card2 = load_model(tmp_path / "tiny-relu.pt")
+    assert card2.arch_params == {"activation": "relu"} and loaded.activation == "relu"
+    x = torch.from_numpy(rng.poisson(15.0, (1, 1, 24, 30)).astype("float32"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), net.eval()(x), rtol=0, atol=0)
+
+
 def test_found_by_id_through_the_environment(saved, monkeypatch):
     _, _, path = saved
     monkeypatch.setenv("LIVEDENOISE_MODELS", str(path.parent))
@@ -112,7 +125,7 @@ def test_save_refuses_an_unwritable_place(tmp_path):
 
 # minimum gain over the raw frame on fresh held-out frames at 20 e- peak (measured at ship time:
 # see the cards' quality.held_out; these margins leave room for frame-to-frame variation)
-SHIPPED_MARGIN_DB = {"rln-denoise-v1": 5.0, "resunet-denoise-v1": 6.0}
+SHIPPED_MARGIN_DB = {"rln-denoise-v1": 5.0, "rln-denoise-v2": 5.0, "resunet-denoise-v1": 6.0}
 
 
 @pytest.mark.parametrize("model_id", sorted(SHIPPED_MARGIN_DB))
@@ -129,3 +142,19 @@ def test_shipped_model_improves_psnr(model_id):
 def test_default_model_is_the_fast_rln():
     _, card = load_model(None)
     assert card.id == DEFAULT_MODEL and card.architecture == "rln"
+    # the live target (issue 3): <= 40 ms per 512x512 frame on the 2-core CPU, as measured into the card
+    # by tools/train_shipped.py (bf16 only where the engine validated it against fp32)
+    key = "bf16_2t_ms_median" if "bf16_validation" in card.speed else "fp32_2t_ms_median"
+    assert card.speed["frame"] == "512x512" and card.speed[key] <= 40.0, card.speed
+
+
+def test_rln_v2_is_v1_with_relu_activations():
+    m1, c1 = load_model("rln-denoise-v1")
+    m2, c2 = load_model("rln-denoise-v2")
+    assert c1.arch_params == {} and m1.activation == "softplus"
+    assert c2.arch_params == {"activation": "relu"} and m2.activation == "relu"
+    assert c2.parameters == c1.parameters
+    # same recipe but for the activation
+    assert c2.training["command"].replace(" --arch-param 'activation=\"relu\"'", "").replace("v2", "v1") == (
+        c1.training["command"]
+    )

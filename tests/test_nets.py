@@ -1,17 +1,21 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from livedenoise.nets import ARCHITECTURES, build_network, count_parameters, fuse_for_inference
 
 SMALL = {"rln": {}, "resunet": {"channels": [8, 16, 16], "mid_blocks": 1}}
+# every architecture at its small size, plus the RLN's fast ReLU variant
+VARIANTS = {**{a: (a, SMALL[a]) for a in ARCHITECTURES}, "rln-relu": ("rln", {"activation": "relu"})}
 
 
-@pytest.fixture(params=ARCHITECTURES)
+@pytest.fixture(params=sorted(VARIANTS))
 def net(request):
     torch.manual_seed(0)
-    return build_network(request.param, **SMALL[request.param])
+    arch, params = VARIANTS[request.param]
+    return build_network(arch, **params)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 33, 47), (2, 1, 16, 16), (1, 1, 9, 70)])
@@ -75,3 +79,51 @@ def test_bad_input_and_names():
         build_network("rln")(torch.zeros(1, 3, 16, 16))
     with pytest.raises(ValueError, match="odd"):
         build_network("rln", kernel=4)
+
+
+def _activations(net):
+    return [type(m).__name__ for m in net.modules() if isinstance(m, (torch.nn.Softplus, torch.nn.ReLU))]
+
+
+def test_rln_activation_choice(rng):
+    soft, relu = build_network("rln"), build_network("rln", activation="relu")
+    assert soft.activation == "softplus" and relu.activation == "relu"
+    # same parameters (a v1 state dict fits either), softplus everywhere by default
+    assert list(soft.state_dict()) == list(relu.state_dict())
+    assert set(_activations(soft)) == {"Softplus"} and len(_activations(soft)) == 15
+    # relu everywhere except the two forward projections' last layer (the RL ratio's denominators)
+    # and the output layer
+    acts = _activations(relu)
+    assert acts.count("Softplus") == 3 and acts.count("ReLU") == 12
+    for proj in (relu.fp_est, relu.fp_upd):
+        assert isinstance(proj.layers[2][2], torch.nn.Softplus)
+    assert isinstance(relu.merge[1][2], torch.nn.Softplus) and isinstance(relu.merge[0][2], torch.nn.ReLU)
+    assert isinstance(relu.up[2], torch.nn.ReLU)
+    assert all(isinstance(proj.layers[i][2], torch.nn.ReLU) for proj in (relu.bp_est, relu.bp_upd) for i in range(3))
+    assert "activation=relu" in repr(relu)
+    # the activation changes the function: same weights, different output
+    relu.load_state_dict(soft.state_dict())
+    x = torch.from_numpy(rng.poisson(10.0, (1, 1, 32, 32)).astype("float32"))
+    with torch.no_grad():
+        a, b = soft.eval()(x), relu.eval()(x)
+    assert (b >= 0).all() and not torch.allclose(a, b)
+    with pytest.raises(ValueError, match=r"unknown RLN activation 'gelu'; expected one of softplus, relu"):
+        build_network("rln", activation="gelu")
+
+
+def test_relu_variant_outputs_are_non_negative_and_dead_units_stay_rare(rng):
+    """ReLU hidden layers: every intermediate >= 0, and most of them alive on a real frame."""
+    torch.manual_seed(0)
+    net = build_network("rln", activation="relu").eval()
+    outs = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: outs.append(o)) for m in net.modules()
+             if isinstance(m, (torch.nn.ReLU, torch.nn.Softplus))]  # fmt: skip
+    x = torch.from_numpy(rng.poisson(12.0, (1, 1, 48, 48)).astype("float32"))
+    with torch.no_grad():
+        y = net(x)
+    for h in hooks:
+        h.remove()
+    assert len(outs) == 15 and (y >= 0).all()
+    assert all((o >= 0).all() for o in outs)
+    alive = np.mean([float((o > 0).float().mean()) for o in outs])
+    assert alive > 0.3, f"only {alive:.0%} of the activations are non-zero"

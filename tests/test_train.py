@@ -101,6 +101,23 @@ def test_cli_train_writes_a_model(tmp_path):
     assert "--steps 4" in card.training["command"]
 
 
+def test_cli_train_records_the_rln_activation(tmp_path):
+    import shlex
+
+    from livedenoise.cli import main
+    from livedenoise.modelio import load_model
+
+    out = tmp_path / "relu-rln.pt"
+    rc = main(["train", "--arch", "rln", "--arch-param", "activation=relu", "--steps", "2", "--epoch-steps", "2",
+               "--batch", "2", "--patch", "32", "--val-size", "2", "--no-progress", "-o", str(out)])  # fmt: skip
+    assert rc == 0
+    module, card = load_model(out)
+    assert card.arch_params == {"activation": "relu"} and module.activation == "relu"
+    # the recorded command parses back to the same argument (shell quoting of the JSON value)
+    cmd = shlex.split(card.training["command"])
+    assert cmd[cmd.index("--arch-param") + 1] == 'activation="relu"'
+
+
 @pytest.mark.parametrize(("arch", "task", "loss"), [("rln", "deconvolve", "mse_ssim"), ("resunet", "denoise", "mse")])
 def test_other_tasks_losses_and_architectures_train(arch, task, loss):
     params = {"channels": [8, 16], "mid_blocks": 1} if arch == "resunet" else {}

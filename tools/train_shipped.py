@@ -35,6 +35,14 @@ SHIPPED: dict[str, list[str]] = {
         "--batch", "16", "--patch", "64", "--lr", "0.005", "--lr-schedule", "cosine", "--peak-range", "1", "500",
         "--seed", "1", "--val-size", "24", "--threads", "1", "--id", "rln-denoise-v1",
     ],
+    # v1's recipe with ReLU hidden layers (softplus only on the RL ratio's denominators and the output layer):
+    # ~35% faster on a CPU, the live default
+    "rln-denoise-v2": [
+        "--arch", "rln", "--arch-param", 'activation="relu"', "--task", "denoise", "--loss", "poisson",
+        "--steps", "1000", "--epoch-steps", "100", "--batch", "16", "--patch", "64", "--lr", "0.005",
+        "--lr-schedule", "cosine", "--peak-range", "1", "500", "--seed", "1", "--val-size", "24", "--threads", "1",
+        "--id", "rln-denoise-v2",
+    ],
     # the quality model: ~1.2M parameters, U-Net of residual channel-attention blocks
     "resunet-denoise-v1": [
         "--arch", "resunet", "--task", "denoise", "--loss", "poisson", "--steps", "800", "--epoch-steps", "100",

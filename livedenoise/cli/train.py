@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="model file to write (.pt; the card goes beside as .json)")
     p.add_argument("--arch", choices=("rln", "resunet"), default="rln", help="network architecture (default rln)")
     p.add_argument("--arch-param", action="append", type=_kv, default=[], metavar="KEY=VALUE",
-                   help="network constructor argument, e.g. channels=[32,64,128] (repeatable)")  # fmt: skip
+                   help="network constructor argument, e.g. channels=[32,64,128] (RESUNET) or "
+                        "activation=relu (RLN: the fast ReLU variant of rln-denoise-v2) (repeatable)")  # fmt: skip
     p.add_argument("--task", choices=("denoise", "deconvolve"), default="denoise")
     p.add_argument("--loss", choices=("poisson", "mse", "mse_ssim"), default="poisson",
                    help="poisson: Poisson likelihood / KL in photoelectrons (default)")  # fmt: skip
