@@ -161,8 +161,21 @@ def gat_inverse(d: np.ndarray, read_var_e2: float = 0.0) -> np.ndarray:
 # -- the denoisers -----------------------------------------------------------------
 
 
+def _restoration() -> Any:
+    """``skimage.restoration``, or an error that says how to install it."""
+    try:
+        import pywt  # noqa: F401  (scikit-image's noise estimate needs PyWavelets)
+        from skimage import restoration
+    except ImportError as exc:
+        raise ImportError(
+            f"the classical baselines need scikit-image and PyWavelets ({exc}); "
+            'install them with: pip install -e ".[eval]"'
+        ) from exc
+    return restoration
+
+
 def _noise_sigma(frame: np.ndarray) -> float:
-    from skimage.restoration import estimate_sigma
+    estimate_sigma = _restoration().estimate_sigma
 
     s = float(estimate_sigma(frame))
     return max(s, 1e-3)
@@ -170,7 +183,7 @@ def _noise_sigma(frame: np.ndarray) -> float:
 
 def nlm(frame_e: np.ndarray, *, h_factor: float | None = None, **_: Any) -> np.ndarray:
     """Non-local means on photoelectrons with scikit-image's wavelet noise estimate."""
-    from skimage.restoration import denoise_nl_means
+    denoise_nl_means = _restoration().denoise_nl_means
 
     f = _as_frame(frame_e)
     sigma = _noise_sigma(f)
@@ -182,7 +195,7 @@ def nlm(frame_e: np.ndarray, *, h_factor: float | None = None, **_: Any) -> np.n
 def gat_nlm(frame_e: np.ndarray, *, read_var_e2: float | np.ndarray = 0.0, h_factor: float | None = None,
             **_: Any) -> np.ndarray:  # fmt: skip
     """GAT -> non-local means (unit noise) -> exact unbiased inverse."""
-    from skimage.restoration import denoise_nl_means
+    denoise_nl_means = _restoration().denoise_nl_means
 
     f = _as_frame(frame_e)
     var = _scalar_read_var(read_var_e2)
@@ -194,7 +207,7 @@ def gat_nlm(frame_e: np.ndarray, *, read_var_e2: float | np.ndarray = 0.0, h_fac
 
 def tv(frame_e: np.ndarray, *, weight_factor: float | None = None, **_: Any) -> np.ndarray:
     """Total variation (Chambolle) on photoelectrons, weight proportional to the noise."""
-    from skimage.restoration import denoise_tv_chambolle
+    denoise_tv_chambolle = _restoration().denoise_tv_chambolle
 
     f = _as_frame(frame_e)
     w = (TV_WEIGHT_FACTOR if weight_factor is None else weight_factor) * _noise_sigma(f)
@@ -204,7 +217,7 @@ def tv(frame_e: np.ndarray, *, weight_factor: float | None = None, **_: Any) -> 
 def gat_tv(frame_e: np.ndarray, *, read_var_e2: float | np.ndarray = 0.0, weight: float | None = None,
            **_: Any) -> np.ndarray:  # fmt: skip
     """GAT -> total variation (unit noise) -> exact unbiased inverse."""
-    from skimage.restoration import denoise_tv_chambolle
+    denoise_tv_chambolle = _restoration().denoise_tv_chambolle
 
     f = _as_frame(frame_e)
     var = _scalar_read_var(read_var_e2)
@@ -243,7 +256,7 @@ def richardson_lucy(frame_e: np.ndarray, *, psf: np.ndarray | None = None, itera
     needs a non-negative image). With ``target_psf`` the deconvolved object is seen
     through that (narrower) PSF, as the ``deconvolve`` task's target is.
     """
-    from skimage.restoration import richardson_lucy as _rl
+    _rl = _restoration().richardson_lucy
 
     if psf is None:
         raise ValueError("Richardson-Lucy needs the PSF of the blur to undo (psf=...)")

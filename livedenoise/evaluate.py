@@ -134,11 +134,8 @@ def _model_methods(cfg: EvalConfig) -> list[tuple[str, Any]]:
 
     ids = cfg.models
     if ids is None:
-        try:
-            from .modelio import list_models
-        except ImportError as exc:
-            log.warning("no model registry (%s): evaluating baselines only", exc)
-            return []
+        from .modelio import list_models
+
         ids = [c.id for c in list_models() if getattr(c, "task", "denoise") == cfg.task]
         if not ids:
             log.warning("no installed %s model: evaluating baselines only", cfg.task)

@@ -116,6 +116,7 @@ def _is_user_error(exc: BaseException) -> bool:
     from livedenoise.calibration import CalibrationError
     from livedenoise.engines import EngineUnavailable
 
+    # ImportError: an optional extra is missing; the message names the pip command
     user = (CLIError, CalibrationError, EngineUnavailable, FileNotFoundError, PermissionError,
-            IsADirectoryError, NotADirectoryError, ValueError, OSError)  # fmt: skip
+            IsADirectoryError, NotADirectoryError, ValueError, OSError, ImportError)  # fmt: skip
     return isinstance(exc, user)
