@@ -142,3 +142,16 @@ def test_demo_ctrl_c_stops_cleanly_with_a_summary() -> None:
             proc.kill()
     assert proc.returncode == 0, err[-2000:]
     assert "stopping (Ctrl-C)" in out and "state: stopped" in out and "dropped: 0" in out
+
+
+def test_bench_engine_all_expands_to_the_available_engines(capsys: Any) -> None:
+    from livedenoise.cli.bench import _engines
+    from livedenoise.engines import available_backends
+
+    present = [name for name, (ok, _) in available_backends().items() if ok]
+    assert _engines(["all"]) == tuple(present)
+    assert "passthrough" in present and "cpu" in present
+    missing = [name for name, (ok, _) in available_backends().items() if not ok]
+    err = capsys.readouterr().err
+    assert all(f"engine {name} not available here" in err for name in missing)
+    assert _engines(["cpu", "cpu", "passthrough"]) == ("cpu", "passthrough")

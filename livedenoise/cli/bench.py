@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "measure the live pipeline (each stage and end to end) at 512² and 2048²"
 DESCRIPTION = """\
@@ -15,13 +16,30 @@ every stage and end to end, and the machine it ran on. Run it on a quiet machine
 Examples:
   livedenoise bench                                  # passthrough at 512² and 2048²
   livedenoise bench --engine passthrough --engine cpu --size 512 --seconds 10
+  livedenoise bench --engine all --size 512      # every engine available on this machine
   livedenoise bench --json bench.json
 """
 
 
+def _engines(asked: list[str]) -> tuple[str, ...]:
+    """Expand ``all`` to every backend available here; say why the others are not."""
+    if "all" not in asked:
+        return tuple(dict.fromkeys(asked))
+    from livedenoise.engines import available_backends
+
+    out = [e for e in asked if e != "all"]
+    for name, (ok, why) in available_backends().items():
+        if ok:
+            out.append(name)
+        else:
+            print(f"bench: engine {name} not available here: {why}", file=sys.stderr)
+    return tuple(dict.fromkeys(out))
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", action="append", default=None,
-                   help="engine to measure (repeatable; default passthrough)")
+                   help="engine to measure (repeatable; default passthrough); 'all' = every engine "
+                        "available here (the others are listed with the reason)")
     p.add_argument("--model", default=None, help="model for engines that run one (default: the engine's default)")
     p.add_argument("--size", type=int, action="append", default=None,
                    help="square frame size in pixels (repeatable; default 512 and 2048)")
@@ -39,7 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
-    import sys
 
     from livedenoise._atomic import atomic_path
     from livedenoise.bench import markdown_table, run_bench
@@ -55,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
     topics = tuple(t.strip() for t in args.topics.split(",") if t.strip())
     if not topics or any(t not in ("raw", "denoised") for t in topics):
         raise CLIError(f"--topics must be raw and/or denoised, got {args.topics!r}")
+    engines = _engines(args.engine or ["passthrough"])
     report = run_bench(
-        sizes, tuple(args.engine or ("passthrough",)), model=args.model, seconds=args.seconds,
+        sizes, engines, model=args.model, seconds=args.seconds,
         camera_fps=args.camera_fps, ring_slots=args.ring_slots, endpoint=args.endpoint, topics=topics,
         progress=lambda m: print(m, file=sys.stderr),
     )  # fmt: skip
