@@ -81,6 +81,14 @@ def _psnr(x: np.ndarray, ref: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * np.log10(rng * rng / mse)
 
 
+def _engine_phrase(engine: Any) -> str:
+    """``cpu: rln-denoise-v2 (bf16)`` from an engine's description."""
+    d = engine.describe()
+    model = d.get("model") or "no model"
+    precision = f" ({d['precision']})" if d.get("precision") else ""
+    return f"{d.get('backend', getattr(engine, 'name', '?'))}: {model}{precision}"
+
+
 def _install_jobs(server: Any, pipeline: Pipeline, source: Any) -> Any:
     """Add the ``collect_pairs`` and ``job`` control commands when the daemon owns the core."""
     from .sources import CoreSource
@@ -123,7 +131,7 @@ def run_live(
         pipeline.start()
         print(
             f"livedenoise: camera {pipeline.status()['camera']} ROI {pipeline.status()['roi']}, engine "
-            f"{engine.describe()}, calibration {calibration.id}; publishing on {publisher.endpoint}, "
+            f"{_engine_phrase(engine)}, calibration {calibration.id}; publishing on {publisher.endpoint}, "
             f"control on {pipeline.control_endpoint}. Ctrl-C stops.",
             file=out,
             flush=True,
