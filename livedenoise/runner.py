@@ -56,10 +56,8 @@ class QualitySampler:
     """
 
     def __init__(self, interval_s: float = 0.5) -> None:
-        try:
-            from .metrics import psnr
-        except ImportError:  # pragma: no cover - metrics ships with livedenoise
-            psnr = _psnr
+        from .metrics import psnr
+
         self._psnr = psnr
         self.interval_s = interval_s
         self._last = 0.0
@@ -73,12 +71,6 @@ class QualitySampler:
         self._last = now
         self.latest = {"raw": float(self._psnr(e, truth)), "restored": float(self._psnr(restored, truth)), "frame": frame}
         self.samples += 1
-
-
-def _psnr(x: np.ndarray, ref: np.ndarray) -> float:
-    rng = float(ref.max() - ref.min()) or 1.0
-    mse = float(np.mean((x.astype(np.float64) - ref) ** 2))
-    return float("inf") if mse == 0 else 10.0 * np.log10(rng * rng / mse)
 
 
 def _engine_phrase(engine: Any) -> str:
