@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import types
 import warnings
 
 import numpy as np
@@ -16,7 +17,7 @@ torch = pytest.importorskip("torch")
 from livedenoise.engines import Engine, EngineUnavailable, available_backends, make_engine  # noqa: E402
 from livedenoise.engines import tensorrt as trt_mod  # noqa: E402
 from livedenoise.engines._cache import CacheKey, EngineCache, default_cache_dir  # noqa: E402
-from livedenoise.engines.tensorrt import TensorRTEngine, state_dict_sha256  # noqa: E402
+from livedenoise.engines.tensorrt import TensorRTEngine, model_sha256, state_dict_sha256  # noqa: E402
 from livedenoise.engines.torch_cuda import (  # noqa: E402
     NO_CUDA,
     TorchCUDAEngine,
@@ -28,7 +29,7 @@ from livedenoise.engines.torch_cuda import (  # noqa: E402
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a CUDA device")
 
 KEY = CacheKey(
-    weights_sha256="ab" * 32,
+    model_sha256="ab" * 32,
     shape=(1, 1, 512, 512),
     precision="fp16",
     tensorrt_version="10.3.0",
@@ -72,7 +73,7 @@ def test_cache_key_is_a_pure_function_of_its_inputs():
 @pytest.mark.parametrize(
     "field, value",
     [
-        ("weights_sha256", "cd" * 32),
+        ("model_sha256", "cd" * 32),
         ("shape", (1, 1, 2048, 2048)),
         ("shape", (1, 1, 512, 511)),
         ("precision", "fp32"),
@@ -307,7 +308,7 @@ def test_build_is_cached_and_reused(monkeypatch, tmp_path, caplog):
     assert calls == ["fp32"] and second.from_cache is True and "loaded from cache" in caplog.text
     np.testing.assert_allclose(second.restore(frame, np.empty_like(frame)), _ref(net, frame), rtol=1e-5, atol=1e-3)
     key = second.cache_key((32, 48))
-    assert key.weights_sha256 == state_dict_sha256(net) and key.shape == (1, 1, 32, 48)
+    assert key.model_sha256 == model_sha256(net, {"id": "rln-test"}) and key.shape == (1, 1, 32, 48)
     assert [p.parent.name for p in tmp_path.rglob("engine.pt2")] == [key.digest()]
 
 
@@ -321,6 +322,137 @@ def test_engine_that_fails_validation_falls_back(monkeypatch, tmp_path):
     engine = TensorRTEngine(_rln(), device="cpu", card={"id": "rln-test"}, cache_dir=tmp_path, precision="fp32")
     engine.prepare((32, 32))
     assert engine.name == "cuda" and "differs from fp32" in engine.fallback_reason
+    # a build that fails validation is not kept (it would be loaded again at every start)
+    assert list(tmp_path.rglob("engine.pt2")) == []
+
+
+def test_cached_engine_that_fails_validation_is_rebuilt(monkeypatch, tmp_path, caplog):
+    calls: list = []
+    _fake_toolchain(monkeypatch, calls)
+    net = _rln()
+    engine = TensorRTEngine(net, device="cpu", card={"id": "rln-test"}, cache_dir=tmp_path, precision="fp32")
+    wrong = _rln()
+    with torch.no_grad():
+        for p in wrong.parameters():
+            p.mul_(1.5)
+    example = torch.zeros((1, 1, 32, 32))
+    key = engine.cache_key((32, 32))
+    engine.cache.store(key, lambda path: trt_mod._save(torch.export.export(wrong, (example,)), path, example))
+    assert engine.cache.lookup(key) is not None  # a well-formed entry with the wrong network in it
+    with caplog.at_level(logging.WARNING, logger="livedenoise"):
+        engine.prepare((32, 32))
+    assert "fails validation" in caplog.text and calls == ["fp32"]
+    assert engine.name == "tensorrt" and engine.from_cache is False and engine.fallback_reason is None
+    frame = synthetic_frame((32, 32), peak_e=400.0)
+    assert relative_error(engine.restore(frame, np.empty_like(frame)), _ref(net, frame)) < 1e-5
+
+
+def test_fallback_keeps_the_requested_precision(monkeypatch, tmp_path):
+    _fake_toolchain(monkeypatch, [], fail=True)
+    engine = TensorRTEngine(_rln(), device="cpu", card={"id": "rln-test"}, cache_dir=tmp_path, precision="fp32")
+    engine.prepare((24, 24))
+    assert engine.name == "cuda" and engine.precision == "fp32"
+    assert set(engine.validation_error) == {"fp32"}  # fp16 / bf16 were not even tried
+
+
+def test_model_hash_covers_weights_and_architecture():
+    from livedenoise.nets import build_network
+
+    torch.manual_seed(3)
+    softplus = build_network("rln")
+    torch.manual_seed(3)
+    relu = build_network("rln", activation="relu")
+    # the same weights file could serve both: the weights alone cannot tell them apart
+    assert state_dict_sha256(softplus) == state_dict_sha256(relu)
+    assert model_sha256(softplus) != model_sha256(relu)
+    card = {"architecture": "rln", "arch_params": {}}
+    assert model_sha256(softplus, card) == model_sha256(_rln(), dict(card))
+    assert model_sha256(softplus, card) != model_sha256(softplus, {**card, "arch_params": {"kernel": 5}})
+    changed = _rln()
+    with torch.no_grad():
+        next(changed.parameters()).view(-1)[0] += 1e-3
+    assert model_sha256(changed, card) != model_sha256(softplus, card)
+
+
+SETTINGS_AUTOCAST = {"enabled_precisions", "use_explicit_typing", "enable_autocast", "autocast_low_precision_type"}
+SETTINGS_EXPLICIT = {"enabled_precisions", "use_explicit_typing"}
+SETTINGS_OLD = {"enabled_precisions", "debug"}
+
+
+@pytest.mark.parametrize(
+    "fields, precision, expected",
+    [
+        # releases with Autocast: enabled_precisions no longer reaches the dynamo compiler
+        (SETTINGS_AUTOCAST, "fp16",
+         {"use_explicit_typing": True, "enable_autocast": True, "autocast_low_precision_type": torch.float16}),
+        (SETTINGS_AUTOCAST, "bf16",
+         {"use_explicit_typing": True, "enable_autocast": True, "autocast_low_precision_type": torch.bfloat16}),
+        (SETTINGS_EXPLICIT, "fp16", {"enabled_precisions": {torch.float16}, "use_explicit_typing": False}),
+        (SETTINGS_OLD, "bf16", {"enabled_precisions": {torch.bfloat16}}),
+        (SETTINGS_AUTOCAST, "fp32", {}),
+        (SETTINGS_OLD, "fp32", {}),
+    ],
+)  # fmt: skip
+def test_precision_settings_follow_the_torch_tensorrt_release(fields, precision, expected):
+    assert trt_mod._precision_kwargs(precision, fields) == expected
+
+
+def _fake_torch_tensorrt(monkeypatch, *, arg_inputs: bool):
+    """A stand-in ``torch_tensorrt`` whose ``compile``/``save``/``load`` have the real signatures
+    (latest release; ``arg_inputs=False``: the 2.2-era ones) and record how they are called."""
+    calls: dict = {}
+    fake = types.ModuleType("torch_tensorrt")
+
+    class Input:
+        def __init__(self, shape=None, dtype=None, **kw):
+            self.shape, self.dtype = tuple(shape), dtype
+
+    def compile_new(module, ir="default", inputs=None, arg_inputs=None, kwarg_inputs=None, enabled_precisions=None,
+                    **kwargs):  # fmt: skip
+        calls["compile"] = dict(ir=ir, inputs=inputs, arg_inputs=arg_inputs, enabled_precisions=enabled_precisions,
+                                **kwargs)  # fmt: skip
+        return module
+
+    def compile_old(module, ir="default", inputs=None, enabled_precisions=None, **kwargs):
+        calls["compile"] = dict(ir=ir, inputs=inputs, enabled_precisions=enabled_precisions, **kwargs)
+        return module
+
+    def save_new(module, file_path="", *, extra_files=None, output_format="exported_program", inputs=None,
+                 arg_inputs=None, kwarg_inputs=None, retrace=True, **kwargs):  # fmt: skip
+        calls["save"] = dict(file_path=file_path, output_format=output_format, inputs=inputs, arg_inputs=arg_inputs)
+
+    def save_old(module, file_path="", *, output_format="exported_program", inputs=None, retrace=False):
+        calls["save"] = dict(file_path=file_path, output_format=output_format, inputs=inputs)
+
+    def load(file_path="", extra_files=None, **kwargs):
+        calls["load"] = file_path
+        return types.SimpleNamespace(module=lambda: "the module")
+
+    fake.Input = Input
+    fake.compile = compile_new if arg_inputs else compile_old
+    fake.save = save_new if arg_inputs else save_old
+    fake.load = load
+    monkeypatch.setitem(__import__("sys").modules, "torch_tensorrt", fake)
+    monkeypatch.setattr(trt_mod, "_settings_fields", lambda: SETTINGS_AUTOCAST)
+    return calls
+
+
+@pytest.mark.parametrize("new_api", [True, False])
+def test_torch_tensorrt_calls(monkeypatch, tmp_path, new_api):
+    calls = _fake_torch_tensorrt(monkeypatch, arg_inputs=new_api)
+    example = torch.zeros((1, 1, 24, 40))
+    trt_mod._compile("module", example, "fp16")
+    c = calls["compile"]
+    spec = c["arg_inputs" if new_api else "inputs"]
+    assert c["ir"] == "dynamo" and c["device"] == example.device and c["min_block_size"] == 1
+    assert len(spec) == 1 and spec[0].shape == (1, 1, 24, 40) and spec[0].dtype == torch.float32
+    assert c["enable_autocast"] is True and c["autocast_low_precision_type"] is torch.float16
+    assert c["enabled_precisions"] is None  # ignored by the dynamo path of new releases: never relied on
+    trt_mod._save("compiled", tmp_path / "engine.pt2", example)
+    s = calls["save"]
+    assert s["output_format"] == "exported_program" and s["file_path"] == str(tmp_path / "engine.pt2")
+    assert s["arg_inputs" if new_api else "inputs"] == [example]
+    assert trt_mod._load(tmp_path / "engine.pt2") == "the module" and calls["load"] == str(tmp_path / "engine.pt2")
 
 
 def test_state_dict_sha256_changes_with_weights():
@@ -414,3 +546,56 @@ def test_bench_engine_reports_rates():
     assert r["n"] == 6 and r["batch"] == 2 and r["engine"]["backend"] == "cuda"
     with pytest.raises(ValueError, match="n must be"):
         bench_engine(engine, (24, 24), n=0)
+
+
+# -- reduced precision out of its validated range, on the CPU -------------------------------
+
+
+def test_frame_beyond_the_fp16_validated_range_is_restored_in_fp32(monkeypatch, caplog):
+    from livedenoise.engines import torch_cuda
+
+    monkeypatch.setitem(torch_cuda.TOLERANCE, "fp16", 1.0)  # take fp16 whatever its accuracy on this CPU
+    net = _rln()
+    engine = TorchCUDAEngine(net, device="cpu", card={"id": "x"}, precision="fp16", max_batch=2)
+    engine.prepare((32, 32))
+    limit = engine.describe()["input_limit_e"]
+    assert engine.precision == "fp16" and 2e4 < limit < 65504
+    dim = synthetic_frame((32, 32), seed=5, peak_e=500.0)
+    bright = dim.copy()
+    bright[3:6, 3:6] = 1.5 * limit  # representable in fp16, but beyond what fp16 was validated for
+    outs = [np.empty_like(dim), np.empty_like(dim)]
+    with caplog.at_level(logging.WARNING, logger="livedenoise"):
+        engine.restore_many([dim, bright], outs)
+    assert engine.describe()["fp32_frames"] == 1 and "restored in fp32" in caplog.text
+    assert relative_error(outs[1], _ref(net, bright)) < 1e-5  # fp32, not fp16 (~1e-3)
+    assert relative_error(outs[0], _ref(net, dim)) < 1.0
+
+
+def test_fp16_overflow_is_restored_in_fp32_not_dropped():
+    gain = torch.nn.Conv2d(1, 1, 1, bias=False)
+    with torch.no_grad():
+        gain.weight.fill_(1.0)
+    engine = TorchCUDAEngine(gain, device="cpu", card={"id": "gain"}, precision="fp16")
+    engine.prepare((16, 16))  # identity: validates in fp16
+    assert engine.precision == "fp16"
+    with torch.no_grad():
+        gain.weight.fill_(1000.0)  # now 100 e- -> 1e5, beyond fp16's 65504
+    frame = np.full((16, 16), 100.0, np.float32)
+    frame.setflags(write=False)  # a read-only frame (a borrowed buffer) is fine for the redo too
+    out = engine.restore(frame, np.empty_like(frame))
+    np.testing.assert_allclose(out, 1e5, rtol=1e-6)
+    assert engine.describe()["fp32_frames"] == 1
+    frame = frame.copy()
+    frame[2, 2] = np.nan  # not finite in fp32 either: raises, naming the frame
+    with pytest.raises(FloatingPointError, match=r"frame\(s\) \[0\] of 1 .*also in fp32"):
+        engine.restore(frame, np.empty_like(frame))
+
+
+def test_model_with_non_finite_fp32_output_is_refused():
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            return x / 0.0
+
+    engine = TorchCUDAEngine(Broken(), device="cpu", card={"id": "broken"})
+    with pytest.raises(FloatingPointError, match="non-finite values in fp32"):
+        engine.prepare((16, 16))

@@ -1,9 +1,9 @@
 """On-disk cache of compiled engines (TensorRT), keyed by everything that changes the build.
 
-A compiled TensorRT engine is only valid for one model's weights, one frame shape, one
-precision, one TensorRT / torch-tensorrt pair and one GPU model. The cache key is the sha256
-of all of these (plus the livedenoise version), so a change of any one of them gives a new
-entry and an old entry is never loaded where it does not belong.
+A compiled TensorRT engine is only valid for one network (weights and architecture), one
+frame shape, one precision, one TensorRT / torch-tensorrt pair and one GPU model. The cache
+key is the sha256 of all of these (plus the livedenoise version), so a change of any one of
+them gives a new entry and an old entry is never loaded where it does not belong.
 
 Layout::
 
@@ -67,8 +67,9 @@ class CacheKey:
 
     Attributes
     ----------
-    weights_sha256 : str
-        sha256 of the model's weights file (the model card's ``sha256``).
+    model_sha256 : str
+        sha256 of the network: weights, class and architecture
+        (:func:`livedenoise.engines.tensorrt.model_sha256`).
     shape : tuple of int
         Input shape the engine was built for, ``(N, C, H, W)`` or ``(H, W)``.
     precision : str
@@ -83,7 +84,7 @@ class CacheKey:
         ``livedenoise.__version__``.
     """
 
-    weights_sha256: str
+    model_sha256: str
     shape: tuple[int, ...]
     precision: str
     tensorrt_version: str

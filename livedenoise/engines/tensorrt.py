@@ -7,9 +7,11 @@ An engine is compiled per (model weights, frame shape, precision) for one GPU mo
 TensorRT version, which takes minutes, so compiled engines are kept in
 ``~/.cache/livedenoise/trt`` (``$LIVEDENOISE_CACHE/trt``; see ``_cache.py`` for the key and
 layout). The compiled program is checked against the fp32 PyTorch output on a synthetic
-frame before use. If compiling, loading or that check fails, the engine logs why and runs
-the PyTorch CUDA engine instead (``fallback=False`` makes it raise instead); ``describe()``
-then says ``backend: cuda`` with the ``fallback_reason``.
+frame before use; a cached engine that fails the check is removed and rebuilt once, and a
+fresh one that fails it is not kept. If compiling, loading or that check fails, the engine
+logs why and runs the PyTorch CUDA engine instead, at the requested precision
+(``fallback=False`` makes it raise instead); ``describe()`` then says ``backend: cuda``
+with the ``fallback_reason``.
 
 Frames go through the CUDA engine's machinery (pinned staging, H2D / compute / D2H on their
 own streams, overlapped in ``restore_many``), with the TensorRT module in place of the
@@ -29,7 +31,7 @@ from typing import Any
 
 from livedenoise.engines.torch_cuda import TOLERANCE, TorchCUDAEngine, relative_error, synthetic_frame
 
-__all__ = ["TensorRTEngine", "state_dict_sha256"]
+__all__ = ["TensorRTEngine", "model_sha256", "state_dict_sha256"]
 
 log = logging.getLogger("livedenoise")
 
@@ -50,6 +52,28 @@ def state_dict_sha256(module: Any) -> str:
     return h.hexdigest()
 
 
+def model_sha256(module: Any, card: Any = None) -> str:
+    """sha256 of everything in a network that a compiled engine bakes in.
+
+    The weights (:func:`state_dict_sha256`), the module's class and its ``repr`` (layers and
+    their settings, e.g. the activation), and the card's ``architecture`` / ``arch_params``
+    when a card is given. Two models that share a weights file but differ in architecture
+    therefore never share a cache entry; a card's own ``sha256`` (of the weights file only)
+    is not enough for that, and is not trusted for a module passed in directly.
+    """
+    import json
+
+    if isinstance(card, dict):
+        arch = {"architecture": card.get("architecture"), "arch_params": card.get("arch_params")}
+    else:
+        arch = {"architecture": getattr(card, "architecture", None), "arch_params": getattr(card, "arch_params", None)}
+    h = hashlib.sha256()
+    h.update(state_dict_sha256(module).encode())
+    h.update(f"{type(module).__module__}.{type(module).__qualname__}\n{module!r}\n".encode())
+    h.update(json.dumps(arch, sort_keys=True, default=repr).encode())
+    return h.hexdigest()
+
+
 def _trt_versions() -> tuple[str, str]:
     """``(tensorrt version, torch-tensorrt version)``; raises ImportError when missing."""
     import tensorrt
@@ -58,16 +82,27 @@ def _trt_versions() -> tuple[str, str]:
     return str(tensorrt.__version__), str(torch_tensorrt.__version__)
 
 
-def _precision_kwargs(precision: str) -> dict[str, Any]:
-    """torch-tensorrt compile settings for ``precision`` across API generations.
-
-    torch-tensorrt >= 2.10 types networks explicitly and lowers to fp16/bf16 with its own
-    autocast (``enable_autocast``); older releases take ``enabled_precisions``.
-    """
-    import torch
+def _settings_fields() -> set[str]:
+    """Names of torch-tensorrt's dynamo ``CompilationSettings`` fields (this installed version)."""
     from torch_tensorrt.dynamo._settings import CompilationSettings
 
-    fields = {f.name for f in dataclasses.fields(CompilationSettings)}
+    return {f.name for f in dataclasses.fields(CompilationSettings)}
+
+
+def _precision_kwargs(precision: str, fields: set[str] | None = None) -> dict[str, Any]:
+    """torch-tensorrt compile settings for ``precision`` across API generations.
+
+    Releases with ``enable_autocast`` in ``CompilationSettings`` type networks explicitly
+    (``use_explicit_typing``, on by default there) and lower to fp16/bf16 with their own
+    autocast (``autocast_low_precision_type``); their ``torch_tensorrt.compile`` no longer passes
+    ``enabled_precisions`` to the dynamo path at all, so an fp16 request through it would
+    silently build fp32. Older releases take ``enabled_precisions`` (weak typing).
+    ``fields`` defaults to the installed release's settings.
+    """
+    import torch
+
+    if fields is None:
+        fields = _settings_fields()
     low = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     if low is None:
         return {}
@@ -85,13 +120,18 @@ def _precision_kwargs(precision: str) -> dict[str, Any]:
 
 
 def _compile(module: Any, example: Any, precision: str) -> Any:
-    """Compile ``module`` for ``example``'s shape with torch-tensorrt (dynamo IR)."""
+    """Compile ``module`` for ``example``'s shape with torch-tensorrt (dynamo IR).
+
+    ``device`` is passed so that the example inputs of the trace land on the module's GPU
+    (torch-tensorrt's default is the current device, not necessarily ``example.device``).
+    """
     import torch_tensorrt
 
     params = inspect.signature(torch_tensorrt.compile).parameters
     spec = [torch_tensorrt.Input(shape=tuple(example.shape), dtype=example.dtype)]
     inputs_kw = {"arg_inputs": spec} if "arg_inputs" in params else {"inputs": spec}
-    return torch_tensorrt.compile(module, ir="dynamo", min_block_size=1, **inputs_kw, **_precision_kwargs(precision))
+    return torch_tensorrt.compile(module, ir="dynamo", min_block_size=1, device=example.device,
+                                  **inputs_kw, **_precision_kwargs(precision))  # fmt: skip
 
 
 def _save(compiled: Any, path: Path, example: Any) -> None:
@@ -103,10 +143,15 @@ def _save(compiled: Any, path: Path, example: Any) -> None:
 
 
 def _load(path: Path) -> Any:
-    import torch
-    import torch_tensorrt  # noqa: F401 - registers the TensorRT runtime ops used by the program
+    """The callable module of a saved program.
 
-    return torch.export.load(str(path)).module()
+    ``torch_tensorrt.load`` rather than ``torch.export.load``: it also registers the Python
+    runtime's ``tensorrt::execute_engine`` op where the C++ runtime is not installed.
+    """
+    import torch_tensorrt
+
+    program = torch_tensorrt.load(str(path))
+    return program.module() if hasattr(program, "module") else program
 
 
 class _Heartbeat:
@@ -166,17 +211,17 @@ class TensorRTEngine(TorchCUDAEngine):
                  fallback: bool = True, device: str | None = None, card: Any = None) -> None:  # fmt: skip
         from livedenoise.engines._cache import EngineCache
 
-        super().__init__(model, precision="auto", device=device, cuda_graphs=False, max_batch=1, card=card)
         if precision not in ("auto", *PRECISIONS):
             raise ValueError(f"precision must be auto, fp16, bf16 or fp32, not {precision!r}")
+        # the requested precision also governs the CUDA engine this falls back to
+        super().__init__(model, precision=precision, device=device, cuda_graphs=False, max_batch=1, card=card)
         self.trt_precision = "fp16" if precision == "auto" else precision
         self.cache = EngineCache(cache_dir)
         self.fallback = bool(fallback)
         self.fallback_reason: str | None = None
         self.from_cache: bool | None = None
         self._trt: Any = None
-        sha = getattr(self.card, "sha256", None) or (self.card.get("sha256") if isinstance(self.card, dict) else None)
-        self.weights_sha256 = sha or state_dict_sha256(self._module)
+        self.model_sha256 = model_sha256(self._module, self.card)
 
     def cache_key(self, shape: tuple[int, int]) -> Any:
         """The :class:`~livedenoise.engines._cache.CacheKey` of this model at ``shape`` here."""
@@ -190,11 +235,12 @@ class TensorRTEngine(TorchCUDAEngine):
             gpu, cap = torch.cuda.get_device_name(self.device), torch.cuda.get_device_capability(self.device)
         else:
             gpu, cap = "cpu", (0, 0)
-        return CacheKey(self.weights_sha256, (1, 1, *shape), self.trt_precision, trt_v, tt_v, gpu, cap, __version__)
+        return CacheKey(self.model_sha256, (1, 1, *shape), self.trt_precision, trt_v, tt_v, gpu, cap, __version__)
 
     def prepare(self, shape: tuple[int, int]) -> None:
         """Load or compile the TensorRT engine for ``shape``; on failure, the CUDA engine."""
         h, w = (int(s) for s in shape)
+        self._input_limit_e = float("inf")  # no range flag while validating
         if self.fallback_reason is None:
             try:
                 self._prepare_trt((h, w))
@@ -230,12 +276,27 @@ class TensorRTEngine(TorchCUDAEngine):
             log.info("%s: built in %.0f s", what, time.monotonic() - t0)
 
         self._trt, self.from_cache = self.cache.load_or_build(key, build, _load, model=self.model_id)
-        self._validate_trt(shape)
+        try:
+            self._validate_trt(shape)
+        except ValueError as exc:
+            # never keep an entry that fails validation: it would be loaded again at every start
+            self.cache.remove(key)
+            if not self.from_cache:
+                raise
+            log.warning("%s: the cached engine fails validation (%s); removed, rebuilding", what, exc)
+            self._trt, self.from_cache = self.cache.load_or_build(key, build, _load, model=self.model_id)
+            try:
+                self._validate_trt(shape)
+            except ValueError:
+                self.cache.remove(key)
+                raise
 
     def _validate_trt(self, shape: tuple[int, int]) -> None:
         import torch
 
-        x = torch.from_numpy(synthetic_frame(shape)).to(self.device).reshape(1, 1, *shape)
+        frame = synthetic_frame(shape)
+        self._validated_peak_e = float(frame.max())
+        x = torch.from_numpy(frame).to(self.device).reshape(1, 1, *shape)
         with torch.inference_mode():
             ref = TorchCUDAEngine._forward(self, x, "fp32")[0].cpu().numpy()[0, 0]
             y, bad = self._forward(x, self.trt_precision)
@@ -253,12 +314,8 @@ class TensorRTEngine(TorchCUDAEngine):
     def _forward(self, x: Any, precision: str) -> tuple[Any, Any]:
         if self._trt is None:
             return super()._forward(x, precision)
-        import torch
-
         y = self._trt(x.contiguous())
-        y = (y[0] if isinstance(y, (tuple, list)) else y).float()
-        bad = ~torch.isfinite(y).flatten(1).all(dim=1)
-        return y.clamp_(min=0.0), bad
+        return self._finish(x, (y[0] if isinstance(y, (tuple, list)) else y).float())
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

@@ -12,6 +12,12 @@ compute of the next.
 Precision: ``"auto"`` tries fp16, then bf16, then fp32, and keeps the first one whose output
 on a synthetic frame (0 to ~30 000 photoelectrons) stays within the tolerance of the fp32
 output (see :func:`relative_error`); an explicit precision that fails this check raises.
+fp16 is validated only up to that frame's brightest pixel: a live frame brighter than that
+(or any frame whose reduced-precision output is not finite, e.g. an fp16 overflow) is
+restored again in fp32 rather than published wrong or dropped (``describe()["fp32_frames"]``
+counts them); a frame that is not finite even in fp32 raises ``FloatingPointError``.
+On Ampere and newer GPUs PyTorch may run fp32 convolutions in TF32
+(``torch.backends.cudnn.allow_tf32``, on by default); "fp32" here means PyTorch's fp32 setting.
 
 The same code runs on ``device="cpu"`` (no graphs, streams or pinned memory; autocast to
 bf16/fp16 on the CPU) so that the scheduling and validation logic is tested without a GPU.
@@ -153,6 +159,9 @@ class TorchCUDAEngine:
         self.cuda_graphs = bool(cuda_graphs) and self._cuda
         self.max_batch = int(max_batch)
         self.validation_error: dict[str, float] = {}
+        self.fp32_frames = 0  # frames restored again in fp32 (out of the validated range / not finite)
+        self._input_limit_e = float("inf")  # brightest input the chosen precision was validated for
+        self._validated_peak_e = float("inf")
         self._shape: tuple[int, int] | None = None
         self._graphs: dict[int, tuple[Any, Any, Any, Any]] = {}
         if self._cuda:
@@ -170,14 +179,22 @@ class TorchCUDAEngine:
         return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}[precision]
 
     def _forward(self, x: Any, precision: str) -> tuple[Any, Any]:
-        """Network output (float32, clamped at 0) and a per-frame 'not finite' flag."""
+        """Network output (float32, clamped at 0) and a per-frame 'redo in fp32' flag."""
         import torch
 
         dt = self._amp_dtype(precision)
         with torch.autocast(self.device.type, dtype=dt or torch.float32, enabled=dt is not None, cache_enabled=False):
             y = self._module(x)
-        y = y.float()
+        return self._finish(x, y.float())
+
+    def _finish(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """Clamp ``y`` at 0 in place; flag frames whose output is not finite or whose input is
+        brighter than the precision was validated for (device-side only: no host sync)."""
+        import torch
+
         bad = ~torch.isfinite(y).flatten(1).all(dim=1)
+        if self._input_limit_e != float("inf"):
+            bad |= x.flatten(1).amax(dim=1) > self._input_limit_e
         return y.clamp_(min=0.0), bad
 
     def _stream(self, stream: Any) -> Any:
@@ -216,6 +233,8 @@ class TorchCUDAEngine:
             raise ValueError(f"frame shape must be positive, got {h}x{w}")
         self._graphs.clear()
         self._shape = (h, w)
+        self._input_limit_e = float("inf")  # no range flag while validating
+        self._warned_fp32 = False
         b = self.max_batch
         self._host_in = [self._empty((b, h, w), host=True) for _ in range(2)]
         self._host_out = [self._empty((b, h, w), host=True) for _ in range(2)]
@@ -225,7 +244,13 @@ class TorchCUDAEngine:
         self._dev_bad = [torch.zeros(b, dtype=torch.bool, device=self.device) for _ in range(2)]
         self._ev = {k: [self._event() for _ in range(2)] for k in ("h2d", "compute", "d2h")}
         self._direct_out: list[list[bool]] = [[], []]
+        if self._cuda:
+            # the zero fills above ran on the current stream; the copy and compute streams
+            # do not wait for it, so finish it before they touch these buffers
+            torch.cuda.current_stream(self.device).synchronize()
         self.precision = self._choose_precision((h, w))
+        # fp16 overflows above 65504: frames brighter than the validated one are redone in fp32
+        self._input_limit_e = self._validated_peak_e if self.precision == "fp16" else float("inf")
         if self.cuda_graphs:
             self._graph(1)
         warm = np.zeros((h, w), np.float32)
@@ -237,12 +262,19 @@ class TorchCUDAEngine:
         import torch
 
         frame = synthetic_frame(shape)
+        self._validated_peak_e = float(frame.max())
         x = torch.from_numpy(frame).to(self.device).reshape(1, 1, *shape)
         with torch.inference_mode():
             ref = self._forward(x, "fp32")[0].cpu().numpy()[0, 0]
+            if not np.isfinite(ref).all():
+                raise FloatingPointError(f"model {self.model_id} gives non-finite values in fp32 on a synthetic "
+                                         f"{shape[0]}x{shape[1]} frame (0 to {self._validated_peak_e:.0f} e-); "
+                                         "the model file is damaged or unsuitable")  # fmt: skip
             candidates = AUTO_PRECISIONS if self.requested_precision == "auto" else (self.requested_precision,)
             for p in candidates:
-                if p == "bf16" and self._cuda and not torch.cuda.is_bf16_supported():
+                if p == "bf16" and self._cuda and torch.cuda.get_device_capability(self.device)[0] < 8:
+                    # bf16 runs natively from compute capability 8.0 (Ampere); before that
+                    # torch.cuda.is_bf16_supported() may say True for a slow emulation
                     self.validation_error[p] = float("nan")
                     continue
                 try:
@@ -271,11 +303,13 @@ class TorchCUDAEngine:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.inference_mode(), torch.cuda.stream(side):
-            for _ in range(3):  # warm-up outside capture (cuDNN autotuning, allocator)
+            for _ in range(3):  # warm-up outside capture (cuDNN/cuBLAS handles, autotuning, allocator)
                 self._forward(static_in, self.precision)  # type: ignore[arg-type]
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph):
+        # capture on the warm-up stream: handles and workspaces created there are reused, so
+        # nothing capture-unsafe is lazily created during capture
+        with torch.inference_mode(), torch.cuda.graph(graph, stream=side):
             static_out, static_bad = self._forward(static_in, self.precision)  # type: ignore[arg-type]
         torch.cuda.synchronize(self.device)
         self._graphs[b] = (graph, static_in, static_out, static_bad)
@@ -290,8 +324,10 @@ class TorchCUDAEngine:
     def restore_many(self, frames: list[np.ndarray], outs: list[np.ndarray]) -> list[np.ndarray]:
         """Restore several frames (micro-batches of at most ``max_batch``, copies overlapped).
 
-        Raises ``FloatingPointError`` naming the frames whose output was not finite (the
-        other frames are restored); their ``out`` content is undefined.
+        A frame whose reduced-precision output is not finite, or that is brighter than the
+        precision was validated for, is restored again in fp32. Raises ``FloatingPointError``
+        naming the frames whose output is not finite even then (the other frames are
+        restored); their ``out`` content is undefined.
         """
         if self._shape is None:
             raise RuntimeError("call prepare(shape) before restore()")
@@ -315,9 +351,32 @@ class TorchCUDAEngine:
         if pending is not None:
             bad_frames += self._collect(outs, *pending)
         if bad_frames:
+            bad_frames = [i for i in bad_frames if not self._restore_fp32(frames[i], outs[i])]
+        if bad_frames:
             raise FloatingPointError(f"the network produced non-finite values for frame(s) {bad_frames} of "
-                                     f"{len(frames)} ({self.model_id}, {self.precision}); not restored")  # fmt: skip
+                                     f"{len(frames)} ({self.model_id}, {self.precision}, also in fp32); "
+                                     "not restored")  # fmt: skip
         return outs
+
+    def _restore_fp32(self, frame: np.ndarray, out: np.ndarray) -> bool:
+        """Restore one frame with the PyTorch module in fp32 (no graph); False if not finite."""
+        import torch
+
+        if not self._warned_fp32:
+            self._warned_fp32 = True
+            log.warning("cuda engine: a frame (max %.0f e-) was out of the range validated for %s (%.0f e-) or "
+                        "gave non-finite values; such frames are restored in fp32 (slower)",
+                        float(np.nanmax(frame)) if np.isfinite(frame).any() else float("nan"),
+                        self.precision, self._input_limit_e)  # fmt: skip
+        with self._stream(self._compute), torch.inference_mode():
+            x = torch.from_numpy(np.array(frame, dtype=np.float32)).to(self.device)  # a copy: frame may be read-only
+            y, _ = TorchCUDAEngine._forward(self, x.reshape(1, 1, *x.shape), "fp32")
+            y_host = y.cpu().numpy()[0, 0]  # waits for the compute stream
+        if not np.isfinite(y_host).all():
+            return False
+        np.copyto(out, y_host)
+        self.fp32_frames += 1
+        return True
 
     def _pinned(self, a: np.ndarray) -> Any:
         """``a`` as a tensor when it lives in pinned memory (direct DMA), else ``None``."""
@@ -391,6 +450,9 @@ class TorchCUDAEngine:
             "cuda_graphs": self.cuda_graphs,
             "max_batch": self.max_batch,
             "validation_error": dict(self.validation_error),
+            "fp32_frames": self.fp32_frames,
+            # frames brighter than this (photoelectrons) are restored in fp32; None: no limit
+            "input_limit_e": None if self._input_limit_e == float("inf") else round(self._input_limit_e, 1),
             "shape": list(self._shape) if self._shape else None,
             "torch": torch.__version__,
         }
