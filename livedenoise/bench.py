@@ -175,9 +175,12 @@ def bench_pipeline(
     ``endpoint`` is where the publisher binds (loopback tcp by default; ``ipc://...`` is
     the other local transport); ``topics`` are what the one subscriber receives.
     """
+    from ._memory import keep_freed_memory
     from .daemon import Pipeline
     from .publisher import Publisher
     from .sources import CoreSource
+
+    keep_freed_memory()  # as the daemon and `livedenoise subscribe` do
 
     rng = np.random.default_rng(seed)
     offset, gain = 100.0, 2.0
@@ -201,6 +204,13 @@ def bench_pipeline(
     pipe = Pipeline(CoreSource(core), engine, publisher, cal, config)
     try:
         pipe.start()
+        # the warm-up starts with the first frame: making buffers resident comes before it
+        deadline = time.monotonic() + 120.0
+        while pipe.stats.rates["acquired"].count == 0:
+            if pipe.wait(0.01):
+                raise RuntimeError(f"the pipeline stopped before its first frame: {pipe.failure}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the camera gave no frame within 120 s")
         time.sleep(warmup_s)
         dropped_warmup = pipe.stats.dropped_total
         pipe.stats.reset()  # measure after the warm-up

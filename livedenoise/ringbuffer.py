@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ._memory import prefault
+
 __all__ = ["RingBuffer", "RingClosed", "Slot"]
 
 
@@ -68,6 +70,9 @@ class Slot:
         self.index = index
         self.raw = np.zeros(shape, np.uint16)
         self.e = np.zeros(shape, np.float32)
+        # resident now, not when the first frames stream in (see livedenoise._memory)
+        prefault(self.raw)
+        prefault(self.e)
         self.frame = -1
         self.exposure_ms = 0.0
         self.t_acquired = 0.0

@@ -108,8 +108,10 @@ def run_live(
 
     0: stopped normally; 1: the pipeline failed (the summary says why).
     """
+    from ._memory import keep_freed_memory
     from .publisher import Publisher
 
+    keep_freed_memory()  # copying sends reuse heap memory (see livedenoise._memory)
     out = out or sys.stdout
     security = server_security(config)
     sampler = QualitySampler() if quality else None

@@ -46,6 +46,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from ._memory import prefault
+
 __all__ = ["AttachedSource", "CoreSource", "FrameInfo", "FrameSource", "SourceError", "load_core"]
 
 log = logging.getLogger("livedenoise")
@@ -170,6 +172,10 @@ class _CoreGeometry:
         return (x, y, w, h, b)
 
 
+# frames at least this large get the core's sequence buffer faulted in before the start
+_RESIDENT_MIN_FRAME_BYTES = 2 * 1024 * 1024
+
+
 class CoreSource:
     """The daemon owns the core: continuous sequence acquisition, every frame popped in order.
 
@@ -213,6 +219,7 @@ class CoreSource:
         self._next_index = 0  # frame number the next image would get
         self._base = 0  # index of ImageNumber 0 of the current sequence
         self._staging: np.ndarray | None = None
+        self._resident_pool: int | None = None  # id() of the core's sequence buffer made resident
         self.received = 0
 
     # -- protocol -----------------------------------------------------------------
@@ -246,10 +253,37 @@ class CoreSource:
         check_pixel_type(core)
         if core.isSequenceRunning():
             core.stopSequenceAcquisition()
+        self._make_sequence_buffer_resident()
         core.startContinuousSequenceAcquisition(self._interval_ms)
         self._started_by_us = True
         self._base = self._next_index
         log.info("acquisition started on camera %s, ROI %s", self.camera, self.geometry())
+
+    def _make_sequence_buffer_resident(self) -> None:
+        """Fault in UniMMCore's sequence buffer before frames stream into it (once per buffer).
+
+        Its pool (1 GiB by default) is mapped lazily, so for the whole first pass through it
+        every frame the camera writes also pays for zeroing fresh pages: 16 ms per 2048²
+        frame on a VM, which alone exceeds a 100 fps budget. Done only for large frames
+        (>= 2 MiB); smaller ones spread that cost thinly. The C++ core allocates its own
+        buffer and is left alone. Relies on pymmcore-plus 0.18's SequenceBuffer (``_pool``);
+        anything else is skipped.
+        """
+        core = self.core
+        seq = getattr(core, "_seq_buffer", None)
+        pool = getattr(seq, "_pool", None)
+        if not isinstance(pool, np.ndarray) or id(pool) == self._resident_pool:
+            return
+        try:
+            frame_bytes = int(core.getImageWidth()) * int(core.getImageHeight()) * int(core.getBytesPerPixel())
+        except Exception:
+            return
+        if frame_bytes < _RESIDENT_MIN_FRAME_BYTES:
+            return
+        self._resident_pool = id(pool)
+        seq.clear()  # the sequence start clears it too: no frame is lost here
+        dt = prefault(pool)
+        log.info("sequence buffer of %d MiB made resident in %.2f s", pool.nbytes >> 20, dt)
 
     def _stop_sequence(self) -> None:
         if self._started_by_us:

@@ -7,6 +7,10 @@
 
 Any ZeroMQ client in any language can do the same: a SUB socket subscribed to the topic,
 three frames per message (topic, JSON header, C-order array bytes; see DESIGN.md).
+
+A program receiving large frames at a high rate should call :func:`keep_freed_memory`
+once (glibc only): libzmq allocates a buffer per message, and without it every 2048²
+frame faults in fresh pages.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ._memory import keep_freed_memory
 from ._zmqsec import ClientSecurity, secure_client
 from .protocol import TOPICS, ProtocolError, decode
 
-__all__ = ["Message", "Subscriber", "TopicStats"]
+__all__ = ["Message", "Subscriber", "TopicStats", "keep_freed_memory"]
 
 log = logging.getLogger("livedenoise")
 

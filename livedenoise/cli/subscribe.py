@@ -68,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
         security = ClientSecurity(args.key, args.server_key)
 
-    from livedenoise.subscriber import Subscriber
+    from livedenoise.subscriber import Subscriber, keep_freed_memory
 
+    keep_freed_memory()  # libzmq's receive buffers are reused instead of mapped afresh per frame
     with Subscriber(args.endpoint, topics, security=security) as sub:
         if not args.save:
             return _finish(sub, args, _loop(sub, args, None))
