@@ -3,8 +3,9 @@
 The camera is the simulator's ``ReplayCamera`` replaying pre-generated uint16 frames
 through a ``UniMMCore`` (so the simulator's own noise generation is not what is measured,
 but acquisition still goes through the core), paced at ``camera_fps``. The pipeline
-converts to photoelectrons, passes the ring, runs the engine and publishes ``raw`` and
-``denoised`` to one real ZeroMQ subscriber on loopback (a thread of this process).
+converts to photoelectrons, passes the ring, runs the engine and publishes to one real
+ZeroMQ subscriber on loopback (``denoised``, optionally ``raw`` too): a thread of this
+process with its own ZeroMQ context, or ``livedenoise subscribe`` in a separate process.
 
 Reported per run: frames/s acquired, restored and received by the subscriber, drops,
 subscriber gaps, latency p50/p99 per stage and end to end (ms), and the machine.
@@ -52,6 +53,7 @@ class BenchResult:
     latency_ms: dict[str, dict[str, float | None]]
     subscriber_latency_ms: dict[str, float | None] = field(default_factory=dict)
     dropped_warmup: int = 0
+    subscriber: str = "thread"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,9 +125,13 @@ class _SubscriberThread(threading.Thread):
 
     def __init__(self, endpoint: str, topics: tuple[str, ...] = ("raw", "denoised")) -> None:
         super().__init__(name="bench-subscriber", daemon=True)
+        import zmq
+
         from .subscriber import Subscriber
 
-        self.sub = Subscriber(endpoint, topics=topics, rcvhwm=100)
+        # its own context, hence its own I/O thread, as a subscriber in another program has
+        self.context = zmq.Context()
+        self.sub = Subscriber(endpoint, topics=topics, rcvhwm=100, context=self.context)
         self.stop = threading.Event()
         self.counts = dict.fromkeys(("raw", "denoised"), 0)
         self.gaps = 0
@@ -149,12 +155,93 @@ class _SubscriberThread(threading.Thread):
                 self.latency[self.n_latency] = time.time() - h["t_acquired"]
                 self.n_latency += 1
         self.sub.close()
+        self.context.term()
+
+    def snapshot(self) -> tuple[float, dict[str, int], int]:
+        """(time, messages per topic, gaps) so far."""
+        return time.time(), dict(self.counts), self.gaps
 
     def latency_ms(self) -> dict[str, float | None]:
         if self.n_latency == 0:
             return {"p50": None, "p99": None}
         p50, p99 = np.percentile(self.latency[: self.n_latency], (50, 99)) * 1e3
         return {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
+
+
+class _SubscriberProcess:
+    """``livedenoise subscribe --json`` in a separate process: the subscriber a viewer would be.
+
+    Same interface as :class:`_SubscriberThread`; its counts follow the subscriber's
+    per-second JSON lines, its latency is that of the subscriber's last 1000 messages.
+    """
+
+    def __init__(self, endpoint: str, topics: tuple[str, ...] = ("raw", "denoised")) -> None:
+        import sys
+
+        self.cmd = [sys.executable, "-m", "livedenoise", "-q", "subscribe", "--endpoint", endpoint,
+                    "--topics", ",".join(topics), "--json"]  # fmt: skip
+        self.counts = dict.fromkeys(("raw", "denoised"), 0)
+        self.gaps = 0
+        self.n_latency = 0  # the subscriber keeps its own window; kept for the common interface
+        self._latency: dict[str, float | None] = {"p50": None, "p99": None}
+        self._snapshot: tuple[float, dict[str, int], int] = (time.time(), dict(self.counts), 0)
+        self._proc: Any = None
+        self._reader: threading.Thread | None = None
+        self.stop = self  # ``stop.set()`` as on the thread
+
+    def start(self) -> None:
+        import subprocess
+
+        self._proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._reader = threading.Thread(target=self._read, name="bench-subscriber-reader", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        import json
+
+        for line in self._proc.stdout:
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            topics = d.get("topics") if isinstance(d, dict) else None
+            if not topics:
+                continue
+            self._snapshot = (
+                float(d.get("t", time.time())),
+                {t: int((topics.get(t) or {}).get("frames", 0)) for t in self.counts},
+                sum(int(v.get("gaps", 0)) for v in topics.values()),
+            )
+            _, self.counts, self.gaps = self._snapshot
+            den = topics.get("denoised") or {}
+            if den.get("latency_p50_ms") is not None:
+                self._latency = {"p50": den["latency_p50_ms"], "p99": den["latency_p99_ms"]}
+
+    def snapshot(self) -> tuple[float, dict[str, int], int]:
+        """(time, messages per topic, gaps) of the subscriber's latest once-a-second line."""
+        return self._snapshot
+
+    def set(self) -> None:
+        import signal
+
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)  # a clean stop, with its summary
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._proc is None:
+            return
+        try:
+            self._proc.wait(timeout)
+        except Exception:
+            self._proc.kill()
+            self._proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout)
+        if self._proc.stdout is not None and (self._reader is None or not self._reader.is_alive()):
+            self._proc.stdout.close()
+
+    def latency_ms(self) -> dict[str, float | None]:
+        return dict(self._latency)
 
 
 def bench_pipeline(
@@ -168,13 +255,18 @@ def bench_pipeline(
     pool_frames: int = 8,
     seed: int = 0,
     endpoint: str = "tcp://127.0.0.1:*",
-    topics: tuple[str, ...] = ("raw", "denoised"),
+    topics: tuple[str, ...] = ("denoised",),
+    subscriber: str = "thread",
 ) -> BenchResult:
     """Run the whole pipeline for ``seconds`` on ``size``² replayed frames with ``engine``.
 
     ``endpoint`` is where the publisher binds (loopback tcp by default; ``ipc://...`` is
-    the other local transport); ``topics`` are what the one subscriber receives.
+    the other local transport); ``topics`` are what the one subscriber receives;
+    ``subscriber`` is ``"thread"`` (in this process, with its own ZeroMQ context) or
+    ``"process"`` (``livedenoise subscribe`` in a separate process, as a viewer would be).
     """
+    if subscriber not in ("thread", "process"):
+        raise ValueError(f"subscriber must be 'thread' or 'process', got {subscriber!r}")
     from ._memory import keep_freed_memory
     from .daemon import Pipeline
     from .publisher import Publisher
@@ -193,12 +285,15 @@ def bench_pipeline(
         meta={"source": "bench", "camera": "Camera"},
     )
     publisher = Publisher(endpoint, sndhwm=100)
-    sub = _SubscriberThread(publisher.endpoint, topics)
+    sub: Any = (_SubscriberThread if subscriber == "thread" else _SubscriberProcess)(publisher.endpoint, topics)
     sub.start()
-    deadline = time.monotonic() + 5.0
+    deadline = time.monotonic() + (5.0 if subscriber == "thread" else 60.0)
     while not all(publisher.has_subscribers(t) for t in topics):
         if time.monotonic() > deadline:
-            raise RuntimeError("the benchmark subscriber did not connect within 5 s")
+            sub.stop.set()
+            sub.join(5.0)
+            publisher.close()
+            raise RuntimeError(f"the benchmark subscriber ({subscriber}) did not connect in time")
         time.sleep(0.01)
     config = PipelineConfig(ring_slots=ring_slots, pub_endpoint=publisher.endpoint, control_endpoint="inproc://bench")
     pipe = Pipeline(CoreSource(core), engine, publisher, cal, config)
@@ -212,17 +307,20 @@ def bench_pipeline(
             if time.monotonic() > deadline:
                 raise RuntimeError("the camera gave no frame within 120 s")
         time.sleep(warmup_s)
+        if subscriber == "process":
+            time.sleep(1.0)  # its counts arrive once a second: start from a fresh line
         dropped_warmup = pipe.stats.dropped_total
         pipe.stats.reset()  # measure after the warm-up
-        counts0 = dict(sub.counts)
+        snap0 = sub.snapshot()
         sub.n_latency = 0
         t0 = time.perf_counter()
         if pipe.wait(seconds):
             raise RuntimeError(f"the pipeline stopped during the benchmark: {pipe.failure}")
         elapsed = time.perf_counter() - t0
         status = pipe.status()
-        counts1 = dict(sub.counts)
-        gaps = sub.gaps
+        if subscriber == "process":
+            pipe.wait(1.1)  # its next once-a-second line, still with frames streaming
+        snap1 = sub.snapshot()
     finally:
         pipe.stop()
         sub.stop.set()
@@ -232,7 +330,8 @@ def bench_pipeline(
             core.unloadAllDevices()
         except Exception:
             pass
-    received = counts1["denoised"] - counts0["denoised"]
+    sub_s = max(snap1[0] - snap0[0], 1e-9)  # the subscriber's own window (a separate process reports once a second)
+    received = snap1[1]["denoised"] - snap0[1]["denoised"]
     return BenchResult(
         size=size,
         transport=publisher.endpoint.split(":", 1)[0],
@@ -243,14 +342,15 @@ def bench_pipeline(
         seconds=round(elapsed, 3),
         acquired=status["frames"]["acquired"],
         restored=status["frames"]["restored"],
-        received_raw=counts1["raw"] - counts0["raw"],
+        received_raw=snap1[1]["raw"] - snap0[1]["raw"],
         received_denoised=received,
         fps_acquired=round(status["frames"]["acquired"] / elapsed, 2),
         fps_restored=round(status["frames"]["restored"] / elapsed, 2),
-        fps_received=round(received / elapsed, 2),
+        fps_received=round(received / sub_s, 2),
         dropped=status["dropped"],
         drops=status["drops"],
-        subscriber_gaps=gaps,
+        subscriber_gaps=snap1[2] - snap0[2],
+        subscriber=subscriber,
         dropped_warmup=dropped_warmup,
         latency_ms=status["latency_ms"],
         subscriber_latency_ms=sub.latency_ms(),
@@ -266,7 +366,8 @@ def run_bench(
     camera_fps: float = 100.0,
     ring_slots: int = 16,
     endpoint: str = "tcp://127.0.0.1:*",
-    topics: tuple[str, ...] = ("raw", "denoised"),
+    topics: tuple[str, ...] = ("denoised",),
+    subscriber: str = "thread",
     progress: Any = None,
 ) -> dict[str, Any]:
     """Benchmark every (engine, size); returns ``{"machine": ..., "results": [...]}``."""
@@ -281,7 +382,7 @@ def run_bench(
             try:
                 res = bench_pipeline(
                     size, engine, seconds=seconds, camera_fps=camera_fps, ring_slots=ring_slots,
-                    endpoint=endpoint, topics=topics,
+                    endpoint=endpoint, topics=topics, subscriber=subscriber,
                 )  # fmt: skip
             finally:
                 engine.close()
@@ -304,7 +405,7 @@ def markdown_table(report: dict[str, Any]) -> str:
 
     for r in report["results"]:
         row = [
-            f"{r['size']}²", r["engine"], f"{r['transport']} ({'+'.join(r['topics'])})", f"{r['camera_fps']:g}", f"{r['fps_acquired']:.1f}",
+            f"{r['size']}²", r["engine"], f"{r['transport']} ({'+'.join(r['topics'])}){', subscriber process' if r.get('subscriber') == 'process' else ''}", f"{r['camera_fps']:g}", f"{r['fps_acquired']:.1f}",
             f"{r['fps_restored']:.1f}", f"{r['fps_received']:.1f}", str(r["dropped"]), str(r["subscriber_gaps"]),
         ]  # fmt: skip
         row += [pair(r["latency_ms"][s]) for s in STAGES]

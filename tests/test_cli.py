@@ -101,7 +101,8 @@ def test_serve_missing_config(tmp_path: Path, capsys: Any) -> None:
 
 def test_bench_small_run_reports_every_stage(tmp_path: Path, capsys: Any) -> None:
     out_json = tmp_path / "bench.json"
-    rc = main(["bench", "--size", "64", "--seconds", "0.5", "--camera-fps", "200", "--json", str(out_json)])
+    rc = main(["bench", "--size", "64", "--seconds", "0.5", "--camera-fps", "200", "--topics", "raw,denoised",
+               "--json", str(out_json)])  # fmt: skip
     assert rc == 0
     table = capsys.readouterr().out
     assert "| 64² | passthrough | tcp (raw+denoised) | 200 |" in table and "Machine:" in table
@@ -112,6 +113,20 @@ def test_bench_small_run_reports_every_stage(tmp_path: Path, capsys: Any) -> Non
     assert abs(r["acquired"] - (r["restored"] + r["dropped"])) <= 16
     assert set(r["latency_ms"]) == {"acquire", "convert", "queue", "engine", "publish", "end_to_end"}
     assert report["machine"]["cores"] >= 1
+
+
+def test_bench_with_the_subscriber_in_its_own_process(tmp_path: Path, capsys: Any) -> None:
+    out_json = tmp_path / "bench.json"
+    rc = main(["bench", "--size", "64", "--seconds", "2.5", "--camera-fps", "50", "--subscriber", "process",
+               "--json", str(out_json)])  # fmt: skip
+    assert rc == 0
+    assert "| 64² | passthrough | tcp (denoised), subscriber process | 50 |" in capsys.readouterr().out
+    (r,) = json.loads(out_json.read_text())["results"]
+    assert r["subscriber"] == "process" and r["topics"] == ["denoised"]
+    # counted by `livedenoise subscribe` in the other process, from its once-a-second lines
+    assert r["received_denoised"] > 0 and r["received_raw"] == 0
+    assert 35 < r["fps_received"] < 65
+    assert r["subscriber_latency_ms"]["p50"] is not None
 
 
 def test_bench_rejects_bad_sizes(capsys: Any) -> None:

@@ -9,14 +9,16 @@ HELP = "measure the live pipeline (each stage and end to end) at 512² and 2048�
 DESCRIPTION = """\
 Replays pre-generated uint16 frames through a Micro-Manager core (the simulator's
 ReplayCamera, paced at --camera-fps), converts them to photoelectrons, passes the ring
-buffer and the engine, and publishes raw + denoised to one real ZeroMQ subscriber on
-loopback. Prints a Markdown table: frames/s, drops, subscriber gaps, latency p50/p99 of
+buffer and the engine, and publishes to one real ZeroMQ subscriber on loopback (the
+restored frames; --topics raw,denoised adds the raw ones). Prints a Markdown table: frames/s, drops, subscriber gaps, latency p50/p99 of
 every stage and end to end, and the machine it ran on. Run it on a quiet machine.
 
 Examples:
   livedenoise bench                                  # passthrough at 512² and 2048²
   livedenoise bench --engine passthrough --engine cpu --size 512 --seconds 10
   livedenoise bench --engine all --size 512      # every engine available on this machine
+  livedenoise bench --size 2048 --subscriber process    # the subscriber in its own process
+  livedenoise bench --size 2048 --topics raw,denoised   # both streams: twice the traffic
   livedenoise bench --json bench.json
 """
 
@@ -50,8 +52,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--endpoint", default="tcp://127.0.0.1:*",
                    help="where the publisher binds (default %(default)s: loopback TCP, free port; "
                         "ipc:///tmp/livedenoise-bench.ipc is the other local transport)")
-    p.add_argument("--topics", default="raw,denoised",
-                   help="topics the one subscriber receives, comma-separated (default %(default)s)")
+    p.add_argument("--topics", default="denoised",
+                   help="topics the one subscriber receives, comma-separated (default %(default)s: the "
+                        "pipeline's output; raw,denoised doubles the traffic)")
+    p.add_argument("--subscriber", choices=("thread", "process"), default="thread",
+                   help="where the one subscriber runs: a thread of this process with its own ZeroMQ context "
+                        "(default), or `livedenoise subscribe` in a separate process, as a viewer would be")
     p.add_argument("--json", metavar="OUT.json", default=None, help="also write the full report as JSON ('-' = stdout)")
 
 
@@ -76,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     report = run_bench(
         sizes, engines, model=args.model, seconds=args.seconds,
         camera_fps=args.camera_fps, ring_slots=args.ring_slots, endpoint=args.endpoint, topics=topics,
-        progress=lambda m: print(m, file=sys.stderr),
+        subscriber=args.subscriber, progress=lambda m: print(m, file=sys.stderr),
     )  # fmt: skip
     if args.json == "-":
         print(json.dumps(report, indent=2))
