@@ -282,6 +282,7 @@ class CoreSource:
             return
         self._resident_pool = id(pool)
         seq.clear()  # the sequence start clears it too: no frame is lost here
+        log.info("making the core's %d MiB sequence buffer resident before the camera starts ...", pool.nbytes >> 20)
         dt = prefault(pool)
         log.info("sequence buffer of %d MiB made resident in %.2f s", pool.nbytes >> 20, dt)
 
