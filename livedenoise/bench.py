@@ -186,13 +186,17 @@ class _SubscriberProcess:
         self._latency: dict[str, float | None] = {"p50": None, "p99": None}
         self._snapshot: tuple[float, dict[str, int], int] = (time.time(), dict(self.counts), 0)
         self._proc: Any = None
+        self._stderr: Any = None
         self._reader: threading.Thread | None = None
         self.stop = self  # ``stop.set()`` as on the thread
 
     def start(self) -> None:
         import subprocess
 
-        self._proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        import tempfile
+
+        self._stderr = tempfile.TemporaryFile()
+        self._proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
         self._reader = threading.Thread(target=self._read, name="bench-subscriber-reader", daemon=True)
         self._reader.start()
 
@@ -239,9 +243,24 @@ class _SubscriberProcess:
             self._reader.join(timeout)
         if self._proc.stdout is not None and (self._reader is None or not self._reader.is_alive()):
             self._proc.stdout.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
 
     def latency_ms(self) -> dict[str, float | None]:
         return dict(self._latency)
+
+    def is_alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def describe_failure(self) -> str:
+        """What the subscriber process said on stderr (its last lines), for an error message."""
+        if self._proc is None or self._stderr is None:
+            return "not started"
+        self._stderr.seek(0)
+        tail = self._stderr.read().decode(errors="replace").strip().splitlines()[-5:]
+        state = "running" if self._proc.poll() is None else f"exited with status {self._proc.returncode}"
+        return f"`{' '.join(self.cmd)}` {state}" + (": " + " | ".join(tail) if tail else "")
 
 
 def bench_pipeline(
@@ -289,11 +308,13 @@ def bench_pipeline(
     sub.start()
     deadline = time.monotonic() + (5.0 if subscriber == "thread" else 60.0)
     while not all(publisher.has_subscribers(t) for t in topics):
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or not sub.is_alive():
+            why = sub.describe_failure() if subscriber == "process" else "no subscription arrived"
             sub.stop.set()
             sub.join(5.0)
             publisher.close()
-            raise RuntimeError(f"the benchmark subscriber ({subscriber}) did not connect in time")
+            core.unloadAllDevices()
+            raise RuntimeError(f"the benchmark subscriber ({subscriber}) did not connect in time: {why}")
         time.sleep(0.01)
     config = PipelineConfig(ring_slots=ring_slots, pub_endpoint=publisher.endpoint, control_endpoint="inproc://bench")
     pipe = Pipeline(CoreSource(core), engine, publisher, cal, config)

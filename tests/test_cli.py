@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,22 @@ def test_bench_with_the_subscriber_in_its_own_process(tmp_path: Path, capsys: An
     assert r["received_denoised"] > 0 and r["received_raw"] == 0
     assert 35 < r["fps_received"] < 65
     assert r["subscriber_latency_ms"]["p50"] is not None
+
+
+def test_bench_says_why_the_subscriber_process_failed(monkeypatch: Any) -> None:
+    from livedenoise import bench
+    from livedenoise.engines import make_engine
+
+    class Failing(bench._SubscriberProcess):
+        def __init__(self, *a: Any, **k: Any) -> None:
+            super().__init__(*a, **k)
+            self.cmd = [sys.executable, "-c", "import sys; sys.stderr.write('no display here\\n'); sys.exit(3)"]
+
+    monkeypatch.setattr(bench, "_SubscriberProcess", Failing)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="exited with status 3: no display here"):
+        bench.bench_pipeline(32, make_engine("passthrough"), seconds=0.5, subscriber="process")
+    assert time.monotonic() - t0 < 30  # at once, not after the 60 s connect timeout
 
 
 def test_bench_rejects_bad_sizes(capsys: Any) -> None:
