@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -110,6 +111,34 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
                 return predicate()
             cond.wait(min(0.01, remaining))
     return True
+
+
+@contextmanager
+def running_source(source: Any, sink: Any, *, raise_errors: bool = True) -> Iterator[list[BaseException]]:
+    """Run ``source.run(sink, stop)`` on a thread for the ``with`` block; stop and join it after.
+
+    Yields the list of exceptions the source raised. On leaving, the thread must have
+    stopped within 5 s; with ``raise_errors`` the first exception is raised there.
+    """
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            source.run(sink, stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            errors.append(exc)
+
+    t = threading.Thread(target=target)
+    t.start()
+    try:
+        yield errors
+    finally:
+        stop.set()
+        t.join(5.0)
+    assert not t.is_alive(), "the source did not stop"
+    if raise_errors and errors:
+        raise errors[0]
 
 
 def livedenoise_threads() -> list[str]:

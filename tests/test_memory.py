@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sys
-import threading
-from typing import Any
 
 import numpy as np
 import pytest
 
-from _pipeline_helpers import fake_core, wait_for
+from _pipeline_helpers import fake_core, running_source, wait_for
 from livedenoise import _memory, sources
 from livedenoise.ringbuffer import RingBuffer
 from livedenoise.sources import CoreSource
@@ -68,17 +66,8 @@ def test_ring_slots_are_resident_from_the_start(monkeypatch: pytest.MonkeyPatch)
 
 def _run_briefly(src: CoreSource, frames: int = 5) -> list[int]:
     got: list[int] = []
-    stop = threading.Event()
-
-    def sink(raw: np.ndarray, info: Any) -> None:
-        got.append(info.index)
-
-    t = threading.Thread(target=src.run, args=(sink, stop))
-    t.start()
-    wait_for(lambda: len(got) >= frames, 10.0)
-    stop.set()
-    t.join(5.0)
-    assert not t.is_alive()
+    with running_source(src, lambda raw, info: got.append(info.index)):
+        wait_for(lambda: len(got) >= frames, 10.0)
     return got
 
 

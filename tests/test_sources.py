@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import useq
 
-from _pipeline_helpers import fake_core, sim_core, wait_for
+from _pipeline_helpers import fake_core, running_source, sim_core, wait_for
 from livedenoise.sources import AttachedSource, CoreSource, FrameInfo, FrameSource, SourceError, check_pixel_type
 
 
@@ -39,21 +39,8 @@ class Collector:
 
 
 def _run(source: Any, sink: Collector, until: Any, timeout_s: float = 10.0) -> BaseException | None:
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            source.run(sink, stop)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
-            errors.append(exc)
-
-    t = threading.Thread(target=target)
-    t.start()
-    wait_for(lambda: until() or bool(errors), timeout_s)
-    stop.set()
-    t.join(5.0)
-    assert not t.is_alive(), "the source did not stop"
+    with running_source(source, sink, raise_errors=False) as errors:
+        wait_for(lambda: until() or bool(errors), timeout_s)
     return errors[0] if errors else None
 
 
@@ -92,18 +79,12 @@ def test_core_source_follows_roi_and_binning_changes_mid_stream() -> None:
     core, _ = sim_core(64, exposure_ms=2.0)
     src = CoreSource(core)
     sink = Collector()
-    stop = threading.Event()
-    t = threading.Thread(target=src.run, args=(sink, stop))
-    t.start()
-    try:
+    with running_source(src, sink):
         assert wait_for(lambda: len(sink) >= 3)
         core.setROI(4, 8, 40, 20)
         assert wait_for(lambda: sink.infos[-1].roi == (4, 8, 40, 20, 1))
         core.setProperty("Camera", "Binning", 2)
         assert wait_for(lambda: sink.infos[-1].roi[4] == 2)
-    finally:
-        stop.set()
-        t.join(5.0)
     for f, info in zip(sink.frames, sink.infos):
         assert f.shape == (info.roi[3], info.roi[2])
     assert [i.index for i in sink.infos] == list(range(len(sink)))
@@ -113,10 +94,7 @@ def test_pause_and_resume_restart_the_sequence() -> None:
     core, _ = sim_core(64, exposure_ms=2.0)
     src = CoreSource(core)
     sink = Collector()
-    stop = threading.Event()
-    t = threading.Thread(target=src.run, args=(sink, stop))
-    t.start()
-    try:
+    with running_source(src, sink):
         assert wait_for(lambda: len(sink) >= 3)
         src.pause()
         assert not core.isSequenceRunning()
@@ -126,9 +104,6 @@ def test_pause_and_resume_restart_the_sequence() -> None:
         core.setROI(0, 0, 16, 16)
         src.resume()
         assert wait_for(lambda: len(sink) >= n + 3)
-    finally:
-        stop.set()
-        t.join(5.0)
     idx = [i.index for i in sink.infos]
     assert idx == list(range(len(idx)))  # numbering runs on across the restart
     assert sink.frames[-1].shape == (16, 16)
@@ -195,16 +170,10 @@ def test_attached_source_sees_every_mda_frame_without_taking_them() -> None:
     core.mda.events.frameReady.connect(lambda img, event, meta: theirs.append(event.index.get("t", -1)))
     src = AttachedSource(core)
     sink = Collector()
-    stop = threading.Event()
-    t = threading.Thread(target=src.run, args=(sink, stop))
-    t.start()
-    try:
+    with running_source(src, sink):
         assert src.attached.wait(5.0)
         core.mda.run(useq.MDASequence(time_plan={"interval": 0, "loops": 6}))
         assert wait_for(lambda: len(sink) >= 6), (len(sink), theirs, src.seen, src.describe())
-    finally:
-        stop.set()
-        t.join(5.0)
     assert theirs == list(range(6))  # the other program got all its frames
     assert [i.index for i in sink.infos] == list(range(6))
     assert all(f.shape == (64, 64) for f in sink.frames)
@@ -214,18 +183,12 @@ def test_attached_source_peeks_live_acquisition_without_popping() -> None:
     core, _ = sim_core(64, exposure_ms=2.0)
     src = AttachedSource(core, poll_interval_ms=0.5)
     sink = Collector()
-    stop = threading.Event()
-    t = threading.Thread(target=src.run, args=(sink, stop))
-    t.start()
-    try:
+    with running_source(src, sink):
         assert src.attached.wait(5.0)
         core.startContinuousSequenceAcquisition(0)  # the "other program" runs live mode
         assert wait_for(lambda: len(sink) >= 20)
         core.stopSequenceAcquisition()
         assert wait_for(lambda: not core.isSequenceRunning())
-    finally:
-        stop.set()
-        t.join(5.0)
     # the other program still has every frame: nothing was popped
     remaining = core.getRemainingImageCount()
     numbers = []
