@@ -75,8 +75,8 @@ def keep_freed_memory() -> bool:
 def prefault(array: np.ndarray) -> float:
     """Write every page of ``array`` once (its contents become undefined); returns seconds.
 
-    For buffers whose contents do not matter yet (ring slots, send pools, a camera's
-    sequence buffer between acquisitions). Non-contiguous arrays are left alone.
+    For buffers whose contents do not matter yet (ring slots, a camera's sequence buffer
+    between acquisitions). Non-contiguous or read-only arrays are left alone (0.0).
     """
     if array.nbytes == 0 or not array.flags.c_contiguous or not array.flags.writeable:
         return 0.0

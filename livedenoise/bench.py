@@ -13,8 +13,13 @@ subscriber gaps, latency p50/p99 per stage and end to end (ms), and the machine.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -161,6 +166,9 @@ class _SubscriberThread(threading.Thread):
         """(time, messages per topic, gaps) so far."""
         return time.time(), dict(self.counts), self.gaps
 
+    def describe_failure(self) -> str:
+        return "no subscription arrived" if self.is_alive() else "the subscriber thread ended"
+
     def latency_ms(self) -> dict[str, float | None]:
         if self.n_latency == 0:
             return {"p50": None, "p99": None}
@@ -176,33 +184,23 @@ class _SubscriberProcess:
     """
 
     def __init__(self, endpoint: str, topics: tuple[str, ...] = ("raw", "denoised")) -> None:
-        import sys
-
         self.cmd = [sys.executable, "-m", "livedenoise", "-q", "subscribe", "--endpoint", endpoint,
                     "--topics", ",".join(topics), "--json"]  # fmt: skip
-        self.counts = dict.fromkeys(("raw", "denoised"), 0)
-        self.gaps = 0
         self.n_latency = 0  # the subscriber keeps its own window; kept for the common interface
         self._latency: dict[str, float | None] = {"p50": None, "p99": None}
-        self._snapshot: tuple[float, dict[str, int], int] = (time.time(), dict(self.counts), 0)
+        self._snapshot: tuple[float, dict[str, int], int] = (time.time(), {"raw": 0, "denoised": 0}, 0)
         self._proc: Any = None
         self._stderr: Any = None
         self._reader: threading.Thread | None = None
         self.stop = self  # ``stop.set()`` as on the thread
 
     def start(self) -> None:
-        import subprocess
-
-        import tempfile
-
         self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
         self._reader = threading.Thread(target=self._read, name="bench-subscriber-reader", daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
-        import json
-
         for line in self._proc.stdout:
             try:
                 d = json.loads(line)
@@ -213,10 +211,9 @@ class _SubscriberProcess:
                 continue
             self._snapshot = (
                 float(d.get("t", time.time())),
-                {t: int((topics.get(t) or {}).get("frames", 0)) for t in self.counts},
+                {t: int((topics.get(t) or {}).get("frames", 0)) for t in ("raw", "denoised")},
                 sum(int(v.get("gaps", 0)) for v in topics.values()),
             )
-            _, self.counts, self.gaps = self._snapshot
             den = topics.get("denoised") or {}
             if den.get("latency_p50_ms") is not None:
                 self._latency = {"p50": den["latency_p50_ms"], "p99": den["latency_p99_ms"]}
@@ -226,8 +223,6 @@ class _SubscriberProcess:
         return self._snapshot
 
     def set(self) -> None:
-        import signal
-
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGINT)  # a clean stop, with its summary
 
@@ -305,20 +300,17 @@ def bench_pipeline(
     )
     publisher = Publisher(endpoint, sndhwm=100)
     sub: Any = (_SubscriberThread if subscriber == "thread" else _SubscriberProcess)(publisher.endpoint, topics)
-    sub.start()
-    deadline = time.monotonic() + (5.0 if subscriber == "thread" else 60.0)
-    while not all(publisher.has_subscribers(t) for t in topics):
-        if time.monotonic() > deadline or not sub.is_alive():
-            why = sub.describe_failure() if subscriber == "process" else "no subscription arrived"
-            sub.stop.set()
-            sub.join(5.0)
-            publisher.close()
-            core.unloadAllDevices()
-            raise RuntimeError(f"the benchmark subscriber ({subscriber}) did not connect in time: {why}")
-        time.sleep(0.01)
-    config = PipelineConfig(ring_slots=ring_slots, pub_endpoint=publisher.endpoint, control_endpoint="inproc://bench")
-    pipe = Pipeline(CoreSource(core), engine, publisher, cal, config)
+    pipe: Any = None
     try:
+        sub.start()
+        deadline = time.monotonic() + (5.0 if subscriber == "thread" else 60.0)
+        while not all(publisher.has_subscribers(t) for t in topics):
+            if time.monotonic() > deadline or not sub.is_alive():
+                raise RuntimeError(f"the benchmark subscriber ({subscriber}) did not connect in time: "
+                                   f"{sub.describe_failure()}")  # fmt: skip
+            time.sleep(0.01)
+        config = PipelineConfig(ring_slots=ring_slots, pub_endpoint=publisher.endpoint, control_endpoint="inproc://bench")
+        pipe = Pipeline(CoreSource(core), engine, publisher, cal, config)
         pipe.start()
         # the warm-up starts with the first frame: making buffers resident comes before it
         deadline = time.monotonic() + 120.0
@@ -343,7 +335,8 @@ def bench_pipeline(
             pipe.wait(1.1)  # its next once-a-second line, still with frames streaming
         snap1 = sub.snapshot()
     finally:
-        pipe.stop()
+        if pipe is not None:
+            pipe.stop()
         sub.stop.set()
         sub.join(5.0)
         publisher.close()

@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
@@ -219,7 +220,7 @@ class CoreSource:
         self._next_index = 0  # frame number the next image would get
         self._base = 0  # index of ImageNumber 0 of the current sequence
         self._staging: np.ndarray | None = None
-        self._resident_pool: int | None = None  # id() of the core's sequence buffer made resident
+        self._resident_pool: Callable[[], Any] = lambda: None  # weakref to the core's pool made resident
         self.received = 0
 
     # -- protocol -----------------------------------------------------------------
@@ -272,7 +273,7 @@ class CoreSource:
         core = self.core
         seq = getattr(core, "_seq_buffer", None)
         pool = getattr(seq, "_pool", None)
-        if not isinstance(pool, np.ndarray) or id(pool) == self._resident_pool:
+        if not isinstance(pool, np.ndarray) or pool is self._resident_pool():
             return
         try:
             frame_bytes = int(core.getImageWidth()) * int(core.getImageHeight()) * int(core.getBytesPerPixel())
@@ -280,7 +281,7 @@ class CoreSource:
             return
         if frame_bytes < _RESIDENT_MIN_FRAME_BYTES:
             return
-        self._resident_pool = id(pool)
+        self._resident_pool = weakref.ref(pool)  # an id() could be reused by the next buffer
         seq.clear()  # the sequence start clears it too: no frame is lost here
         log.info("making the core's %d MiB sequence buffer resident before the camera starts ...", pool.nbytes >> 20)
         dt = prefault(pool)
