@@ -48,7 +48,7 @@ import numpy as np
 from pymmcore_plus import Keyword as KW
 from pymmcore_plus.experimental.unicore import CameraDevice, pymm_property
 
-from livedenoise._mmcore import new_unicore
+from livedenoise.acquisition.core import new_unicore
 
 from . import config_path
 from ._replay import ReplayCamera
@@ -58,7 +58,7 @@ from ._shutter import SimShutter, _Choices, light_on
 if TYPE_CHECKING:
     from pymmcore_plus.experimental.unicore import UniMMCore
 
-    from livedenoise.calibration import Calibration
+    from livedenoise.calibration.maps import Calibration
 
 __all__ = [
     "ReplayCamera",
@@ -141,7 +141,7 @@ class SimSCMOSCamera(CameraDevice):
 
     Use through a ``UniMMCore`` (``drivers/simcam.cfg`` or :func:`load_sim_core`). Besides
     the core API it offers :meth:`true_calibration` (the real maps, as a
-    :class:`~livedenoise.calibration.Calibration`) and :meth:`truth` (the noise-free expected
+    :class:`~livedenoise.calibration.maps.Calibration`) and :meth:`truth` (the noise-free expected
     photoelectrons of a recent frame; every frame's metadata carries ``"SimFrame"``).
     """
 
@@ -390,7 +390,7 @@ class SimSCMOSCamera(CameraDevice):
         on top of it (a dark-frame calibration folds that into its offset, as on a real
         camera).
         """
-        from livedenoise.calibration import Calibration
+        from livedenoise.calibration.maps import Calibration
 
         sensor = self._ready()
         if self._calibration is None:

@@ -15,34 +15,34 @@ PROTOCOL = "livedenoise/1"
 
 # public name -> module that defines it
 _LAZY = {
-    "Calibration": "livedenoise.calibration",
-    "PhotonConverter": "livedenoise.calibration",
-    "read_calibration": "livedenoise.calibration",
-    "write_calibration": "livedenoise.calibration",
-    "PipelineEvents": "livedenoise.events",
-    "RingBuffer": "livedenoise.ringbuffer",
-    "Engine": "livedenoise.engines",
-    "make_engine": "livedenoise.engines",
-    "Publisher": "livedenoise.publisher",
-    "Subscriber": "livedenoise.subscriber",
-    "Pipeline": "livedenoise.daemon",
-    "PipelineConfig": "livedenoise.config",
-    "load_model": "livedenoise.modelio",
-    "ModelCard": "livedenoise.modelio",
+    "Calibration": "livedenoise.calibration.maps",
+    "PhotonConverter": "livedenoise.calibration.maps",
+    "read_calibration": "livedenoise.calibration.maps",
+    "write_calibration": "livedenoise.calibration.maps",
+    "PipelineEvents": "livedenoise.live.events",
+    "RingBuffer": "livedenoise.live.ringbuffer",
+    "Engine": "livedenoise.inference.engines",
+    "make_engine": "livedenoise.inference.engines",
+    "Publisher": "livedenoise.transport.publisher",
+    "Subscriber": "livedenoise.transport.subscriber",
+    "Pipeline": "livedenoise.live.pipeline",
+    "PipelineConfig": "livedenoise.live.config",
+    "load_model": "livedenoise.inference.modelio",
+    "ModelCard": "livedenoise.inference.modelio",
 }
 
 __all__ = ["PROTOCOL", "__version__", *sorted(_LAZY)]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .calibration import Calibration, PhotonConverter, read_calibration, write_calibration
-    from .config import PipelineConfig
-    from .daemon import Pipeline
-    from .engines import Engine, make_engine
-    from .events import PipelineEvents
-    from .modelio import ModelCard, load_model
-    from .publisher import Publisher
-    from .ringbuffer import RingBuffer
-    from .subscriber import Subscriber
+    from livedenoise.calibration.maps import Calibration, PhotonConverter, read_calibration, write_calibration
+    from livedenoise.live.config import PipelineConfig
+    from livedenoise.live.pipeline import Pipeline
+    from livedenoise.inference.engines import Engine, make_engine
+    from livedenoise.live.events import PipelineEvents
+    from livedenoise.inference.modelio import ModelCard, load_model
+    from livedenoise.transport.publisher import Publisher
+    from livedenoise.live.ringbuffer import RingBuffer
+    from livedenoise.transport.subscriber import Subscriber
 
 
 def __getattr__(name: str) -> Any:

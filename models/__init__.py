@@ -2,7 +2,7 @@
 
 Each model is ``<id>.pt`` (weights only: a state dict loaded with ``weights_only=True``,
 never code) beside ``<id>.json`` (its model card). ``livedenoise models`` lists them;
-:mod:`livedenoise.modelio` loads them.
+:mod:`livedenoise.inference.modelio` loads them.
 """
 
 from __future__ import annotations

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import tifffile
 
-from livedenoise.calibrate import (
+from livedenoise.calibration.fit import (
     MomentAccumulator,
     calibrate_files,
     fit_calibration,
     stats_from_frames,
 )
-from livedenoise.calibration import CalibrationError, read_calibration
+from livedenoise.calibration.maps import CalibrationError, read_calibration
 from livedenoise.cli import main
 
 SHAPE = (32, 48)
@@ -240,7 +240,7 @@ def test_no_partial_file_when_interrupted_or_failing(stacks, monkeypatch):
     out = tmp / "cal.tif"
     out.write_bytes(b"previous calibration")
 
-    import livedenoise.calibrate as mod
+    import livedenoise.calibration.fit as mod
 
     calls = {"n": 0}
     real_add = MomentAccumulator.add
@@ -270,8 +270,8 @@ def test_no_partial_file_when_interrupted_or_failing(stacks, monkeypatch):
 
 
 def test_read_back_is_the_fit(synthetic, tmp_path):
-    from livedenoise.calreport import write_report
-    from livedenoise.calibration import write_calibration
+    from livedenoise.calibration.report import write_report
+    from livedenoise.calibration.maps import write_calibration
 
     _, dark, flats = synthetic
     fit = fit_calibration(dark, flats, camera="synthetic")

@@ -131,8 +131,8 @@ def test_bench_with_the_subscriber_in_its_own_process(tmp_path: Path, capsys: An
 
 
 def test_bench_says_why_the_subscriber_process_failed(monkeypatch: Any) -> None:
-    from livedenoise import bench
-    from livedenoise.engines import make_engine
+    from livedenoise.app import bench
+    from livedenoise.inference.engines import make_engine
 
     class Failing(bench._SubscriberProcess):
         def __init__(self, *a: Any, **k: Any) -> None:
@@ -178,7 +178,7 @@ def test_demo_ctrl_c_stops_cleanly_with_a_summary() -> None:
 
 def test_bench_engine_all_expands_to_the_available_engines(capsys: Any) -> None:
     from livedenoise.cli.bench import _engines
-    from livedenoise.engines import available_backends
+    from livedenoise.inference.engines import available_backends
 
     present = [name for name, (ok, _) in available_backends().items() if ok]
     assert _engines(["all"]) == tuple(present)

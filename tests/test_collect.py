@@ -7,9 +7,9 @@ import errno
 import numpy as np
 import pytest
 
-from livedenoise import pairs as pairs_mod
+from livedenoise.acquisition import pairs as pairs_mod
 from livedenoise.cli import main
-from livedenoise.collect import (
+from livedenoise.acquisition.collect import (
     CameraBusyError,
     SaturationError,
     collect_pairs,
@@ -17,7 +17,7 @@ from livedenoise.collect import (
     validate_request,
 )
 from livedenoise.drivers.simcam import load_sim_core
-from livedenoise.pairs import PairDataset, PairsError
+from livedenoise.acquisition.pairs import PairDataset, PairsError
 
 USER_EXPOSURE_MS = 33.0
 
@@ -128,7 +128,7 @@ def test_disk_full_mid_run_keeps_valid_dataset_and_restores(core, sim, tmp_path,
 
 
 def test_not_enough_space_is_checked_first(core, sim, tmp_path, monkeypatch):
-    from livedenoise import collect as collect_mod
+    from livedenoise.acquisition import collect as collect_mod
 
     monkeypatch.setattr(collect_mod, "_free_bytes", lambda path: 1000)
     with pytest.raises(PairsError, match="not enough disk space"):
@@ -171,7 +171,7 @@ def test_exposures_are_batched(core, sim, tmp_path):
 def test_cancel_keeps_complete_pairs_and_restores(core, sim, tmp_path):
     import threading
 
-    from livedenoise.collect import CollectCancelled
+    from livedenoise.acquisition.collect import CollectCancelled
 
     cancel = threading.Event()
     with pytest.raises(CollectCancelled, match="stopped after 2 of 10 pairs"):

@@ -12,9 +12,9 @@ import pytest
 
 zmq = pytest.importorskip("zmq")
 
-from livedenoise._zmqsec import ClientSecurity, ServerSecurity, create_client_keys  # noqa: E402
-from livedenoise.client import request  # noqa: E402
-from livedenoise.control import ControlServer  # noqa: E402
+from livedenoise.transport.security import ClientSecurity, ServerSecurity, create_client_keys  # noqa: E402
+from livedenoise.transport.client import request  # noqa: E402
+from livedenoise.transport.control import ControlServer  # noqa: E402
 
 
 @pytest.fixture

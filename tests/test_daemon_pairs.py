@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from livedenoise.client import request
-from livedenoise.subscriber import Subscriber
+from livedenoise.transport.client import request
+from livedenoise.transport.subscriber import Subscriber
 
 
 def _free_port() -> int:

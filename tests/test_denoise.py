@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from livedenoise.calibration import Calibration, write_calibration
+from livedenoise.calibration.maps import Calibration, write_calibration
 from livedenoise.cli import main
-from livedenoise.engines import PassthroughEngine
-from livedenoise.tiling import TiledRestorer, tile_starts, tile_window
+from livedenoise.inference.engines import PassthroughEngine
+from livedenoise.inference.tiling import TiledRestorer, tile_starts, tile_window
 
 GAIN, OFFSET = 2.0, 100.0
 
@@ -90,7 +90,7 @@ def test_tiled_matches_untiled(rng: np.random.Generator, shape: tuple[int, int])
 
 
 def test_tiled_real_cpu_engine_close_to_untiled(rng: np.random.Generator) -> None:
-    engines = pytest.importorskip("livedenoise.engines")
+    engines = pytest.importorskip("livedenoise.inference.engines")
     try:
         eng = engines.make_engine("cpu", precision="fp32")
     except Exception as exc:  # no shipped model yet, or the engine is missing
@@ -152,8 +152,8 @@ def test_denoise_round_trip(tmp_path: Path, cal_file: Path, rng: np.random.Gener
 
 def test_denoise_tiled_stack_with_model_engine(tmp_path: Path, cal_file: Path, rng: np.random.Generator) -> None:
     """Through the library: a stack larger than a tile, the same result as untiled."""
-    from livedenoise.calibration import read_calibration
-    from livedenoise.denoise import denoise_array
+    from livedenoise.calibration.maps import read_calibration
+    from livedenoise.app.offline import denoise_array
 
     raw = _stack(rng, (2, 48, 40))
     cal = read_calibration(cal_file)
@@ -248,8 +248,8 @@ def test_missing_calibration_says_what_to_do(tmp_path: Path, rng: np.random.Gene
 
 
 def test_engine_failure_leaves_no_file(tmp_path: Path, cal_file: Path, rng: np.random.Generator) -> None:
-    from livedenoise.calibration import read_calibration
-    from livedenoise.denoise import denoise_file
+    from livedenoise.calibration.maps import read_calibration
+    from livedenoise.app.offline import denoise_file
 
     class NaNEngine(PassthroughEngine):
         def restore(self, frame_e: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -265,7 +265,7 @@ def test_engine_failure_leaves_no_file(tmp_path: Path, cal_file: Path, rng: np.r
 
 def test_denoise_with_shipped_default_model(tmp_path: Path, cal_file: Path, rng: np.random.Generator) -> None:
     """The live path's engine and default model: metadata names the model and its card's sha256."""
-    from livedenoise.engines import make_engine
+    from livedenoise.inference.engines import make_engine
 
     try:
         make_engine("cpu", precision="fp32").close()

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from livedenoise.engines import Engine, make_engine
-from livedenoise.engines.torch_cpu import TorchCPUEngine
-from livedenoise.modelio import ModelCard, save_model
-from livedenoise.nets import build_network
+from livedenoise.inference.engines import Engine, make_engine
+from livedenoise.inference.engines.torch_cpu import TorchCPUEngine
+from livedenoise.inference.modelio import ModelCard, save_model
+from livedenoise.inference.nets import build_network
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def model_path(tmp_path_factory):
 
 
 def test_restore_matches_the_module_in_fp32(model_path, rng):
-    from livedenoise.modelio import load_model
+    from livedenoise.inference.modelio import load_model
 
     module, _ = load_model(model_path)
     eng = TorchCPUEngine(model_path, precision="fp32", threads=1)

@@ -14,11 +14,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from livedenoise.engines import Engine, EngineUnavailable, available_backends, make_engine  # noqa: E402
-from livedenoise.engines import tensorrt as trt_mod  # noqa: E402
-from livedenoise.engines._cache import CacheKey, EngineCache, default_cache_dir  # noqa: E402
-from livedenoise.engines.tensorrt import TensorRTEngine, model_sha256, state_dict_sha256  # noqa: E402
-from livedenoise.engines.torch_cuda import (  # noqa: E402
+from livedenoise.inference.engines import Engine, EngineUnavailable, available_backends, make_engine  # noqa: E402
+from livedenoise.inference.engines import tensorrt as trt_mod  # noqa: E402
+from livedenoise.inference.engines._cache import CacheKey, EngineCache, default_cache_dir  # noqa: E402
+from livedenoise.inference.engines.tensorrt import TensorRTEngine, model_sha256, state_dict_sha256  # noqa: E402
+from livedenoise.inference.engines.torch_cuda import (  # noqa: E402
     NO_CUDA,
     TorchCUDAEngine,
     bench_engine,
@@ -48,7 +48,7 @@ def _propagating_log(monkeypatch):
 
 
 def _rln():
-    from livedenoise.nets import build_network
+    from livedenoise.inference.nets import build_network
 
     torch.manual_seed(3)
     return build_network("rln")
@@ -215,8 +215,8 @@ def test_tensorrt_reason_names_the_install_line(monkeypatch):
 
 @no_cuda
 def test_auto_picks_cpu_and_says_why(caplog):
-    pytest.importorskip("livedenoise.engines.torch_cpu")
-    from livedenoise.modelio import resolve_model
+    pytest.importorskip("livedenoise.inference.engines.torch_cpu")
+    from livedenoise.inference.modelio import resolve_model
 
     try:
         resolve_model(None)
@@ -231,9 +231,9 @@ def test_auto_picks_cpu_and_says_why(caplog):
 
 @no_cuda
 def test_auto_reports_every_reason_when_nothing_runs(monkeypatch):
-    from livedenoise import engines
+    from livedenoise.inference import engines
 
-    monkeypatch.setitem(engines.BACKENDS, "cpu", "livedenoise.engines.no_such_module:Nothing")
+    monkeypatch.setitem(engines.BACKENDS, "cpu", "livedenoise.inference.engines.no_such_module:Nothing")
     with pytest.raises(EngineUnavailable) as err:
         make_engine("auto")
     msg = str(err.value)
@@ -356,7 +356,7 @@ def test_fallback_keeps_the_requested_precision(monkeypatch, tmp_path):
 
 
 def test_model_hash_covers_weights_and_architecture():
-    from livedenoise.nets import build_network
+    from livedenoise.inference.nets import build_network
 
     torch.manual_seed(3)
     softplus = build_network("rln")
@@ -518,7 +518,7 @@ def test_shape_checks_and_reprepare():
 
 
 def test_explicit_precision_that_fails_validation_raises(monkeypatch):
-    from livedenoise.engines import torch_cuda
+    from livedenoise.inference.engines import torch_cuda
 
     monkeypatch.setitem(torch_cuda.TOLERANCE, "bf16", 1e-12)
     engine = TorchCUDAEngine(_rln(), device="cpu", card={"id": "x"}, precision="bf16")
@@ -536,7 +536,7 @@ def test_bad_options():
 
 
 def test_bench_engine_reports_rates():
-    from livedenoise.engines import PassthroughEngine
+    from livedenoise.inference.engines import PassthroughEngine
 
     r = bench_engine(PassthroughEngine(), (32, 32), n=20, warmup=2)
     assert r["n"] == 20 and r["fps"] > 0 and 0 <= r["latency_ms_p50"] <= r["latency_ms_p99"]
@@ -552,7 +552,7 @@ def test_bench_engine_reports_rates():
 
 
 def test_frame_beyond_the_fp16_validated_range_is_restored_in_fp32(monkeypatch, caplog):
-    from livedenoise.engines import torch_cuda
+    from livedenoise.inference.engines import torch_cuda
 
     monkeypatch.setitem(torch_cuda.TOLERANCE, "fp16", 1.0)  # take fp16 whatever its accuracy on this CPU
     net = _rln()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from livedenoise.cli import main
-from livedenoise.evaluate import DEFAULT_BINS, EvalConfig, evaluate, format_markdown
+from livedenoise.training.evaluate import DEFAULT_BINS, EvalConfig, evaluate, format_markdown
 
 
 def test_evaluate_cli_table_has_all_rows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -9,9 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from livedenoise.collect import collect_pairs  # noqa: E402
-from livedenoise.finetune import FinetuneConfig, PairPatches, finetune, load_pairs, split_pairs  # noqa: E402
-from livedenoise.pairs import PairDataset, PairsError  # noqa: E402
+from livedenoise.acquisition.collect import collect_pairs  # noqa: E402
+from livedenoise.training.finetune import FinetuneConfig, PairPatches, finetune, load_pairs, split_pairs  # noqa: E402
+from livedenoise.acquisition.pairs import PairDataset, PairsError  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +36,8 @@ def dataset(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def init_model(tmp_path_factory):
-    from livedenoise.modelio import ModelCard, save_model
-    from livedenoise.nets import build_network
+    from livedenoise.inference.modelio import ModelCard, save_model
+    from livedenoise.inference.nets import build_network
 
     torch.manual_seed(0)
     module = build_network("rln")
@@ -79,7 +79,7 @@ def test_tiny_finetune_lowers_heldout_deviance(dataset, init_model, tmp_path):
     assert saved["training"]["init_model"]["id"] == "rln-untrained"
     held = saved["quality"]["heldout_pairs"]
     assert held["after"]["poisson_deviance"] == after["poisson_deviance"] and held["deviance_change"] < 0
-    from livedenoise.modelio import load_model
+    from livedenoise.inference.modelio import load_model
 
     reloaded, rcard = load_model(out.with_suffix(".pt"))
     assert rcard.id == "rln-ft"

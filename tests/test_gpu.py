@@ -2,7 +2,7 @@
 
 Run on a GPU machine with ``python -m pytest tests/test_gpu.py -v`` (TensorRT tests also need
 ``pip install -e ".[gpu]"``; they skip with the reason when torch-tensorrt is missing).
-Tolerance: the engines' own precision check, ``TOLERANCE`` in ``livedenoise.engines.torch_cuda``
+Tolerance: the engines' own precision check, ``TOLERANCE`` in ``livedenoise.inference.engines.torch_cuda``
 (max |gpu - cpu fp32| <= 1e-2 of the output range for fp16, 3e-2 for bf16). An engine that runs
 "fp32" is held to the fp16 tolerance against the CPU: on Ampere and newer GPUs cuDNN runs fp32
 convolutions in TF32 unless ``torch.backends.cudnn.allow_tf32`` is turned off.
@@ -17,7 +17,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from livedenoise.engines.torch_cuda import TOLERANCE, TorchCUDAEngine, bench_engine, relative_error, synthetic_frame  # noqa: E402
+from livedenoise.inference.engines.torch_cuda import TOLERANCE, TorchCUDAEngine, bench_engine, relative_error, synthetic_frame  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -26,7 +26,7 @@ MODELS = ["rln-denoise-v1", "rln-denoise-v2", "resunet-denoise-v1"]
 
 
 def _model(model_id: str):
-    from livedenoise.modelio import load_model, resolve_model
+    from livedenoise.inference.modelio import load_model, resolve_model
 
     try:
         resolve_model(model_id)
@@ -101,7 +101,7 @@ def test_cuda_engine_bright_frame_is_restored_in_fp32():
 
 def _tensorrt_engine(model_id, tmp_path):
     pytest.importorskip("torch_tensorrt", reason='torch-tensorrt is not installed: pip install -e ".[gpu]"')
-    from livedenoise.engines.tensorrt import TensorRTEngine
+    from livedenoise.inference.engines.tensorrt import TensorRTEngine
 
     return TensorRTEngine(model_id, cache_dir=tmp_path, fallback=False)
 

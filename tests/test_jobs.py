@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from livedenoise.client import request
-from livedenoise.control import ControlServer
-from livedenoise.jobs import JobManager, install_pair_commands
-from livedenoise.pairs import PairDataset
+from livedenoise.transport.client import request
+from livedenoise.transport.control import ControlServer
+from livedenoise.acquisition.jobs import JobManager, install_pair_commands
+from livedenoise.acquisition.pairs import PairDataset
 
 
 @pytest.fixture
@@ -73,11 +73,11 @@ def test_close_fails_running_and_queued_jobs():
 
 @pytest.fixture
 def daemon(tmp_path):
-    from livedenoise.daemon import Pipeline
+    from livedenoise.live.pipeline import Pipeline
     from livedenoise.drivers.simcam import load_sim_core
-    from livedenoise.engines import PassthroughEngine
-    from livedenoise.publisher import Publisher
-    from livedenoise.sources import CoreSource
+    from livedenoise.inference.engines import PassthroughEngine
+    from livedenoise.transport.publisher import Publisher
+    from livedenoise.live.sources import CoreSource
 
     core, camera = load_sim_core(sensor_shape=(64, 64), seed=5)
     core.setProperty("Camera", "Motion", 0.0)
@@ -153,7 +153,7 @@ def test_collect_pairs_job_pauses_and_resumes_stream(daemon, tmp_path):
     assert _wait_frames(frames, n + 3)  # the stream resumed
     assert request(server.endpoint, {"cmd": "status"})["state"] == "running"
     # ...and a subscriber sees it: raw frames at the stream's exposure, after the job
-    from livedenoise.subscriber import Subscriber
+    from livedenoise.transport.subscriber import Subscriber
 
     with Subscriber(pipe.publisher.endpoint, topics=("raw",)) as sub:
         msgs = [m for m in (sub.recv(timeout_s=5.0) for _ in range(3)) if m is not None]

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from livedenoise.losses import LOSSES, mse_loss, mse_ssim_loss, poisson_kl, poisson_loss, ssim
+from livedenoise.training.losses import LOSSES, mse_loss, mse_ssim_loss, poisson_kl, poisson_loss, ssim
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Frame buffers made resident before the live path needs them (livedenoise._memory)."""
+"""Frame buffers made resident before the live path needs them (livedenoise.live.memory)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from _pipeline_helpers import fake_core, running_source, wait_for
-from livedenoise import _memory, sources
-from livedenoise.ringbuffer import RingBuffer
-from livedenoise.sources import CoreSource
+from livedenoise.live import memory as _memory
+from livedenoise.live import sources
+from livedenoise.live.ringbuffer import RingBuffer
+from livedenoise.live.sources import CoreSource
 
 
 def _resident_pages(a: np.ndarray) -> int:
@@ -59,7 +60,7 @@ def test_keep_freed_memory_is_idempotent_and_reports_glibc() -> None:
 
 def test_ring_slots_are_resident_from_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
     touched: list[int] = []
-    monkeypatch.setattr("livedenoise.ringbuffer.prefault", lambda a: touched.append(a.nbytes) or 0.0)
+    monkeypatch.setattr("livedenoise.live.ringbuffer.prefault", lambda a: touched.append(a.nbytes) or 0.0)
     RingBuffer(3, (64, 48))
     assert sorted(touched) == sorted([64 * 48 * 2, 64 * 48 * 4] * 3)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from livedenoise.modelio import (
+from livedenoise.inference.modelio import (
     DEFAULT_MODEL,
     ModelCard,
     ModelError,
@@ -15,9 +15,9 @@ from livedenoise.modelio import (
     resolve_model,
     save_model,
 )
-from livedenoise.nets import build_network
-from livedenoise.synthetic import make_eval_set
-from livedenoise.train import psnr_db
+from livedenoise.inference.nets import build_network
+from livedenoise.training.synthetic import make_eval_set
+from livedenoise.training.train import psnr_db
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from livedenoise.nets import ARCHITECTURES, build_network, count_parameters, fuse_for_inference
+from livedenoise.inference.nets import ARCHITECTURES, build_network, count_parameters, fuse_for_inference
 
 SMALL = {"rln": {}, "resunet": {"channels": [8, 16, 16], "mid_blocks": 1}}
 # every architecture at its small size, plus the RLN's fast ReLU variant

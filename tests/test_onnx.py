@@ -15,8 +15,8 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from livedenoise.engines import Engine, make_engine  # noqa: E402
-from livedenoise.engines.onnx import OnnxRuntimeEngine, export_module_onnx, export_onnx, read_onnx_metadata  # noqa: E402
+from livedenoise.inference.engines import Engine, make_engine  # noqa: E402
+from livedenoise.inference.engines.onnx import OnnxRuntimeEngine, export_module_onnx, export_onnx, read_onnx_metadata  # noqa: E402
 
 RTOL, ATOL_E = 2e-5, 1e-3
 # sizes that need the networks' internal padding and sizes that do not
@@ -39,8 +39,8 @@ def _frame(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _save_fresh(arch: str, folder):
-    from livedenoise.modelio import ModelCard, load_model, save_model
-    from livedenoise.nets import build_network
+    from livedenoise.inference.modelio import ModelCard, load_model, save_model
+    from livedenoise.inference.nets import build_network
 
     torch.manual_seed(7)
     net = build_network(arch, **FRESH[arch])
@@ -94,7 +94,7 @@ def test_dynamic_batch(fresh_onnx, rng):
 
 @pytest.mark.parametrize("model_id", SHIPPED)
 def test_shipped_models_export_and_match(model_id, tmp_path, rng):
-    from livedenoise.modelio import load_model, resolve_model
+    from livedenoise.inference.modelio import load_model, resolve_model
 
     try:
         resolve_model(model_id)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from scipy.ndimage import fourier_shift, gaussian_filter
 
-from livedenoise import pairs as pairs_mod
-from livedenoise.calibration import Calibration
-from livedenoise.pairs import INDEX_NAME, PairDataset, PairsError, PairWriter, QualityThresholds, check_pair, phase_shift
+from livedenoise.acquisition import pairs as pairs_mod
+from livedenoise.calibration.maps import Calibration
+from livedenoise.acquisition.pairs import INDEX_NAME, PairDataset, PairsError, PairWriter, QualityThresholds, check_pair, phase_shift
 
 SHAPE = (48, 64)
 OFFSET, GAIN = 100.0, 2.0
@@ -113,8 +113,8 @@ CRASH = textwrap.dedent(
     """
     import os, sys
     import numpy as np
-    from livedenoise import pairs as pm
-    from livedenoise.calibration import Calibration
+    from livedenoise.acquisition import pairs as pm
+    from livedenoise.calibration.maps import Calibration
     real = pm._write_tiff
     def crash(path, array, description):
         real(path, array, description)

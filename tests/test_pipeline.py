@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from _pipeline_helpers import SlowEngine, fake_core, livedenoise_threads, sim_core, wait_for
-from livedenoise.calibration import Calibration
-from livedenoise.client import request
-from livedenoise.config import ConfigError, PipelineConfig
-from livedenoise.daemon import Pipeline
-from livedenoise.engines import PassthroughEngine
-from livedenoise.protocol import PROTOCOL
-from livedenoise.publisher import Publisher
-from livedenoise.sources import CoreSource
-from livedenoise.subscriber import Subscriber
+from livedenoise.calibration.maps import Calibration
+from livedenoise.transport.client import request
+from livedenoise.live.config import ConfigError, PipelineConfig
+from livedenoise.live.pipeline import Pipeline
+from livedenoise.inference.engines import PassthroughEngine
+from livedenoise.transport.protocol import PROTOCOL
+from livedenoise.transport.publisher import Publisher
+from livedenoise.live.sources import CoreSource
+from livedenoise.transport.subscriber import Subscriber
 
 
 class Received:
@@ -289,7 +289,7 @@ def test_pause_resume_with_roi_change_keeps_numbering() -> None:
 def test_attached_pipeline_restores_another_programs_mda() -> None:
     import useq
 
-    from livedenoise.sources import AttachedSource
+    from livedenoise.live.sources import AttachedSource
 
     core, cam = sim_core(64, exposure_ms=2.0)
     pub = Publisher("tcp://127.0.0.1:*")
@@ -336,7 +336,7 @@ def test_a_stopped_pipeline_starts_again() -> None:
 
 
 def test_calibration_that_does_not_cover_the_roi_is_refused() -> None:
-    from livedenoise.calibration import CalibrationError
+    from livedenoise.calibration.maps import CalibrationError
 
     core, _ = sim_core(64, exposure_ms=3.0)
     small = Calibration.uniform((32, 32), offset_adu=100, gain_adu_per_e=2.0, source="file")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from livedenoise.protocol import PROTOCOL, REQUIRED, TOPICS, ProtocolError, decode, encode_header, make_header
+from livedenoise.transport.protocol import PROTOCOL, REQUIRED, TOPICS, ProtocolError, decode, encode_header, make_header
 
 
 def _message(stream: str = "denoised", array: np.ndarray | None = None, **over: object) -> list[bytes]:

@@ -14,16 +14,16 @@ import pytest
 
 zmq = pytest.importorskip("zmq")
 
-from livedenoise._zmqsec import (  # noqa: E402
+from livedenoise.transport.security import (  # noqa: E402
     ClientSecurity,
     SecurityError,
     ServerSecurity,
     create_client_keys,
     is_loopback,
 )
-from livedenoise.protocol import REQUIRED, encode_header, make_header  # noqa: E402
-from livedenoise.publisher import Publisher  # noqa: E402
-from livedenoise.subscriber import Subscriber  # noqa: E402
+from livedenoise.transport.protocol import REQUIRED, encode_header, make_header  # noqa: E402
+from livedenoise.transport.publisher import Publisher  # noqa: E402
+from livedenoise.transport.subscriber import Subscriber  # noqa: E402
 
 ANY_PORT = "tcp://127.0.0.1:*"
 

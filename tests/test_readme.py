@@ -38,7 +38,7 @@ def test_attach_example_runs() -> None:
 
 
 def test_subscriber_example_receives_a_frame(capsys: pytest.CaptureFixture[str]) -> None:
-    from livedenoise.publisher import Publisher
+    from livedenoise.transport.publisher import Publisher
 
     (code,) = [b for b in _blocks("python") if "zmq.SUB" in b]
     pub = Publisher("tcp://127.0.0.1:*")

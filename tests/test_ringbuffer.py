@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from livedenoise.ringbuffer import RingBuffer
+from livedenoise.live.ringbuffer import RingBuffer
 
 
 def _push(ring: RingBuffer, frame: int, value: int | None = None) -> None:

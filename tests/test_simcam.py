@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from livedenoise.calibration import Calibration
+from livedenoise.calibration.maps import Calibration
 from livedenoise.drivers import config_path
 from livedenoise.drivers.simcam import ReplayCamera, SimSCMOSCamera, load_sim_core
 

@@ -20,7 +20,7 @@ pytest.importorskip("zmq")
 tifffile = pytest.importorskip("tifffile")
 
 from livedenoise.cli import main  # noqa: E402
-from livedenoise.publisher import Publisher  # noqa: E402
+from livedenoise.transport.publisher import Publisher  # noqa: E402
 
 SHAPE = (48, 64)
 
@@ -96,7 +96,7 @@ def test_statistics_lines(stream, capsys) -> None:
 
 
 def test_crash_leaves_no_file(stream, tmp_path, monkeypatch) -> None:
-    from livedenoise.subscriber import Subscriber
+    from livedenoise.transport.subscriber import Subscriber
 
     real = Subscriber.recv
     calls = {"n": 0}

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from livedenoise.train import TrainConfig, batches, lr_at, train
+from livedenoise.training.train import TrainConfig, batches, lr_at, train
 
 
 def _tiny(**kw):
@@ -18,9 +18,9 @@ def _tiny(**kw):
 def _untrained_val_loss(cfg):
     import torch
 
-    from livedenoise.losses import poisson_loss
-    from livedenoise.nets import build_network
-    from livedenoise.train import _default_val
+    from livedenoise.training.losses import poisson_loss
+    from livedenoise.inference.nets import build_network
+    from livedenoise.training.train import _default_val
 
     torch.manual_seed(cfg.seed)
     net = build_network(cfg.architecture).eval()
@@ -89,7 +89,7 @@ def test_config_validation_and_schedule():
 
 def test_cli_train_writes_a_model(tmp_path):
     from livedenoise.cli import main
-    from livedenoise.modelio import load_model
+    from livedenoise.inference.modelio import load_model
 
     out = tmp_path / "cli-rln.pt"
     rc = main(["train", "--arch", "rln", "--steps", "4", "--epoch-steps", "4", "--batch", "2", "--patch", "32",
@@ -105,7 +105,7 @@ def test_cli_train_records_the_rln_activation(tmp_path):
     import shlex
 
     from livedenoise.cli import main
-    from livedenoise.modelio import load_model
+    from livedenoise.inference.modelio import load_model
 
     out = tmp_path / "relu-rln.pt"
     rc = main(["train", "--arch", "rln", "--arch-param", "activation=relu", "--steps", "2", "--epoch-steps", "2",

@@ -73,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from livedenoise.calibration import PhotonConverter
-    from livedenoise.collect import collect_pairs
+    from livedenoise.calibration.maps import PhotonConverter
+    from livedenoise.acquisition.collect import collect_pairs
     from livedenoise.drivers.simcam import load_sim_core
-    from livedenoise.finetune import FinetuneConfig, finetune
-    from livedenoise.metrics import psnr
-    from livedenoise.modelio import load_model
+    from livedenoise.training.finetune import FinetuneConfig, finetune
+    from livedenoise.training.metrics import psnr
+    from livedenoise.inference.modelio import load_model
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -69,8 +69,8 @@ def train(model_id: str) -> None:
 def measure_quality(module) -> dict:
     import numpy as np
 
-    from livedenoise.synthetic import make_eval_set
-    from livedenoise.train import evaluate_psnr
+    from livedenoise.training.synthetic import make_eval_set
+    from livedenoise.training.train import evaluate_psnr
 
     per_peak = {}
     for i, peak in enumerate(EVAL_PEAKS_E):
@@ -79,7 +79,7 @@ def measure_quality(module) -> dict:
         per_peak[f"{peak:g}"] = {"raw_psnr_db": round(ev["raw_psnr_db"], 2), "psnr_db": round(ev["psnr_db"], 2)}
     band = [v for k, v in per_peak.items() if 5 <= float(k) <= 100]
     return {
-        "set": (f"held-out synthetic (livedenoise.synthetic.make_eval_set, held_out mix, seed {EVAL_SEED}+i), "
+        "set": (f"held-out synthetic (livedenoise.training.synthetic.make_eval_set, held_out mix, seed {EVAL_SEED}+i), "
                 f"{EVAL_FRAMES_PER_PEAK} frames of {EVAL_SIZE}x{EVAL_SIZE} per peak level; "
                 "PSNR vs the noise-free expected image, data range = max - min"),  # fmt: skip
         "per_peak_e": per_peak,
@@ -93,7 +93,7 @@ def measure_quality(module) -> dict:
 def measure_speed(model_path: str, size: int = 512, repeats: int = 20) -> dict:
     import numpy as np
 
-    from livedenoise.engines.torch_cpu import TorchCPUEngine
+    from livedenoise.inference.engines.torch_cpu import TorchCPUEngine
 
     out: dict = {"frame": f"{size}x{size}"}
     frame = np.random.default_rng(0).poisson(20.0, (size, size)).astype(np.float32)
@@ -126,7 +126,7 @@ def measure_speed(model_path: str, size: int = 512, repeats: int = 20) -> dict:
 
 
 def measure(model_id: str, quality: bool = True) -> None:
-    from livedenoise.modelio import load_model, save_model
+    from livedenoise.inference.modelio import load_model, save_model
 
     module, card = load_model(ROOT / "models" / f"{model_id}.pt")
     if quality:

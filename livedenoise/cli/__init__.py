@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(exc: BaseException) -> bool:
     """Errors whose message is the whole story (bad input, missing file, busy port...)."""
-    from livedenoise.calibration import CalibrationError
-    from livedenoise.engines import EngineUnavailable
+    from livedenoise.calibration.maps import CalibrationError
+    from livedenoise.inference.engines import EngineUnavailable
 
     # ImportError: an optional extra is missing; the message names the pip command
     user = (CLIError, CalibrationError, EngineUnavailable, FileNotFoundError, PermissionError,

@@ -27,7 +27,7 @@ def _engines(asked: list[str]) -> tuple[str, ...]:
     """Expand ``all`` to every backend available here; say why the others are not."""
     if "all" not in asked:
         return tuple(dict.fromkeys(asked))
-    from livedenoise.engines import available_backends
+    from livedenoise.inference.engines import available_backends
 
     out = [e for e in asked if e != "all"]
     for name, (ok, why) in available_backends().items():
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from livedenoise._atomic import atomic_path
-    from livedenoise.bench import markdown_table, run_bench
+    from livedenoise.app.bench import markdown_table, run_bench
     from livedenoise.cli import CLIError
 
     sizes = tuple(args.size or (512, 2048))

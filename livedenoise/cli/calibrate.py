@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._args import roi
+from livedenoise.cli._args import roi
 
 HELP = "measure the camera's per-pixel offset, gain and read noise (photon transfer)"
 
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.live:
         if args.dark or args.flat:
             raise CLIError("--live acquires its own frames: drop --dark/--flat (or drop --live to use the files)")
-        from livedenoise.calibrate_live import LiveOptions, calibrate_live_config
+        from livedenoise.calibration.live import LiveOptions, calibrate_live_config
 
         signal = args.signal_e or [15.0, 1500.0]
         if len(signal) != 2 or not 0 < signal[0] < signal[1]:
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.roi or args.property or args.light_property:
             raise CLIError("--roi, --property and --light-property are for --live")
-        from livedenoise.calibrate import calibrate_files
+        from livedenoise.calibration.fit import calibrate_files
 
         fit = calibrate_files(
             args.dark, args.flat, args.output, camera=args.camera, report=args.report,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import roi
+from livedenoise.cli._args import roi
 
 HELP = "acquire short/long exposure pairs of the sample at hand (a dataset for fine-tuning)"
 
@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from livedenoise.cli import CLIError
-    from livedenoise.pairs import PairsError
+    from livedenoise.acquisition.pairs import PairsError
 
     try:
         return _run(args)
@@ -66,7 +66,7 @@ def _run(args: argparse.Namespace) -> int:
     import sys
 
     from livedenoise.cli import CLIError
-    from livedenoise.collect import collect_pairs, parse_positions, validate_request
+    from livedenoise.acquisition.collect import collect_pairs, parse_positions, validate_request
 
     # arguments first: nothing is loaded or written for a bad request
     req = validate_request(args.short_ms, args.long_ms, args.pairs, args.output, args.shorts_per_pair)
@@ -77,8 +77,8 @@ def _run(args: argparse.Namespace) -> int:
         )
     calibration_file = None
     if args.config:
-        from livedenoise.calibration import read_calibration
-        from livedenoise.sources import load_core
+        from livedenoise.calibration.maps import read_calibration
+        from livedenoise.live.sources import load_core
 
         calibration = read_calibration(args.calibration)
         calibration_file = args.calibration
@@ -123,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
 
 # -- `livedenoise train --pairs` options (called by livedenoise/cli/train.py) -------------------
 
-FINETUNE_VAL_FRACTION = 0.2  # = livedenoise.finetune.FinetuneConfig defaults (a test checks)
+FINETUNE_VAL_FRACTION = 0.2  # = livedenoise.training.finetune.FinetuneConfig defaults (a test checks)
 FINETUNE_PATIENCE = 4
 
 

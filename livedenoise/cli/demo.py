@@ -44,8 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from livedenoise.cli import CLIError
-    from livedenoise.config import PipelineConfig
-    from livedenoise.runner import choose_engine, run_live
+    from livedenoise.live.config import PipelineConfig
+    from livedenoise.app.daemon import choose_engine, run_live
 
     try:
         from livedenoise.drivers.simcam import load_sim_core
@@ -76,14 +76,14 @@ def run(args: argparse.Namespace) -> int:
     core.setExposure(args.exposure_ms)
 
     if args.calibration:
-        from livedenoise.calibration import read_calibration
+        from livedenoise.calibration.maps import read_calibration
 
         calibration = read_calibration(args.calibration)
     else:
         calibration = camera.true_calibration()
     engine = choose_engine(args.engine, args.model, fallback=args.engine is None and args.model is None)
 
-    from livedenoise.sources import CoreSource
+    from livedenoise.live.sources import CoreSource
 
     source = CoreSource(core, truth=camera.truth, poll_interval_ms=config.poll_interval_ms)
     return run_live(source, engine, calibration, config, seconds=args.seconds, quality=True)

@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _calibration(args: argparse.Namespace) -> tuple[object | None, str]:
-    from livedenoise.calibration import read_calibration
+    from livedenoise.calibration.maps import read_calibration
     from livedenoise.cli import CLIError
 
     if args.no_calibration:
@@ -75,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from livedenoise._atomic import check_writable_dir
-    from livedenoise.calibration import Calibration
+    from livedenoise.calibration.maps import Calibration
     from livedenoise.cli import CLIError
-    from livedenoise.denoise import denoise_file, match_calibration, read_raw_stack
-    from livedenoise.engines import make_engine
+    from livedenoise.app.offline import denoise_file, match_calibration, read_raw_stack
+    from livedenoise.inference.engines import make_engine
 
     if args.binning < 1:
         raise CLIError(f"--binning must be >= 1, got {args.binning}")

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tune_baselines:
         return _tune(args)
 
-    from livedenoise.evaluate import EvalConfig, evaluate, format_markdown
+    from livedenoise.training.evaluate import EvalConfig, evaluate, format_markdown
 
     models = None if args.models is None else ([] if args.models == ["none"] else args.models)
     baselines = None if args.baselines is None else ([] if args.baselines == ["none"] else args.baselines)
@@ -75,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     import json
 
-    from livedenoise.baselines import tune
-    from livedenoise.evaluate import tuning_set
+    from livedenoise.training.baselines import tune
+    from livedenoise.training.evaluate import tuning_set
 
     default = ["rl", "gat-nlm-rl"] if args.task == "deconvolve" else ["nlm", "gat-nlm", "tv", "gat-tv"]
     methods = args.baselines or default

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from livedenoise.cli import CLIError
-    from livedenoise.engines.onnx import DEFAULT_OPSET, export_onnx, read_onnx_metadata
+    from livedenoise.inference.engines.onnx import DEFAULT_OPSET, export_onnx, read_onnx_metadata
 
     out = Path(args.output)
     if out.exists() and not args.force:

@@ -42,7 +42,7 @@ def _speed(card) -> str:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from livedenoise.modelio import DEFAULT_MODEL, list_models, load_model, model_dirs
+    from livedenoise.inference.modelio import DEFAULT_MODEL, list_models, load_model, model_dirs
 
     cards = list_models()
     if args.json:

@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace) -> object:
     """The PipelineConfig from --settings and the options given (options win)."""
-    from livedenoise.config import PipelineConfig
+    from livedenoise.live.config import PipelineConfig
 
     base = PipelineConfig.from_toml(args.settings) if args.settings else None
     changes = {
@@ -72,10 +72,10 @@ def build_config(args: argparse.Namespace) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    from livedenoise.calibration import Calibration, read_calibration
+    from livedenoise.calibration.maps import Calibration, read_calibration
     from livedenoise.cli import CLIError
-    from livedenoise.runner import choose_engine, run_live
-    from livedenoise.sources import CoreSource, check_pixel_type, load_core
+    from livedenoise.app.daemon import choose_engine, run_live
+    from livedenoise.live.sources import CoreSource, check_pixel_type, load_core
 
     config = build_config(args)
     core = load_core(args.config)

@@ -46,7 +46,7 @@ class _NothingRecorded(Exception):
 
 def run(args: argparse.Namespace) -> int:
     from livedenoise.cli import CLIError
-    from livedenoise.protocol import TOPICS
+    from livedenoise.transport.protocol import TOPICS
 
     topics = [t.strip() for t in args.topics.split(",") if t.strip()]
     bad = [t for t in topics if t not in TOPICS]
@@ -64,11 +64,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--key and --server-key go together (this viewer's secret key and the publisher's public key)")
     security = None
     if args.key:
-        from livedenoise._zmqsec import ClientSecurity
+        from livedenoise.transport.security import ClientSecurity
 
         security = ClientSecurity(args.key, args.server_key)
 
-    from livedenoise.subscriber import Subscriber, keep_freed_memory
+    from livedenoise.transport.subscriber import Subscriber, keep_freed_memory
 
     keep_freed_memory()  # libzmq's receive buffers are reused instead of mapped afresh per frame
     with Subscriber(args.endpoint, topics, security=security) as sub:

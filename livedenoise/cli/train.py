@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", help="start from this model's weights (id or path)")
     p.add_argument("--id", help="model id in the card (default: the output file's name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    # fine-tuning on a paired dataset (--pairs DATASET; livedenoise.finetune, issue 5)
+    # fine-tuning on a paired dataset (--pairs DATASET; livedenoise.training.finetune, issue 5)
     from livedenoise.cli.collect_pairs import add_finetune_arguments
 
     add_finetune_arguments(p)
@@ -87,15 +87,15 @@ def canonical_command(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.pairs:  # fine-tuning on a paired dataset (livedenoise.finetune, issue 5)
-        from livedenoise.finetune import run_pairs
+    if args.pairs:  # fine-tuning on a paired dataset (livedenoise.training.finetune, issue 5)
+        from livedenoise.training.finetune import run_pairs
 
         return run_pairs(args)
     from pathlib import Path
 
     from livedenoise._atomic import check_writable_dir
-    from livedenoise.modelio import save_model
-    from livedenoise.train import TrainConfig, train
+    from livedenoise.inference.modelio import save_model
+    from livedenoise.training.train import TrainConfig, train
 
     out = Path(args.output)
     if out.suffix != ".pt":

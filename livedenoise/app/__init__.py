@@ -1,0 +1,1 @@
+"""Applications that wire the pieces: the daemon, offline restoration, the benchmark."""

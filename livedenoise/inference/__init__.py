@@ -1,0 +1,1 @@
+"""Restoration: the engine protocol and backends, the networks, model files and tiling."""

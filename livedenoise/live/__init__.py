@@ -1,0 +1,1 @@
+"""The hot path: frame sources, ring buffer, pipeline, statistics, events and configuration."""

@@ -1,0 +1,569 @@
+"""The live pipeline: source -> photoelectrons -> ring -> engine -> publisher.
+
+Two threads:
+
+- **acquisition** (runs :meth:`FrameSource.run`): every frame is copied into a claimed
+  ring slot, converted to photoelectrons in place (:class:`PhotonConverter`) and
+  committed. It never waits for a viewer, a disk or the network; under ``drop-oldest``
+  it never waits at all.
+- **worker**: takes the oldest slot, restores it into a preallocated output with the
+  engine, publishes ``raw``, ``denoised`` (and ``truth`` for the simulator) with one
+  ``frame`` number, and releases the slot.
+
+Every frame that is not restored is counted by reason (``ring-full``, ``camera``,
+``not-seen``, ``engine-error``, ``bad-frame``), emitted as ``frameDropped`` and carried in
+the cumulative ``dropped`` header field.
+
+Example
+-------
+>>> from livedenoise.live.pipeline import Pipeline                      # doctest: +SKIP
+>>> pipe = Pipeline(source, engine, publisher, calibration, config)
+>>> pipe.start(); ...; pipe.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from livedenoise.calibration.maps import Calibration, CalibrationError, PhotonConverter
+from livedenoise.live.config import PipelineConfig
+from livedenoise.live.events import PipelineEvents
+from livedenoise.live.ringbuffer import RingBuffer
+from livedenoise.live.sources import FrameInfo, FrameSource, Roi, SourceError
+from livedenoise.live.stats import PipelineStats
+
+__all__ = ["Pipeline", "PipelineError", "server_security"]
+
+log = logging.getLogger("livedenoise")
+
+Observer = Callable[[int, np.ndarray, np.ndarray, "np.ndarray | None"], None]
+
+
+class PipelineError(ValueError):
+    """The pipeline cannot run (calibration does not fit the camera, ...)."""
+
+
+def server_security(config: PipelineConfig) -> Any:
+    """CURVE keys for the sockets when ``allow_remote`` is set, else None (loopback only)."""
+    if not config.allow_remote:
+        return None
+    from pathlib import Path
+
+    from livedenoise.transport.security import ServerSecurity, ensure_server_keys
+
+    if not config.security_dir:
+        raise PipelineError(
+            "allow_remote needs security_dir (--keys DIR): the folder of the CURVE keys that protect "
+            "the sockets; clients need a key pair authorised there"
+        )
+    ensure_server_keys(config.security_dir)
+    return ServerSecurity(Path(config.security_dir), allow_remote=True)
+
+
+class Pipeline:
+    """Wire a frame source, a calibration, an engine and a publisher.
+
+    Parameters
+    ----------
+    source : FrameSource
+        :class:`livedenoise.live.sources.CoreSource` or :class:`~livedenoise.live.sources.AttachedSource`.
+    engine : Engine
+        Restoration backend (``livedenoise.inference.engines``).
+    publisher : Publisher
+        ``livedenoise.transport.publisher.Publisher`` (called from the worker thread only).
+    calibration : Calibration
+        Full-sensor maps; cropped to the camera's ROI and binning as frames arrive. A
+        nominal calibration (``meta["source"] == "nominal"``) is rebuilt for any shape.
+    config : PipelineConfig, optional
+    events : PipelineEvents, optional
+    observer : callable, optional
+        ``observer(frame, e, restored, truth)`` on the worker thread after each restored
+        frame (arrays are reused afterwards: copy what you keep). Used by the demo for PSNR.
+    """
+
+    def __init__(
+        self,
+        source: FrameSource,
+        engine: Any,
+        publisher: Any,
+        calibration: Calibration,
+        config: PipelineConfig | None = None,
+        events: PipelineEvents | None = None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.source = source
+        self.engine = engine
+        self.publisher = publisher
+        self.calibration = calibration
+        self.config = config or PipelineConfig()
+        self.events = events or PipelineEvents()
+        self.observer = observer
+        self.stats = PipelineStats(self.config.latency_samples)
+        self.state = "stopped"
+        self.failure: str | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pending_engine: Any = None
+        self._engine_lock = threading.Lock()
+        self._expected_index = 0
+        self._roi: Roi | None = None
+        self._converter: PhotonConverter | None = None
+        self._cal_roi: Calibration | None = None
+        self._ring: RingBuffer | None = None
+        self._reserved: Any = None
+        self._t_reserve = 0.0
+        self._t_start = 0.0
+        self._engine_failed = False
+        self.control_endpoint: str | None = None
+        self.control: Any = None
+
+    # -- life cycle -----------------------------------------------------------------
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self.events.stateChanged.emit(state)
+
+    def start(self) -> Pipeline:
+        """Prepare the ring and engine for the camera's current ROI and start both threads."""
+        if self._threads:
+            raise RuntimeError("pipeline already started")
+        self._set_state("starting")
+        try:
+            roi = self.source.geometry()
+            self._ring = None  # a fresh ring (a stopped one is closed)
+            self._configure(roi, (roi[3], roi[2]))
+        except BaseException:
+            self._set_state("stopped")
+            raise
+        self._stop.clear()
+        self.failure = None
+        self._engine_failed = False
+        self._t_start = time.time()
+        acq = threading.Thread(target=self._acquire_loop, name="livedenoise-acquire", daemon=True)
+        work = threading.Thread(target=self._work_loop, name="livedenoise-worker", daemon=True)
+        self._threads = [acq, work]
+        work.start()
+        acq.start()
+        self._set_state("running")
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop acquisition, let the worker finish the frames already acquired, join threads."""
+        if not self._threads:
+            return
+        if self.state not in ("failed",):
+            self._set_state("stopping")
+        self._stop.set()
+        acq, work = self._threads
+        acq.join(timeout_s)
+        if self._ring is not None:
+            self._ring.close()
+        work.join(timeout_s)
+        alive = [t.name for t in self._threads if t.is_alive()]
+        self._threads = []
+        if alive:
+            log.error("threads still alive after %s s: %s", timeout_s, alive)
+        if self.state != "failed":
+            self._set_state("stopped")
+
+    def serve_control(self, endpoint: str | None = None, security: Any = None) -> Any:
+        """Bind the control socket (``status``, ``stop``, ``set_model``) and start answering.
+
+        Returns the :class:`livedenoise.transport.control.ControlServer`; later helpers add commands
+        with its ``register``. It is closed by :meth:`close`.
+        """
+        from livedenoise.transport.control import ControlServer
+
+        server = ControlServer(endpoint or self.config.control_endpoint, self.handlers(), security=security)
+        server.start()
+        self.control = server
+        self.control_endpoint = server.endpoint
+        return server
+
+    def close(self) -> None:
+        """Stop, then close the control socket, the engine, the source and the publisher."""
+        self.stop()
+        for obj in (self.control, self.engine, self.source, self.publisher):
+            if obj is None:
+                continue
+            try:
+                obj.close()
+            except Exception as exc:
+                log.warning("closing %s failed: %s", type(obj).__name__, exc)
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until the pipeline stopped (by :meth:`stop`, a fault or a ``stop`` request)."""
+        return self._stop.wait(timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return bool(self._threads) and not self._stop.is_set()
+
+    def pause(self, timeout_s: float = 5.0) -> None:
+        """Stop the camera (frames already acquired are still restored and published)."""
+        self.source.pause(timeout_s)
+        self._set_state("paused")
+
+    def resume(self) -> None:
+        """Restart the camera (a changed ROI/binning/exposure is picked up)."""
+        self.source.resume()
+        self._set_state("running")
+
+    def _fail(self, where: str, message: str) -> None:
+        log.error("%s: %s", where, message)
+        self.failure = f"{where}: {message}"
+        self.events.error.emit(where, message)
+        self._set_state("failed")
+        self._stop.set()
+        if self._ring is not None:
+            self._ring.close()
+
+    # -- engine and model -----------------------------------------------------------------
+
+    def set_engine(self, engine: Any) -> None:
+        """Use ``engine`` from the next frame on (the old one is closed by the worker)."""
+        with self._engine_lock:
+            self._pending_engine = engine
+        if not self._threads:
+            self._swap_engine(None)
+
+    def set_model(self, name: str | None) -> dict[str, Any]:
+        """Load model ``name`` on the current backend and swap it in between frames."""
+        from livedenoise.inference.engines import make_engine
+
+        engine = make_engine(self.engine.name, model=name)
+        self.set_engine(engine)
+        return engine.describe()
+
+    def _swap_engine(self, shape: tuple[int, int] | None) -> None:
+        with self._engine_lock:
+            new, self._pending_engine = self._pending_engine, None
+        if new is None:
+            return
+        if shape is not None:
+            new.prepare(shape)
+        old, self.engine = self.engine, new
+        if old is not new:
+            try:
+                old.close()
+            except Exception as exc:
+                log.warning("closing the previous engine failed: %s", exc)
+        self.events.modelChanged.emit(str(new.model_id))
+        log.info("engine now %s", new.describe())
+
+    # -- drops ----------------------------------------------------------------------------
+
+    def _drop(self, frame: int, reason: str) -> None:
+        total = self.stats.add_drop(reason)
+        self.events.frameDropped.emit(frame, reason, total)
+
+    # -- geometry ---------------------------------------------------------------------------
+
+    def _calibration_for(self, roi: Roi, shape: tuple[int, int]) -> Calibration:
+        cal = self.calibration
+        if cal.meta.get("source") == "nominal":
+            if cal.shape == shape:
+                return cal
+            return Calibration(
+                np.full(shape, cal.offset_adu.flat[0] * roi[4] ** 2, np.float32),
+                np.full(shape, cal.gain_adu_per_e.flat[0], np.float32),
+                np.full(shape, cal.read_var_e2.flat[0], np.float32),
+                meta=dict(cal.meta),
+            )
+        x, y, w, h, b = roi
+        if (h, w) != shape:
+            raise CalibrationError(f"the camera reports ROI {w}×{h} but delivers {shape[1]}×{shape[0]} frames")
+        return cal.for_roi(x, y, w, h, b)
+
+    def _configure(self, roi: Roi, shape: tuple[int, int]) -> None:
+        """Crop the calibration and (re)size the ring for frames of ``roi``."""
+        cal = self._calibration_for(roi, shape)
+        self._converter = PhotonConverter(cal)
+        self._cal_roi = cal
+        if self._ring is None:
+            self._ring = RingBuffer(self.config.ring_slots, shape, self.config.ring_policy, on_drop=self._drop)
+            self.engine.prepare(shape)
+        else:
+            self._ring.resize(shape)
+        if self._roi is not None:
+            log.info("camera geometry changed %s -> %s; calibration re-cropped", self._roi, roi)
+        self._roi = roi
+
+    def _commit_geometry_change(self, roi: Roi, shape: tuple[int, int]) -> None:
+        """An ROI that moved without changing shape: only the calibration is re-cropped."""
+        try:
+            cal = self._calibration_for(roi, shape)
+        except CalibrationError as exc:
+            raise SourceError(str(exc)) from exc
+        self._converter = PhotonConverter(cal)
+        self._cal_roi = cal
+        log.info("camera geometry changed %s -> %s; calibration re-cropped", self._roi, roi)
+        self._roi = roi
+
+    # -- acquisition thread ------------------------------------------------------------------
+
+    def _claim(self) -> Any:
+        ring = self._ring
+        assert ring is not None
+        if self.config.ring_policy == "block":
+            slot = None
+            while slot is None and not ring.closed:
+                slot = ring.claim(timeout_s=0.5)
+            return slot
+        return ring.claim()
+
+    def _reserve(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray | None:
+        """A claimed slot's raw array for the next frame (None: the source uses its own)."""
+        ring = self._ring
+        if ring is None or tuple(shape) != ring.shape or np.dtype(dtype) != np.uint16 or self._reserved:
+            return None
+        slot = self._claim()
+        if slot is None:
+            return None
+        self._reserved = slot
+        self._t_reserve = time.perf_counter()
+        return slot.raw
+
+    def _unreserve(self) -> None:
+        slot, self._reserved = self._reserved, None
+        if slot is not None and self._ring is not None:
+            self._ring.abort(slot)
+
+    def _sink(self, raw: np.ndarray, info: FrameInfo) -> None:
+        t0 = time.perf_counter()
+        ring = self._ring
+        assert ring is not None
+        slot = self._reserved
+        if slot is not None:
+            self._reserved = None
+            if raw is slot.raw:
+                t0 = self._t_reserve
+            else:  # not the reserved array after all: give it back, take the normal path
+                ring.abort(slot)
+                slot = None
+        if info.index > self._expected_index:
+            for frame in range(self._expected_index, info.index):
+                self._drop(frame, info.missed_reason)
+        self._expected_index = max(self._expected_index, info.index + 1)
+        if raw.dtype != np.uint16 or raw.ndim != 2:
+            if slot is not None:
+                ring.abort(slot)
+            self._drop(info.index, "bad-frame")
+            self.events.error.emit("source", f"frame {info.index} is {raw.dtype} {raw.shape}, expected uint16 2D")
+            return
+        if raw.shape != ring.shape or info.roi != self._roi:
+            if slot is not None:  # same shape, new ROI position: keep the data, re-crop the maps
+                try:
+                    self._commit_geometry_change(info.roi, raw.shape)
+                except SourceError:
+                    ring.abort(slot)
+                    self._drop(info.index, "bad-frame")
+                    raise
+            else:
+                try:
+                    self._configure(info.roi, raw.shape)  # type: ignore[arg-type]
+                except (CalibrationError, TimeoutError) as exc:
+                    self._drop(info.index, "bad-frame")
+                    raise SourceError(str(exc)) from exc
+        if slot is None:
+            slot = self._claim()
+            if slot is None:  # closed while waiting: the pipeline is stopping
+                self._drop(info.index, "stopped")
+                return
+            np.copyto(slot.raw, raw)
+        t1 = time.perf_counter()
+        self._converter(slot.raw, slot.e)  # type: ignore[misc]
+        t2 = time.perf_counter()
+        slot.frame = info.index
+        slot.exposure_ms = info.exposure_ms
+        slot.t_acquired = info.t_acquired
+        slot.camera = info.camera
+        slot.truth_id = info.truth_id
+        slot.t_pop = t0
+        slot.acquire_s = t1 - t0
+        slot.convert_s = t2 - t1
+        ring.commit(slot)
+        self.stats.latency["acquire"].add(t1 - t0)
+        self.stats.latency["convert"].add(t2 - t1)
+        self.stats.rates["acquired"].tick()
+        self.events.frameAcquired.emit(info.index, info.t_acquired)
+
+    def _acquire_loop(self) -> None:
+        try:
+            self.source.run(_Sink(self), self._stop)
+        except Exception as exc:
+            self._fail("acquisition", str(exc) or type(exc).__name__)
+        finally:
+            if self._ring is not None and self._stop.is_set():
+                self._ring.close()
+
+    # -- worker thread -------------------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        ring = self._ring
+        assert ring is not None
+        out = np.zeros(ring.shape, np.float32)
+        failures = 0
+        stats = self.stats
+        lat = stats.latency
+        while True:
+            slot = ring.get(timeout_s=0.2)
+            if slot is None:
+                if ring.closed:
+                    break
+                continue
+            t_get = time.perf_counter()
+            lent = None
+            try:
+                shape = slot.e.shape
+                if out.shape != shape:
+                    out = np.zeros(shape, np.float32)
+                    self.engine.prepare(shape)
+                if self._pending_engine is not None:
+                    self._swap_engine(shape)
+                if self._engine_failed:
+                    self._drop(slot.frame, "engine-error")
+                    continue
+                lat["queue"].add(t_get - slot.t_commit)
+                restored = None
+                # restore straight into a send buffer of the publisher when it lends one
+                # (saves a copy of every restored frame); else into our own buffer
+                lent = self._borrow(shape)
+                try:
+                    restored = self.engine.restore(slot.e, out if lent is None else lent)
+                    failures = 0
+                except Exception as exc:
+                    failures += 1
+                    self._drop(slot.frame, "engine-error")
+                    self.events.error.emit("engine", f"frame {slot.frame}: {exc}")
+                    log.warning("engine failed on frame %s: %s", slot.frame, exc)
+                    if failures >= self.config.max_engine_failures:
+                        self._engine_failed = True
+                        self._fail(
+                            "engine",
+                            f"{failures} consecutive frames failed (last: {exc}); the pipeline stopped. "
+                            "Check the model and engine (`livedenoise models`), or use --engine passthrough",
+                        )
+                t_eng = time.perf_counter()
+                if restored is not None:
+                    lat["engine"].add(t_eng - t_get)
+                    stats.rates["restored"].tick()
+                self._publish(slot, restored)
+                t_pub = time.perf_counter()
+                lat["publish"].add(t_pub - t_eng)
+                lat["end_to_end"].add(t_pub - slot.t_pop)
+                if restored is not None:
+                    self.events.frameRestored.emit(slot.frame, t_pub - slot.t_pop)
+            except Exception as exc:  # a publisher or observer fault: report, keep going
+                self.events.error.emit("worker", f"frame {slot.frame}: {exc}")
+                log.warning("worker failed on frame %s: %s", slot.frame, exc)
+            finally:
+                if lent is not None:  # not published (engine error, fault): a no-op once it was
+                    self.publisher.give_back("denoised", lent)
+                ring.release(slot)
+
+    def _borrow(self, shape: tuple[int, ...]) -> np.ndarray | None:
+        borrow = getattr(self.publisher, "borrow", None)
+        return None if borrow is None else borrow("denoised", shape, np.float32)
+
+    def _publish(self, slot: Any, restored: np.ndarray | None) -> None:
+        pub = self.publisher
+        model = self.engine.model_id
+        cal_id = self._cal_roi.id if self._cal_roi is not None else None
+        common = {
+            "frame": slot.frame,
+            "exposure_ms": slot.exposure_ms,
+            "t_acquired": slot.t_acquired,
+            "camera": slot.camera,
+            "model": model,
+            "calibration": cal_id,
+        }
+        dropped = self.stats.dropped_total
+        pub.publish("raw", slot.raw, dropped=dropped, **common)
+        truth = None
+        if self.config.publish_truth and slot.truth_id is not None:
+            truth = self.source.truth(slot.truth_id)
+            if truth is not None:
+                truth = np.asarray(truth, np.float32)
+                if truth.shape != slot.e.shape:
+                    truth = None
+        if restored is not None:
+            pub.publish("denoised", restored, dropped=dropped, **common)
+            if truth is not None:
+                pub.publish("truth", truth, dropped=dropped, **common)
+            self.stats.rates["published"].tick()
+            if self.observer is not None:
+                self.observer(slot.frame, slot.e, restored, truth)
+
+    # -- status and control ----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """JSON-able state for the control socket and the live display."""
+        snap = self.stats.snapshot()
+        ring = self._ring.counters() if self._ring is not None else {}
+        try:
+            engine = self.engine.describe()
+        except Exception as exc:
+            engine = {"error": str(exc)}
+        cal = self._cal_roi or self.calibration
+        return {
+            "state": self.state,
+            "failure": self.failure,
+            "uptime_s": round(time.time() - self._t_start, 3) if self._t_start else 0.0,
+            "endpoints": {"pub": getattr(self.publisher, "endpoint", None), "control": self.control_endpoint},
+            "camera": getattr(self.source, "camera", None),
+            "source": self.source.describe(),
+            "roi": list(self._roi) if self._roi else None,
+            "frames": snap["frames"],
+            "fps": snap["fps"],
+            "dropped": snap["dropped"],
+            "drops": snap["drops"],
+            "ring": {"slots": self.config.ring_slots, "policy": self.config.ring_policy, **ring},
+            "latency_ms": snap["latency_ms"],
+            "model": self.engine.model_id,
+            "engine": engine,
+            "calibration": {"id": cal.id, "source": cal.meta.get("source"), "path": cal.meta.get("path")},
+        }
+
+    def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
+        """Control-socket handlers: ``status``, ``stop``, ``set_model``."""
+
+        def status(req: dict[str, Any]) -> dict[str, Any]:
+            return self.status()
+
+        def stop(req: dict[str, Any]) -> dict[str, Any]:
+            # answer first; the CLI (or whoever waits on wait()) does the joining
+            self._stop.set()
+            return {"state": "stopping"}
+
+        def set_model(req: dict[str, Any]) -> dict[str, Any]:
+            name = req.get("model")
+            if name is not None and not isinstance(name, str):
+                return {"ok": False, "error": f"'model' must be a model id or path string, got {name!r}"}
+            try:
+                described = self.set_model(name)
+            except Exception as exc:
+                return {"ok": False, "error": f"cannot load model {name!r}: {exc}"}
+            return {"engine": described}
+
+        return {"status": status, "stop": stop, "set_model": set_model}
+
+
+class _Sink:
+    """What the pipeline hands its source: ``sink(raw, info)`` plus ``reserve``/``unreserve``."""
+
+    __slots__ = ("_pipeline", "reserve", "unreserve")
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+        self.reserve = pipeline._reserve
+        self.unreserve = pipeline._unreserve
+
+    def __call__(self, raw: np.ndarray, info: FrameInfo) -> None:
+        self._pipeline._sink(raw, info)

@@ -1,0 +1,1 @@
+"""Learning: synthetic data, losses, training, fine-tuning, evaluation, baselines and metrics."""

@@ -1,0 +1,445 @@
+"""Fine-tune a restoration network on a paired dataset of the sample at hand.
+
+Pairs become training data in photoelectrons (the dataset's own calibration): each short
+exposure is an input, the long exposure of its pair the target, with the exposure ratio
+``r = long_ms / short_ms``; the loss is the Poisson one (long counts ~ Poisson(r·λ),
+:func:`livedenoise.training.losses.poisson_loss`). Patches are random aligned crops (the same
+crop, flip and rotation of both frames).
+
+Validation is by pair, never by patch: held-out pairs are whole fields the network never
+saw. On them, :func:`evaluate_pairs` measures the Poisson deviance of the long counts
+under ``r × restored short`` and the PSNR of the restored short against ``long / r``
+(the best noise-free reference a pair has). Training stops early when the held-out
+deviance stops improving; the best weights are kept. The new model card records the
+dataset (path, pair count, index SHA-256), the initial model and the held-out measures
+before and after.
+
+Example
+-------
+>>> from livedenoise.training.finetune import finetune                     # doctest: +SKIP
+>>> module, card, history = finetune("pairs/", init="rln-denoise-v1", output="models/rln-mycells")
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from livedenoise.acquisition.pairs import PairDataset, PairsError
+
+__all__ = ["FinetuneConfig", "PairPatches", "evaluate_pairs", "finetune", "load_pairs", "split_pairs"]
+
+log = logging.getLogger("livedenoise")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Settings of a fine-tuning run (all have working defaults).
+
+    Attributes
+    ----------
+    steps : int
+        Largest number of optimiser steps.
+    batch : int
+        Patches per step.
+    patch : int
+        Patch side in pixels (cropped to the frame if larger).
+    lr : float
+        Adam learning rate (small: the network starts trained).
+    val_fraction : float
+        Fraction of pairs held out for validation (at least one pair).
+    eval_every : int
+        Steps between held-out evaluations.
+    patience : int
+        Evaluations without improvement before stopping early.
+    include_flagged : bool
+        Train on pairs that failed a quality check too.
+    freeze_batchnorm : bool
+        Keep batch-norm statistics of the initial model (small batches of one sample
+        would otherwise overwrite them).
+    seed : int
+    threads : int, optional
+        Torch CPU threads (``torch.set_num_threads``); None leaves torch's setting.
+    """
+
+    steps: int = 400
+    batch: int = 8
+    patch: int = 64
+    lr: float = 3e-4
+    val_fraction: float = 0.2
+    eval_every: int = 25
+    patience: int = 4
+    include_flagged: bool = False
+    freeze_batchnorm: bool = True
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = {
+            "steps": self.steps >= 1, "batch": self.batch >= 1, "patch": self.patch >= 8,
+            "lr": 0 < self.lr < 1, "val_fraction": 0 < self.val_fraction < 1,
+            "eval_every": self.eval_every >= 1, "patience": self.patience >= 1,
+        }  # fmt: skip
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(
+                "invalid fine-tuning settings: "
+                + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
+                + " (steps, batch, eval_every, patience >= 1; patch >= 8; 0 < lr < 1; 0 < val_fraction < 1)"
+            )
+
+
+@dataclass
+class LoadedPair:
+    """One pair in photoelectrons: ``short`` (K, H, W), ``long`` (H, W), ratio, id."""
+
+    id: int
+    short: np.ndarray
+    long: np.ndarray
+    ratio: float
+
+
+def load_pairs(dataset: PairDataset, pairs: Sequence[dict[str, Any]]) -> list[LoadedPair]:
+    """Read and convert the frames of ``pairs`` (index entries) to photoelectrons."""
+    out = []
+    for p in pairs:
+        short, long = dataset.load_e(p)
+        out.append(LoadedPair(int(p["id"]), short, long, float(p["long_exposure_ms"]) / float(p["short_exposure_ms"])))
+    return out
+
+
+def split_pairs(
+    pairs: Sequence[dict[str, Any]], val_fraction: float, rng: np.random.Generator
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Shuffle and split pair entries into (train, held-out); each side gets >= 1 pair."""
+    if len(pairs) < 2:
+        raise PairsError(
+            f"fine-tuning needs at least 2 usable pairs (1 to train, 1 held out), the dataset has {len(pairs)}; "
+            "collect more pairs (or pass --include-flagged to use flagged ones)"
+        )
+    order = rng.permutation(len(pairs))
+    n_val = min(len(pairs) - 1, max(1, round(val_fraction * len(pairs))))
+    val = [pairs[i] for i in sorted(order[:n_val])]
+    train = [pairs[i] for i in sorted(order[n_val:])]
+    return train, val
+
+
+class PairPatches:
+    """Endless random ``(input_e, target_e, ratio)`` patches from loaded pairs.
+
+    Each draw picks a pair, one of its short frames, and one crop with a random flip and
+    quarter turn applied alike to the short and the long frame. Yields float32 arrays of
+    shape ``(patch, patch)`` and the ratio as a float (the ``livedenoise.training.train`` data form).
+    """
+
+    def __init__(self, pairs: Sequence[LoadedPair], patch: int, rng: np.random.Generator) -> None:
+        if not pairs:
+            raise PairsError("no pairs to draw training patches from")
+        self.pairs = list(pairs)
+        h, w = self.pairs[0].long.shape
+        self.patch = int(min(patch, h, w))
+        self.rng = rng
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
+        return self
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray, float]:
+        rng, p = self.rng, self.patch
+        pair = self.pairs[int(rng.integers(len(self.pairs)))]
+        k = int(rng.integers(pair.short.shape[0]))
+        h, w = pair.long.shape
+        y, x = int(rng.integers(h - p + 1)), int(rng.integers(w - p + 1))
+        a = pair.short[k, y : y + p, x : x + p]
+        b = pair.long[y : y + p, x : x + p]
+        turns = int(rng.integers(4))
+        a, b = np.rot90(a, turns), np.rot90(b, turns)
+        if rng.integers(2):
+            a, b = a[:, ::-1], b[:, ::-1]
+        return np.ascontiguousarray(a, np.float32), np.ascontiguousarray(b, np.float32), pair.ratio
+
+    def batch(self, n: int) -> tuple[Any, Any, Any]:
+        """``n`` patches as torch tensors ``(n, 1, p, p)``, ``(n, 1, p, p)``, ``(n,)``."""
+        import torch
+
+        items = [next(self) for _ in range(n)]
+        x = torch.from_numpy(np.stack([i[0] for i in items])[:, None])
+        y = torch.from_numpy(np.stack([i[1] for i in items])[:, None])
+        r = torch.tensor([i[2] for i in items], dtype=torch.float32)
+        return x, y, r
+
+
+def _psnr(x: np.ndarray, ref: np.ndarray) -> float:
+    rng = float(ref.max() - ref.min())
+    mse = float(np.mean((x.astype(np.float64) - ref) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(rng * rng / mse) if rng > 0 else float("nan")
+
+
+def _deviance(y: np.ndarray, mu: np.ndarray) -> float:
+    """Mean Poisson deviance ``2 (y log(y/mu) - (y - mu))`` per pixel (y, mu clamped >= 0)."""
+    y = np.clip(y.astype(np.float64), 0, None)
+    mu = np.clip(mu.astype(np.float64), 1e-6, None)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        term = np.where(y > 0, y * np.log(y / mu), 0.0)
+    return float(np.mean(2 * (term - (y - mu))))
+
+
+def evaluate_pairs(module: Any, pairs: Sequence[LoadedPair]) -> dict[str, float]:
+    """Held-out measures of ``module`` on whole pairs (every short frame restored in full).
+
+    Returns
+    -------
+    dict
+        ``poisson_deviance`` (mean per pixel, of the long counts under ``r × restored``;
+        lower is better), ``psnr_db`` (restored short vs ``long / r``), ``psnr_raw_db``
+        (the unrestored short vs ``long / r``, for scale), ``pairs``, ``frames``.
+    """
+    import torch
+
+    dev, psnr, psnr_raw, n = 0.0, 0.0, 0.0, 0
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            for pair in pairs:
+                ref = pair.long / pair.ratio
+                for s in pair.short:
+                    restored = module(torch.from_numpy(np.ascontiguousarray(s, np.float32))[None, None])[0, 0].numpy()
+                    dev += _deviance(pair.long, pair.ratio * restored)
+                    psnr += _psnr(restored, ref)
+                    psnr_raw += _psnr(s, ref)
+                    n += 1
+    finally:
+        module.train(was_training)
+    return {
+        "poisson_deviance": round(dev / n, 5),
+        "psnr_db": round(psnr / n, 3),
+        "psnr_raw_db": round(psnr_raw / n, 3),
+        "pairs": len(pairs),
+        "frames": n,
+    }
+
+
+def _freeze_bn(module: Any) -> None:
+    import torch
+
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def finetune(
+    dataset: str | os.PathLike[str] | PairDataset,
+    init: str | os.PathLike[str] | None = None,
+    output: str | os.PathLike[str] | None = None,
+    config: FinetuneConfig | None = None,
+    *,
+    model_id: str | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Fine-tune model ``init`` on the pairs of ``dataset``; save it to ``output`` if given.
+
+    Parameters
+    ----------
+    dataset : path or PairDataset
+        A paired dataset (``livedenoise collect-pairs``).
+    init : str or path, optional
+        The model to start from (id or path; default: the default live model).
+    output : path, optional
+        Where to write ``<output>.pt`` and ``<output>.json`` (:func:`livedenoise.inference.modelio.save_model`).
+    config : FinetuneConfig, optional
+    model_id : str, optional
+        Id of the new model (default: the output file's stem).
+    progress : bool
+        Show a progress bar (tqdm) on stderr.
+    command : str, optional
+        The command line recorded in the card (default: this process's argv).
+
+    Returns
+    -------
+    module : torch.nn.Module
+        The best fine-tuned network (eval mode).
+    card : ModelCard
+        Its card (``training.dataset``, ``training.init_model``, ``quality.heldout``).
+    history : dict
+        ``steps``, ``train_loss`` (per evaluation interval), ``heldout`` (per evaluation),
+        ``before``, ``after``, ``best_step``, ``stopped_early``.
+    """
+    import torch
+
+    from livedenoise.training.losses import poisson_loss
+    from livedenoise.inference.modelio import load_model, save_model
+
+    cfg = config or FinetuneConfig()
+    ds = dataset if isinstance(dataset, PairDataset) else PairDataset(dataset)
+    usable = ds.usable(cfg.include_flagged)
+    flagged = len(ds) - len(ds.usable(False))
+    rng = np.random.default_rng(cfg.seed)
+    train_entries, val_entries = split_pairs(usable, cfg.val_fraction, rng)
+    train_pairs, val_pairs = load_pairs(ds, train_entries), load_pairs(ds, val_entries)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    module, init_card = load_model(init)
+    module.train()
+    if cfg.freeze_batchnorm:
+        _freeze_bn(module)
+    before = evaluate_pairs(module, val_pairs)
+    log.info("fine-tuning %s on %d pairs (%d held out, %d flagged left out): held-out before %s",
+             init_card.id, len(train_pairs), len(val_pairs), 0 if cfg.include_flagged else flagged, before)  # fmt: skip
+    patches = PairPatches(train_pairs, cfg.patch, rng)
+    opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+    best_dev, best_state, best_step, bad = before["poisson_deviance"], copy.deepcopy(module.state_dict()), 0, 0
+    history: dict[str, Any] = {"before": before, "heldout": [], "train_loss": [], "stopped_early": False}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="fine-tune", unit="step", file=sys.stderr, leave=False)
+    t0 = time.perf_counter()
+    running, n_running, step = 0.0, 0, 0
+    try:
+        for step in range(1, cfg.steps + 1):
+            x, y, r = patches.batch(cfg.batch)
+            loss = poisson_loss(module(x), y, r)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            running += loss.item()
+            n_running += 1
+            if bar is not None:
+                bar.update(1)
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                held = evaluate_pairs(module, val_pairs)
+                if cfg.freeze_batchnorm:
+                    _freeze_bn(module)
+                history["heldout"].append({"step": step, **held})
+                history["train_loss"].append({"step": step, "loss": round(running / n_running, 6)})
+                running, n_running = 0.0, 0
+                if bar is not None:
+                    bar.set_postfix(deviance=held["poisson_deviance"], psnr=held["psnr_db"])
+                if held["poisson_deviance"] < best_dev:
+                    best_dev, best_state, best_step, bad = held["poisson_deviance"], copy.deepcopy(module.state_dict()), step, 0
+                else:
+                    bad += 1
+                    if bad >= cfg.patience:
+                        history["stopped_early"] = True
+                        log.info("held-out deviance did not improve for %d evaluations: stopping at step %d", bad, step)
+                        break
+    finally:
+        if bar is not None:
+            bar.close()
+    module.load_state_dict(best_state)
+    module.eval()
+    after = evaluate_pairs(module, val_pairs)
+    history.update(after=after, best_step=best_step, steps=step, seconds=round(time.perf_counter() - t0, 1))
+    out_path = Path(output) if output is not None else None
+    new_id = model_id or (out_path.stem if out_path is not None else f"{init_card.id}-ft")
+    card = replace(
+        init_card,
+        id=new_id,
+        created="",
+        sha256="",
+        path=None,
+        description=f"{init_card.id} fine-tuned on the paired dataset {ds.path.name} ({len(train_pairs)} pairs)",
+        training={
+            "kind": "finetune",
+            "init_model": {"id": init_card.id, "sha256": init_card.sha256, "path": init_card.path},
+            "dataset": {
+                "path": str(ds.path.resolve()),
+                "pairs": len(ds),
+                "train_pairs": [p.id for p in train_pairs],
+                "heldout_pairs": [p.id for p in val_pairs],
+                "flagged_excluded": 0 if cfg.include_flagged else flagged,
+                "index_sha256": ds.index_sha256,
+                "calibration": ds.index.get("calibration", {}).get("id"),
+            },
+            "loss": "poisson (long counts ~ Poisson(r * lambda))",
+            "config": asdict(cfg),
+            "steps": step,
+            "best_step": best_step,
+            "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+            "seed": cfg.seed,
+            "previous": init_card.training,
+        },
+        quality={
+            "init_model_quality": init_card.quality,  # measured on the initial model, not this one
+            "heldout_pairs": {
+                "before": before,
+                "after": after,
+                "deviance_change": round(after["poisson_deviance"] - before["poisson_deviance"], 5),
+                "psnr_gain_db": round(after["psnr_db"] - before["psnr_db"], 3),
+                "reference": "restored short vs long / r on held-out pairs",
+            },
+        },
+    )
+    if out_path is not None:
+        card = save_model(module, card, out_path)
+    log.info("held-out pairs: deviance %.4f -> %.4f, PSNR %.2f -> %.2f dB (best step %d of %d)",
+             before["poisson_deviance"], after["poisson_deviance"], before["psnr_db"], after["psnr_db"],
+             best_step, step)  # fmt: skip
+    return module, card, history
+
+
+# -- `livedenoise train --pairs DATASET --init MODEL -o NEW` ---------------------------------
+# (the options are defined by livedenoise.cli.collect_pairs.add_finetune_arguments, which
+# livedenoise/cli/train.py calls: command modules import only the standard library)
+
+
+def run_pairs(args: Any) -> int:
+    """Run ``livedenoise train --pairs DATASET --init MODEL -o NEW_MODEL`` (returns the exit status).
+
+    Reads ``args.pairs``, ``args.init``, ``args.output`` and, when the parser has them,
+    ``steps``, ``batch``, ``patch``, ``lr``, ``seed``, ``id``, ``threads``,
+    ``include_flagged``, ``val_fraction``, ``patience``.
+    """
+    defaults = FinetuneConfig()
+    output = getattr(args, "output", None)
+    if not output:
+        raise PairsError("--pairs needs -o NEW_MODEL (where to write the fine-tuned model)")
+
+    def pick(name: str, default: Any) -> Any:
+        v = getattr(args, name, None)
+        return default if v is None else v
+
+    # the synthetic-training defaults of `train` (thousands of steps, lr 2e-3) are not
+    # fine-tuning ones: use ours unless the user changed them on the command line
+    train_defaults = getattr(args, "_train_defaults", None) or {}
+
+    def tuned(name: str) -> Any:
+        v = getattr(args, name, None)
+        return getattr(defaults, name) if v is None or v == train_defaults.get(name) else v
+
+    cfg = FinetuneConfig(
+        steps=int(tuned("steps")),
+        batch=int(tuned("batch")),
+        patch=int(tuned("patch")),
+        lr=float(tuned("lr")),
+        val_fraction=float(pick("val_fraction", defaults.val_fraction)),
+        patience=int(pick("patience", defaults.patience)),
+        include_flagged=bool(getattr(args, "include_flagged", False)),
+        seed=int(pick("seed", defaults.seed)),
+        threads=getattr(args, "threads", None),
+    )
+    progress = not getattr(args, "no_progress", False)
+    _, card, history = finetune(args.pairs, getattr(args, "init", None), output, cfg,
+                                model_id=getattr(args, "id", None), progress=progress)  # fmt: skip
+    h = card.quality["heldout_pairs"]
+    print(
+        f"fine-tuned {card.training['init_model']['id']} on {len(card.training['dataset']['train_pairs'])} pairs "
+        f"({h['before']['pairs']} held out) in {history['steps']} steps: held-out Poisson deviance "
+        f"{h['before']['poisson_deviance']:.4f} -> {h['after']['poisson_deviance']:.4f}, PSNR vs long/r "
+        f"{h['before']['psnr_db']:.2f} -> {h['after']['psnr_db']:.2f} dB; saved {card.path}"
+    )
+    return 0

@@ -1,0 +1,379 @@
+"""Training: synthetic phantoms (or any source of pairs) -> a model and its card.
+
+Data interface
+--------------
+A training source is any iterable of ``(input_e, target_e, ratio)``:
+
+- ``input_e``: float32 ``(H, W)`` photoelectrons of the short (noisy) exposure, small
+  negatives allowed;
+- ``target_e``: float32 ``(H, W)`` of the same field: a noise-free expectation
+  (synthetic data) or the counts of a longer exposure (paired acquisitions), also in
+  photoelectrons;
+- ``ratio``: float, target exposure / input exposure (1 for synthetic denoise
+  targets). The network always predicts the expected photoelectrons of the *input*
+  exposure; the Poisson loss compares ``ratio * prediction`` with the target counts.
+
+Patches within one batch must share a shape (crop them to ``config.patch`` in the
+source). The iterable is consumed as long as training runs; a finite one is restarted
+(``iter`` again) when exhausted. :class:`livedenoise.training.synthetic.SyntheticPatches` is the
+default source; paired acquisitions slot in by yielding the same triples. Validation
+data is a tuple ``(inputs, targets, ratios)`` of arrays ``(N, H, W)``, ``(N, H, W)``,
+``(N,)``; by default a fixed synthetic set separate from the training stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TrainConfig", "batches", "evaluate_psnr", "psnr_db", "train"]
+
+log = logging.getLogger("livedenoise")
+
+VAL_SEED_OFFSET = 500_000_000  # validation frames: another seed range than the training stream
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (stored in the model card).
+
+    Attributes
+    ----------
+    architecture, arch_params : network name and constructor arguments.
+    task : ``"denoise"`` or ``"deconvolve"``.
+    loss : ``"poisson"`` (default), ``"mse"`` or ``"mse_ssim"``.
+    patch, batch : training patch side (pixels) and batch size.
+    steps : optimiser steps in total; ``epoch_steps`` steps make an epoch (validation
+        and checkpoint after each).
+    lr, lr_schedule, warmup_steps : Adam learning rate, ``"cosine"`` | ``"exp"`` |
+        ``"constant"`` decay, linear warm-up.
+    peak_e_range : synthetic peak photon levels (log-uniform).
+    seed : seeds the network initialisation, the data stream and the validation set.
+    val_size, val_px : validation frames and their side length.
+    checkpoint_dir, resume : where ``last.pt`` goes each epoch; continue from it.
+    device : ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``.
+    threads : CPU threads for torch (None: torch's default).
+    init : a model (id or path) whose weights start the training (fine-tuning).
+    """
+
+    architecture: str = "rln"
+    arch_params: dict[str, Any] = field(default_factory=dict)
+    task: str = "denoise"
+    loss: str = "poisson"
+    patch: int = 64
+    batch: int = 16
+    steps: int = 2000
+    epoch_steps: int = 200
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    peak_e_range: tuple[float, float] = (1.0, 500.0)
+    seed: int = 0
+    val_size: int = 24
+    val_px: int = 96
+    checkpoint_dir: str | None = None
+    resume: bool = False
+    device: str = "auto"
+    threads: int | None = None
+    init: str | None = None
+    model_id: str | None = None
+    command: str = ""
+
+    def __post_init__(self) -> None:
+        from livedenoise.training.losses import LOSSES
+        from livedenoise.inference.nets import ARCHITECTURES
+        from livedenoise.training.synthetic import TASKS
+
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; expected one of {ARCHITECTURES}")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; expected one of {tuple(LOSSES)}")
+        if self.lr_schedule not in ("cosine", "exp", "constant"):
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; expected cosine, exp or constant")
+        for name in ("patch", "batch", "steps", "epoch_steps", "val_size", "val_px"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.patch < 16:
+            raise ValueError(f"patch must be >= 16 pixels, got {self.patch}")
+        self.peak_e_range = (float(self.peak_e_range[0]), float(self.peak_e_range[1]))
+        if not 0 < self.peak_e_range[0] <= self.peak_e_range[1]:
+            raise ValueError(f"peak_e_range must be 0 < low <= high, got {self.peak_e_range}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["peak_e_range"] = list(self.peak_e_range)
+        return d
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """Learning rate at ``step`` (warm-up, then the schedule)."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    frac = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    if config.lr_schedule == "cosine":
+        return config.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+    if config.lr_schedule == "exp":
+        return config.lr * 0.02**frac
+    return config.lr
+
+
+def batches(source: Iterable, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Group ``(input_e, target_e, ratio)`` triples into ``(B, 1, H, W)`` arrays and ``(B,)`` ratios."""
+    it = iter(source)
+    restarted = False
+    while True:
+        xs, ts, rs = [], [], []
+        while len(xs) < batch:
+            try:
+                x, t, r = next(it)
+            except StopIteration:
+                if restarted and not xs:
+                    raise ValueError("the training data source yields nothing") from None
+                it, restarted = iter(source), True
+                continue
+            restarted = False
+            x, t = np.asarray(x, np.float32), np.asarray(t, np.float32)
+            if x.ndim != 2 or x.shape != t.shape:
+                raise ValueError(f"training pairs must be two 2D arrays of one shape, got {x.shape} and {t.shape}")
+            if xs and x.shape != xs[0].shape:
+                raise ValueError(f"patches in a batch must share a shape: {xs[0].shape} then {x.shape}; crop them")
+            xs.append(x)
+            ts.append(t)
+            rs.append(float(r))
+        yield np.stack(xs)[:, None], np.stack(ts)[:, None], np.asarray(rs, np.float32)
+
+
+def psnr_db(x: np.ndarray, ref: np.ndarray) -> float:
+    """PSNR (dB) of ``x`` against ``ref``; data range ``ref.max() - ref.min()``."""
+    mse = float(np.mean((np.asarray(x, np.float64) - ref) ** 2))
+    rng = float(ref.max() - ref.min())
+    if mse == 0:
+        return float("inf")
+    return 10 * math.log10(max(rng, 1e-12) ** 2 / mse)
+
+
+def evaluate_psnr(module, inputs: np.ndarray, targets: np.ndarray, ratios=None, device="cpu", batch=8) -> dict:
+    """Mean PSNR of the network and of the raw input (scaled by ratio) against the targets."""
+    import torch
+
+    ratios = np.ones(len(inputs), np.float32) if ratios is None else np.asarray(ratios, np.float32)
+    module.eval()
+    out = np.empty_like(inputs)
+    with torch.inference_mode():
+        for i in range(0, len(inputs), batch):
+            x = torch.from_numpy(np.ascontiguousarray(inputs[i : i + batch, None])).to(device)
+            out[i : i + batch] = module(x)[:, 0].cpu().numpy()
+    net = [psnr_db(o * r, t) for o, t, r in zip(out, targets, ratios)]
+    raw = [psnr_db(x * r, t) for x, t, r in zip(inputs, targets, ratios)]
+    return {"psnr_db": float(np.mean(net)), "raw_psnr_db": float(np.mean(raw)), "outputs": out}
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    return torch.device(name)
+
+
+def _default_val(config: TrainConfig):
+    from livedenoise.training.synthetic import make_eval_set
+
+    x, t, _ = make_eval_set(config.val_size, config.val_px, config.peak_e_range, config.task,
+                            seed=config.seed + VAL_SEED_OFFSET, held_out=False)  # fmt: skip
+    return x, t, np.ones(len(x), np.float32)
+
+
+def train(config: TrainConfig, data: Iterable | None = None, val_data=None, progress: bool = True):
+    """Train a network.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    data : iterable of (input_e, target_e, ratio), optional
+        Training source (see the module docstring); default: synthetic phantoms.
+    val_data : (inputs, targets, ratios), optional
+        Validation arrays; default: a fixed synthetic set.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    module : torch.nn.Module
+        The network with the best validation loss, on the CPU, in eval mode.
+    card : ModelCard
+        Its card (training record and validation quality; not yet saved).
+    history : list of dict
+        Per epoch: step, train loss, validation loss and PSNR, learning rate, time.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from livedenoise.training.losses import LOSSES
+    from livedenoise.inference.modelio import ModelCard, load_model
+    from livedenoise.inference.nets import build_network
+    from livedenoise.training.synthetic import SyntheticPatches
+
+    t0 = time.perf_counter()
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    device = _device(config.device)
+    torch.manual_seed(config.seed)
+    if config.init:
+        module, init_card = load_model(config.init)
+        if init_card.architecture != config.architecture:
+            raise ValueError(f"--init model is a {init_card.architecture}, but --arch is {config.architecture}")
+        config.arch_params = dict(init_card.arch_params)
+    else:
+        module = build_network(config.architecture, **config.arch_params)
+    # channels-last: 3-5x faster convolutions (forward and backward) on CPU
+    module.to(device, memory_format=torch.channels_last)
+    opt = torch.optim.Adam(module.parameters(), lr=config.lr)
+    loss_fn = LOSSES[config.loss]
+    history: list[dict[str, Any]] = []
+    start = 0
+    best: tuple[float, dict | None, int] = (float("inf"), None, -1)
+    ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
+    if ckpt_dir is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        last = ckpt_dir / "last.pt"
+        if config.resume and last.is_file():
+            ck = torch.load(last, map_location=device, weights_only=True)
+            if json.loads(ck["config"])["architecture"] != config.architecture:
+                raise ValueError(f"checkpoint {last} is for another architecture; use another --checkpoint-dir")
+            module.load_state_dict(ck["model"])
+            module.to(memory_format=torch.channels_last)
+            opt.load_state_dict(ck["optim"])
+            start = int(ck["step"])
+            history = json.loads(ck["history"])
+            best = (float(ck["best_loss"]), ck["best_model"], int(ck["best_step"]))
+            log.info("resumed from %s at step %d", last, start)
+        elif config.resume:
+            log.warning("--resume: no checkpoint in %s; starting from scratch", ckpt_dir)
+    if data is None:
+        stream_seed = int(np.random.SeedSequence([config.seed, start]).generate_state(1)[0] % 2**31)
+        data = SyntheticPatches(config.patch, config.task, stream_seed, config.peak_e_range)
+        data_desc = (f"synthetic phantoms ({config.task}), {config.patch}px patches, "
+                     f"peak {config.peak_e_range[0]:g}-{config.peak_e_range[1]:g} e- log-uniform, "
+                     "Poisson + sCMOS read noise, seed " + str(config.seed))  # fmt: skip
+    else:
+        data_desc = getattr(data, "description", type(data).__name__)
+    vx, vt, vr = _default_val(config) if val_data is None else val_data
+    vr = np.asarray(vr, np.float32)
+
+    def validate() -> tuple[float, float, float]:
+        module.eval()
+        losses = []
+        with torch.inference_mode():
+            for i in range(0, len(vx), 8):
+                x = torch.from_numpy(np.ascontiguousarray(vx[i : i + 8, None])).to(device)
+                t = torch.from_numpy(np.ascontiguousarray(vt[i : i + 8, None])).to(device)
+                r = torch.from_numpy(vr[i : i + 8]).to(device)
+                losses.append(loss_fn(module(x), t, r).item() * len(x))
+        ev = evaluate_psnr(module, vx, vt, vr, device=device)
+        module.train()
+        return sum(losses) / len(vx), ev["psnr_db"], ev["raw_psnr_db"]
+
+    module.train()
+    stream = batches(data, config.batch)
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=f"train {config.architecture}",
+               unit="step", dynamic_ncols=True)  # fmt: skip
+    running, n_run = 0.0, 0
+    step = start
+    while step < config.steps:
+        x, t, r = next(stream)
+        x = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
+        t = torch.from_numpy(t).to(device).contiguous(memory_format=torch.channels_last)
+        r = torch.from_numpy(r).to(device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(config, step)
+        if config.loss == "mse_ssim" and config.architecture == "rln":
+            pred, est = module(x, return_estimate=True)
+            loss = loss_fn(pred, t, r, estimate=est, input_e=x)
+        else:
+            loss = loss_fn(module(x), t, r)
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
+        opt.step()
+        step += 1
+        running += loss.item()
+        n_run += 1
+        bar.update(1)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{running / n_run:.4g}")
+        if step % config.epoch_steps == 0 or step == config.steps:
+            vloss, vpsnr, vraw = validate()
+            rec = {"step": step, "train_loss": running / max(n_run, 1), "val_loss": vloss, "val_psnr_db": vpsnr,
+                   "val_raw_psnr_db": vraw, "lr": lr_at(config, step - 1),
+                   "time_s": time.perf_counter() - t0}  # fmt: skip
+            history.append(rec)
+            running, n_run = 0.0, 0
+            bar.write(f"step {step}: train {rec['train_loss']:.4g}  val {vloss:.4g}  "
+                      f"PSNR {vpsnr:.2f} dB (raw {vraw:.2f})")  # fmt: skip
+            log.info("step %s: val loss %.4g, PSNR %.2f dB (raw %.2f)", step, vloss, vpsnr, vraw)
+            if vloss < best[0]:
+                best = (vloss, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}, step)
+            if ckpt_dir is not None:
+                from livedenoise._atomic import atomic_path
+
+                ck = {"model": module.state_dict(), "optim": opt.state_dict(), "step": step,
+                      "history": json.dumps(history), "config": json.dumps(config.to_dict()),
+                      "best_loss": best[0], "best_model": best[1], "best_step": best[2]}  # fmt: skip
+                with atomic_path(ckpt_dir / "last.pt", "checkpoint") as tmp:
+                    torch.save(ck, tmp)
+    bar.close()
+    if best[1] is not None:
+        module.load_state_dict(best[1])
+    module.to("cpu", memory_format=torch.contiguous_format).eval()
+    elapsed = time.perf_counter() - t0
+    best_rec = next((h for h in history if h["step"] == best[2]), history[-1] if history else {})
+    card = ModelCard(
+        id=config.model_id or f"{config.architecture}-{config.task}-custom",
+        architecture=config.architecture,
+        arch_params=dict(config.arch_params),
+        parameters=int(sum(p.numel() for p in module.parameters())),
+        task=config.task,
+        training={
+            "data": data_desc,
+            "loss": config.loss,
+            "command": config.command,
+            "seed": config.seed,
+            "steps": config.steps,
+            "best_step": best[2],
+            "batch": config.batch,
+            "patch": config.patch,
+            "lr": config.lr,
+            "lr_schedule": config.lr_schedule,
+            "time_s": round(elapsed, 1),
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+            "init": config.init,
+        },
+        quality={
+            "validation": {
+                "frames": len(vx),
+                "psnr_db": round(best_rec.get("val_psnr_db", float("nan")), 3),
+                "raw_psnr_db": round(best_rec.get("val_raw_psnr_db", float("nan")), 3),
+                "loss": round(best_rec.get("val_loss", float("nan")), 5),
+            }
+        },
+    )
+    return module, card, history
