@@ -280,14 +280,12 @@ class BeadsScene:
         h, w = sensor_shape
         n = max(8, round(h * w / 35.0**2))
         m = self.MARGIN
-        self.pos = np.column_stack(
-            [self._rng.uniform(-m, h + m, n), self._rng.uniform(-m, w + m, n)]
-        )
+        self.pos = np.column_stack([self._rng.uniform(-m, h + m, n), self._rng.uniform(-m, w + m, n)])
         self.total = self._rng.uniform(*BEAD_TOTAL_E_PER_S, n)
         self.sigma_px = airy_sigma_px(NA, WAVELENGTH_NM, PIXEL_NM)
         self.t_s = 0.0
         self.diffusion_px2_per_s = BEAD_DIFFUSION_PX2_PER_S
-        r = int(math.ceil(4 * self.sigma_px))
+        r = math.ceil(4 * self.sigma_px)
         self._k = np.arange(-r, r + 1)
 
     def _advance(self, t_s: float) -> None:

@@ -83,7 +83,7 @@ class SimShutter(ShutterDevice):
     def get_open(self) -> bool:
         return self._open
 
-    def set_open(self, open: bool) -> None:  # noqa: A002 - the ShutterDevice signature
+    def set_open(self, open: bool) -> None:
         self._open = bool(open)
 
     @pymm_property(allowed_values=_Choices((0, 1)), property_type=int, name="State")

@@ -40,7 +40,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -349,7 +349,10 @@ class SimSCMOSCamera(CameraDevice):
         self._sensor = sensor
         log.debug(
             "simulated sCMOS %dx%d (seed %d) ready in %.2f s",
-            self._sensor_shape[1], self._sensor_shape[0], self._seed, time.perf_counter() - t0,
+            self._sensor_shape[1],
+            self._sensor_shape[0],
+            self._seed,
+            time.perf_counter() - t0,
         )
 
     def shutdown(self) -> None:
@@ -398,7 +401,7 @@ class SimSCMOSCamera(CameraDevice):
                 "camera": self.get_label() or type(self).__name__,
                 "source": "simulator",
                 "seed": self._seed,
-                "created": datetime.now(timezone.utc).isoformat(),
+                "created": datetime.now(UTC).isoformat(),
                 "hot_pixels": sensor.hot_pixels.tolist(),
             }
             self._calibration = Calibration(

@@ -34,15 +34,20 @@ _LAZY = {
 __all__ = ["PROTOCOL", "__version__", *sorted(_LAZY)]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from livedenoise.calibration.maps import Calibration, PhotonConverter, read_calibration, write_calibration
-    from livedenoise.live.config import PipelineConfig
-    from livedenoise.live.pipeline import Pipeline
-    from livedenoise.inference.engines import Engine, make_engine
-    from livedenoise.live.events import PipelineEvents
-    from livedenoise.inference.modelio import ModelCard, load_model
-    from livedenoise.transport.publisher import Publisher
-    from livedenoise.live.ringbuffer import RingBuffer
-    from livedenoise.transport.subscriber import Subscriber
+    from livedenoise.calibration.maps import Calibration as Calibration
+    from livedenoise.calibration.maps import PhotonConverter as PhotonConverter
+    from livedenoise.calibration.maps import read_calibration as read_calibration
+    from livedenoise.calibration.maps import write_calibration as write_calibration
+    from livedenoise.inference.engines import Engine as Engine
+    from livedenoise.inference.engines import make_engine as make_engine
+    from livedenoise.inference.modelio import ModelCard as ModelCard
+    from livedenoise.inference.modelio import load_model as load_model
+    from livedenoise.live.config import PipelineConfig as PipelineConfig
+    from livedenoise.live.events import PipelineEvents as PipelineEvents
+    from livedenoise.live.pipeline import Pipeline as Pipeline
+    from livedenoise.live.ringbuffer import RingBuffer as RingBuffer
+    from livedenoise.transport.publisher import Publisher as Publisher
+    from livedenoise.transport.subscriber import Subscriber as Subscriber
 
 
 def __getattr__(name: str) -> Any:

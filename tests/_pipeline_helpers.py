@@ -24,8 +24,13 @@ def sim_core(size: int = 64, exposure_ms: float = 5.0, seed: int = 0) -> tuple[A
 class FaultyCamera(CameraDevice):
     """A 16-bit camera whose sequence raises after ``fail_after`` frames (or a chosen dtype)."""
 
-    def __init__(self, shape: tuple[int, int] = (32, 32), dtype: Any = np.uint16, fail_after: int | None = None,
-                 interval_s: float = 0.002) -> None:  # fmt: skip
+    def __init__(
+        self,
+        shape: tuple[int, int] = (32, 32),
+        dtype: Any = np.uint16,
+        fail_after: int | None = None,
+        interval_s: float = 0.002,
+    ) -> None:
         super().__init__()
         self._shape = shape
         self._dtype = np.dtype(dtype)
@@ -46,7 +51,9 @@ class FaultyCamera(CameraDevice):
     def dtype(self) -> np.dtype:
         return self._dtype
 
-    def start_sequence(self, n: int | None, get_buffer: Callable[[Sequence[int], Any], np.ndarray]) -> Iterator[Mapping]:
+    def start_sequence(
+        self, n: int | None, get_buffer: Callable[[Sequence[int], Any], np.ndarray]
+    ) -> Iterator[Mapping]:
         k = 0
         while n is None or k < n:
             if self.fail_after is not None and self.frames >= self.fail_after:
@@ -73,7 +80,9 @@ class SlowEngine:
 
     name = "slow"
 
-    def __init__(self, delay_s: float = 0.02, fail: Callable[[int], bool] | None = None, model_id: str = "slow-1") -> None:
+    def __init__(
+        self, delay_s: float = 0.02, fail: Callable[[int], bool] | None = None, model_id: str = "slow-1"
+    ) -> None:
         self.delay_s = delay_s
         self.fail = fail
         self.model_id = model_id
@@ -126,7 +135,7 @@ def running_source(source: Any, sink: Any, *, raise_errors: bool = True) -> Iter
     def target() -> None:
         try:
             source.run(sink, stop)
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
+        except BaseException as exc:
             errors.append(exc)
 
     t = threading.Thread(target=target)

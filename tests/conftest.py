@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def rng() -> "np.random.Generator":  # noqa: F821
+def rng() -> np.random.Generator:  # noqa: F821
     import numpy as np
 
     return np.random.default_rng(12345)

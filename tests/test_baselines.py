@@ -13,7 +13,9 @@ from livedenoise.training.synthetic import make_eval_set
 
 @pytest.mark.parametrize("read_var", [0.0, 2.0])
 @pytest.mark.parametrize("y", [0.2, 1.0, 4.0, 20.0, 150.0, 800.0])
-def test_gat_exact_inverse_round_trip_on_expectations(rng: np.random.Generator, read_var: float, y: float) -> None:
+def test_gat_exact_inverse_round_trip_on_expectations(
+    rng: np.random.Generator, read_var: float, y: float
+) -> None:
     """inverse(E[f(z) | y]) == y: the defining property of the exact unbiased inverse."""
     z = rng.poisson(y, 400_000) + rng.normal(0, np.sqrt(read_var), 400_000)
     d = np.array([baselines.gat_forward(z, read_var).astype(np.float64).mean()])
@@ -28,7 +30,9 @@ def test_gat_stabilises_variance(rng: np.random.Generator) -> None:
 
 def test_closed_form_inverse_agrees_at_high_counts() -> None:
     d = baselines.gat_forward(np.array([50.0, 250.0, 2000.0]), 1.0)
-    np.testing.assert_allclose(baselines.gat_inverse(d, 1.0), baselines.gat_inverse_closed_form(d, 1.0), rtol=2e-3)
+    np.testing.assert_allclose(
+        baselines.gat_inverse(d, 1.0), baselines.gat_inverse_closed_form(d, 1.0), rtol=2e-3
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,4 +80,6 @@ def test_tune_picks_the_best_grid_value(frames) -> None:
     xs, ts, ps = frames
     res = baselines.tune([(xs[0], ts[0], ps[0]["read_var_e2"], None)], ["tv"])
     scores = res["tv"]["scores"]
-    assert res["tv"]["best"] == max(scores, key=scores.get) and len(scores) == len(baselines.TUNING_GRID["tv"][1])
+    assert res["tv"]["best"] == max(scores, key=scores.get) and len(scores) == len(
+        baselines.TUNING_GRID["tv"][1]
+    )

@@ -220,7 +220,9 @@ def test_bad_input_messages(stacks, capsys, case, expect):
     elif case == "shape":
         flats[1] = write_stack(tmp / "other.tif", rng, make_maps(rng, (16, 20)), 300, 30)
     elif case == "uint8":
-        flats[1] = write_stack(tmp / "u8.tif", rng, (maps[0] * 0.01, maps[1] * 0.5, maps[2]), 300, 30, np.uint8)
+        flats[1] = write_stack(
+            tmp / "u8.tif", rng, (maps[0] * 0.01, maps[1] * 0.5, maps[2]), 300, 30, np.uint8
+        )
     elif case == "float":
         flats[1] = write_stack(tmp / "f32.tif", rng, maps, 300, 30, np.float32)
     elif case == "out_is_dir":
@@ -270,8 +272,8 @@ def test_no_partial_file_when_interrupted_or_failing(stacks, monkeypatch):
 
 
 def test_read_back_is_the_fit(synthetic, tmp_path):
-    from livedenoise.calibration.report import write_report
     from livedenoise.calibration.maps import write_calibration
+    from livedenoise.calibration.report import write_report
 
     _, dark, flats = synthetic
     fit = fit_calibration(dark, flats, camera="synthetic")
@@ -283,4 +285,7 @@ def test_read_back_is_the_fit(synthetic, tmp_path):
     write_report(fit, tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 20_000
     with pytest.raises(CalibrationError, match="same ROI and binning"):
-        fit_calibration(dark, [flats[0], level(np.random.default_rng(0), make_maps(np.random.default_rng(1), (8, 8)), 100, 30)])
+        fit_calibration(
+            dark,
+            [flats[0], level(np.random.default_rng(0), make_maps(np.random.default_rng(1), (8, 8)), 100, 30)],
+        )

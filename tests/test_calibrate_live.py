@@ -58,9 +58,15 @@ def accuracy(tmp_path_factory):
     core, cam = sim_core()
     out = tmp_path_factory.mktemp("cal") / "cal.tif"
     opts = LiveOptions(
-        darks=400, frames=400, levels=6, signal_e=(15.0, 1500.0), exposure_ms=2.0, roi=ROI,
-        light_property=("Camera", "LightLevel"), properties=(("Camera", "Scene", "flat"),),
-    )  # fmt: skip
+        darks=400,
+        frames=400,
+        levels=6,
+        signal_e=(15.0, 1500.0),
+        exposure_ms=2.0,
+        roi=ROI,
+        light_property=("Camera", "LightLevel"),
+        properties=(("Camera", "Scene", "flat"),),
+    )
     before = settings(core)
     fit = calibrate_live(core, out, options=opts, report=out.with_suffix(".png"))
     yield core, cam, fit, out, before
@@ -79,10 +85,17 @@ def test_accuracy_near_statistical_limit(accuracy):
     off_err = np.abs(cal.offset_adu - true.offset_adu)[~hot]
     rn_err = np.abs(np.sqrt(cal.read_var_e2 / true.read_var_e2) - 1)[~hot]
     figures = {
-        "gain_med": np.median(gain_err), "gain_p95": np.percentile(gain_err, 95),
-        "offset_p95_adu": np.percentile(off_err, 95), "read_noise_med": np.median(rn_err),
-    }  # fmt: skip
-    print("accuracy:", {k: round(float(v), 4) for k, v in figures.items()}, "levels e-:", fit.summary["mean_e_per_level"])
+        "gain_med": np.median(gain_err),
+        "gain_p95": np.percentile(gain_err, 95),
+        "offset_p95_adu": np.percentile(off_err, 95),
+        "read_noise_med": np.median(rn_err),
+    }
+    print(
+        "accuracy:",
+        {k: round(float(v), 4) for k, v in figures.items()},
+        "levels e-:",
+        fit.summary["mean_e_per_level"],
+    )
     assert figures["gain_med"] <= 0.025
     assert figures["gain_p95"] <= 0.07
     assert figures["offset_p95_adu"] <= 0.5
@@ -138,16 +151,23 @@ def test_fitted_maps_restore_as_well_as_true_maps(accuracy):
         print(f"PSNR {kind}: fitted {score['fitted']:.3f} dB, true {score['true']:.3f} dB")
         assert score["true"] - score["fitted"] < 0.2
     if "restored" not in engines:
-        pytest.skip("the CPU engine with the default model is not available; only the raw conversion was compared")
+        pytest.skip(
+            "the CPU engine with the default model is not available; only the raw conversion was compared"
+        )
 
 
 def test_exposure_sweep_restores_user_settings(tmp_path):
     core, cam = sim_core(seed=5)
     before = user_setup(core)
     opts = LiveOptions(
-        darks=40, frames=40, levels=3, signal_e=(20.0, 200.0), roi=(0, 0, 32, 24), exposure_ms=2.0,
+        darks=40,
+        frames=40,
+        levels=3,
+        signal_e=(20.0, 200.0),
+        roi=(0, 0, 32, 24),
+        exposure_ms=2.0,
         properties=(("Camera", "Scene", "flat"), ("Camera", "LightLevel", "40")),
-    )  # fmt: skip
+    )
     fit = calibrate_live(core, tmp_path / "c.tif", options=opts)
     cal = read_calibration(tmp_path / "c.tif")
     assert cal.shape == (24, 32)
@@ -164,13 +184,20 @@ CAMERA_THREAD = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThread
 
 @pytest.mark.parametrize(
     # the camera's exception surfaces in UniMMCore's acquisition thread: expected there
-    "fault", ["too_little_light", "saturated", "interrupted", pytest.param("camera_error", marks=CAMERA_THREAD)]
+    "fault",
+    ["too_little_light", "saturated", "interrupted", pytest.param("camera_error", marks=CAMERA_THREAD)],
 )
 def test_settings_restored_after_error(tmp_path, fault, monkeypatch):
     core, cam = sim_core(seed=6)
     before = user_setup(core)
-    opts = dict(darks=30, frames=30, levels=3, roi=(0, 0, 16, 16), exposure_ms=1.0,
-                properties=(("Camera", "Scene", "flat"),))  # fmt: skip
+    opts = dict(
+        darks=30,
+        frames=30,
+        levels=3,
+        roi=(0, 0, 16, 16),
+        exposure_ms=1.0,
+        properties=(("Camera", "Scene", "flat"),),
+    )
     expect: type[BaseException] = CalibrationError
     match = None
     if fault == "too_little_light":
@@ -178,7 +205,9 @@ def test_settings_restored_after_error(tmp_path, fault, monkeypatch):
         opts["max_exposure_ms"] = 20.0
         match = "too little light"
     elif fault == "saturated":
-        opts.update(light_property=("Camera", "LightLevel"), light_values=(1.0, 10.0, 1000.0), exposure_ms=20.0)
+        opts.update(
+            light_property=("Camera", "LightLevel"), light_values=(1.0, 10.0, 1000.0), exposure_ms=20.0
+        )
         match = "saturates"
     elif fault == "interrupted":
         calls = {"n": 0}
@@ -219,14 +248,37 @@ def test_cli_live_on_simulator_config(tmp_path, capsys):
     if not cfg_src.is_file():
         pytest.skip("drivers/simcam.cfg is not shipped yet")
     cfg = tmp_path / "rig.cfg"
-    text = cfg_src.read_text().replace("SensorWidth,2048", "SensorWidth,96").replace("SensorHeight,2048", "SensorHeight,64")
+    text = (
+        cfg_src.read_text()
+        .replace("SensorWidth,2048", "SensorWidth,96")
+        .replace("SensorHeight,2048", "SensorHeight,64")
+    )
     cfg.write_text(text)
     out = tmp_path / "cal.tif"
     argv = [
-        "calibrate", "--live", "--config", str(cfg), "-o", str(out), "--darks", "30", "--frames", "30",
-        "--levels", "3", "--signal-e", "20,300", "--exposure-ms", "1", "--light-property", "Camera,LightLevel",
-        "--property", "Camera,Scene,flat", "--roi", "8,8,24,16",
-    ]  # fmt: skip
+        "calibrate",
+        "--live",
+        "--config",
+        str(cfg),
+        "-o",
+        str(out),
+        "--darks",
+        "30",
+        "--frames",
+        "30",
+        "--levels",
+        "3",
+        "--signal-e",
+        "20,300",
+        "--exposure-ms",
+        "1",
+        "--light-property",
+        "Camera,LightLevel",
+        "--property",
+        "Camera,Scene,flat",
+        "--roi",
+        "8,8,24,16",
+    ]
     assert main(argv) == 0, capsys.readouterr().err
     cal = read_calibration(out)
     assert cal.shape == (16, 24) and cal.meta["sensor_roi"]["x"] == 8

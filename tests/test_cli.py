@@ -33,10 +33,24 @@ def test_help(command: str, capsys: Any) -> None:
 def test_demo_runs_for_three_seconds_and_summarises() -> None:
     pub, control = _free_port(), _free_port()
     proc = subprocess.run(
-        [sys.executable, "-m", "livedenoise", "demo", "--seconds", "3", "--size", "128",
-         "--pub", f"tcp://127.0.0.1:{pub}", "--control", f"tcp://127.0.0.1:{control}"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "livedenoise",
+            "demo",
+            "--seconds",
+            "3",
+            "--size",
+            "128",
+            "--pub",
+            f"tcp://127.0.0.1:{pub}",
+            "--control",
+            f"tcp://127.0.0.1:{control}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert f"publishing on tcp://127.0.0.1:{pub}" in out
@@ -51,11 +65,24 @@ def test_serve_on_the_simulator_config_uses_its_maps_and_stops(tmp_path: Path, c
 
     cfg = tmp_path / "small-sim.cfg"  # the shipped config with a small sensor (fast to build)
     text = config_path("simcam.cfg").read_text()
-    cfg.write_text(text.replace("SensorWidth,2048", "SensorWidth,128").replace("SensorHeight,2048", "SensorHeight,96"))
-    rc = main([
-        "serve", "--config", str(cfg), "--engine", "passthrough", "--seconds", "1.5",
-        "--pub", f"tcp://127.0.0.1:{_free_port()}", "--control", f"tcp://127.0.0.1:{_free_port()}",
-    ])  # fmt: skip
+    cfg.write_text(
+        text.replace("SensorWidth,2048", "SensorWidth,128").replace("SensorHeight,2048", "SensorHeight,96")
+    )
+    rc = main(
+        [
+            "serve",
+            "--config",
+            str(cfg),
+            "--engine",
+            "passthrough",
+            "--seconds",
+            "1.5",
+            "--pub",
+            f"tcp://127.0.0.1:{_free_port()}",
+            "--control",
+            f"tcp://127.0.0.1:{_free_port()}",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     assert "simulated camera: using its true calibration" in out and "state: stopped" in out
@@ -95,15 +122,38 @@ def test_serve_settings_file_errors_name_the_field(tmp_path: Path, capsys: Any) 
 
 
 def test_serve_missing_config(tmp_path: Path, capsys: Any) -> None:
-    rc = main(["serve", "--config", str(tmp_path / "nope.cfg"), "--no-calibration",
-               "--nominal-gain-adu-per-e", "2", "--nominal-offset-adu", "100"])  # fmt: skip
+    rc = main(
+        [
+            "serve",
+            "--config",
+            str(tmp_path / "nope.cfg"),
+            "--no-calibration",
+            "--nominal-gain-adu-per-e",
+            "2",
+            "--nominal-offset-adu",
+            "100",
+        ]
+    )
     assert rc == 2 and "nope.cfg does not exist" in capsys.readouterr().err
 
 
 def test_bench_small_run_reports_every_stage(tmp_path: Path, capsys: Any) -> None:
     out_json = tmp_path / "bench.json"
-    rc = main(["bench", "--size", "64", "--seconds", "0.5", "--camera-fps", "200", "--topics", "raw,denoised",
-               "--json", str(out_json)])  # fmt: skip
+    rc = main(
+        [
+            "bench",
+            "--size",
+            "64",
+            "--seconds",
+            "0.5",
+            "--camera-fps",
+            "200",
+            "--topics",
+            "raw,denoised",
+            "--json",
+            str(out_json),
+        ]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert "| 64² | passthrough | tcp (raw+denoised) | 200 |" in table and "Machine:" in table
@@ -118,8 +168,21 @@ def test_bench_small_run_reports_every_stage(tmp_path: Path, capsys: Any) -> Non
 
 def test_bench_with_the_subscriber_in_its_own_process(tmp_path: Path, capsys: Any) -> None:
     out_json = tmp_path / "bench.json"
-    rc = main(["bench", "--size", "64", "--seconds", "2.5", "--camera-fps", "50", "--subscriber", "process",
-               "--json", str(out_json)])  # fmt: skip
+    rc = main(
+        [
+            "bench",
+            "--size",
+            "64",
+            "--seconds",
+            "2.5",
+            "--camera-fps",
+            "50",
+            "--subscriber",
+            "process",
+            "--json",
+            str(out_json),
+        ]
+    )
     assert rc == 0
     assert "| 64² | passthrough | tcp (denoised), subscriber process | 50 |" in capsys.readouterr().out
     (r,) = json.loads(out_json.read_text())["results"]
@@ -137,7 +200,11 @@ def test_bench_says_why_the_subscriber_process_failed(monkeypatch: Any) -> None:
     class Failing(bench._SubscriberProcess):
         def __init__(self, *a: Any, **k: Any) -> None:
             super().__init__(*a, **k)
-            self.cmd = [sys.executable, "-c", "import sys; sys.stderr.write('no display here\\n'); sys.exit(3)"]
+            self.cmd = [
+                sys.executable,
+                "-c",
+                "import sys; sys.stderr.write('no display here\\n'); sys.exit(3)",
+            ]
 
     monkeypatch.setattr(bench, "_SubscriberProcess", Failing)
     t0 = time.monotonic()
@@ -156,10 +223,26 @@ def test_demo_ctrl_c_stops_cleanly_with_a_summary() -> None:
 
     pub, control = _free_port(), _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "livedenoise", "demo", "--engine", "passthrough", "--size", "64",
-         "--exposure-ms", "10", "--pub", f"tcp://127.0.0.1:{pub}", "--control", f"tcp://127.0.0.1:{control}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "livedenoise",
+            "demo",
+            "--engine",
+            "passthrough",
+            "--size",
+            "64",
+            "--exposure-ms",
+            "10",
+            "--pub",
+            f"tcp://127.0.0.1:{pub}",
+            "--control",
+            f"tcp://127.0.0.1:{control}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         lines = []

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from livedenoise.acquisition import pairs as pairs_mod
-from livedenoise.cli import main
 from livedenoise.acquisition.collect import (
     CameraBusyError,
     SaturationError,
@@ -16,8 +15,9 @@ from livedenoise.acquisition.collect import (
     parse_positions,
     validate_request,
 )
-from livedenoise.drivers.simcam import load_sim_core
 from livedenoise.acquisition.pairs import PairDataset, PairsError
+from livedenoise.cli import main
+from livedenoise.drivers.simcam import load_sim_core
 
 USER_EXPOSURE_MS = 33.0
 
@@ -47,14 +47,21 @@ def _collect(core, camera, out, **kw):
 
 def test_collect_writes_pairs_and_restores_exposure(core, sim, tmp_path):
     seen = []
-    result = _collect(core, sim[1], tmp_path / "ds", shorts_per_pair=2, progress=lambda d, t: seen.append((d, t)))
+    result = _collect(
+        core, sim[1], tmp_path / "ds", shorts_per_pair=2, progress=lambda d, t: seen.append((d, t))
+    )
     assert result["pairs_written"] == 3 and result["incomplete"] == 0
     assert seen == [(1, 3), (2, 3), (3, 3)]
     assert core.getExposure() == USER_EXPOSURE_MS
     ds = PairDataset(tmp_path / "ds")
     assert len(ds) == 3 and ds.camera["label"] == "Camera" and ds.camera["shape"] == [64, 64]
     for p in ds.pairs:
-        assert (p["short_exposure_ms"], p["long_exposure_ms"], p["n_short"], p["ratio"]) == (5.0, 50.0, 2, 10.0)
+        assert (p["short_exposure_ms"], p["long_exposure_ms"], p["n_short"], p["ratio"]) == (
+            5.0,
+            50.0,
+            2,
+            10.0,
+        )
         assert len(p["t_short"]) == 2 and p["t_long"] > 0
         assert p["flags"] == [], p["quality"]
         assert abs(p["quality"]["bleach_deviation"]) < 0.05  # long really has 10x the photons
@@ -91,7 +98,9 @@ def test_missing_output():
 
 def test_cli_bad_arguments(tmp_path, capsys):
     out = tmp_path / "ds"
-    assert main(["collect-pairs", "--short-ms", "100", "--long-ms", "10", "--pairs", "3", "-o", str(out)]) == 2
+    assert (
+        main(["collect-pairs", "--short-ms", "100", "--long-ms", "10", "--pairs", "3", "-o", str(out)]) == 2
+    )
     assert "must be shorter than the long exposure" in capsys.readouterr().err
     assert not out.exists()
     with pytest.raises(SystemExit):  # argparse: -o is required
@@ -175,23 +184,59 @@ def test_cancel_keeps_complete_pairs_and_restores(core, sim, tmp_path):
 
     cancel = threading.Event()
     with pytest.raises(CollectCancelled, match="stopped after 2 of 10 pairs"):
-        _collect(core, sim[1], tmp_path / "ds", pairs=10, cancel=cancel,
-                 progress=lambda done, total: cancel.set() if done == 2 else None)  # fmt: skip
+        _collect(
+            core,
+            sim[1],
+            tmp_path / "ds",
+            pairs=10,
+            cancel=cancel,
+            progress=lambda done, total: cancel.set() if done == 2 else None,
+        )
     assert core.getExposure() == USER_EXPOSURE_MS and not core.mda.is_running()
     assert len(PairDataset(tmp_path / "ds")) == 2
 
 
 def test_cli_collects_on_the_simulator(tmp_path, capsys):
     out = tmp_path / "ds"
-    rc = main(["collect-pairs", "--short-ms", "5", "--long-ms", "50", "--pairs", "2", "--shorts-per-pair", "2",
-               "-o", str(out), "--sensor", "64", "--light-level", "2"])  # fmt: skip
+    rc = main(
+        [
+            "collect-pairs",
+            "--short-ms",
+            "5",
+            "--long-ms",
+            "50",
+            "--pairs",
+            "2",
+            "--shorts-per-pair",
+            "2",
+            "-o",
+            str(out),
+            "--sensor",
+            "64",
+            "--light-level",
+            "2",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     assert "2 pairs written" in capsys.readouterr().out
     ds = PairDataset(out)
     assert len(ds) == 2 and ds.pairs[0]["n_short"] == 2
     assert (out / "calibration.tif").is_file() and ds.calibration.shape == (64, 64)
-    rc = main(["collect-pairs", "--short-ms", "5", "--long-ms", "50", "--pairs", "2", "-o", str(tmp_path / "x"),
-               "--config", str(tmp_path / "rig.cfg")])  # fmt: skip
+    rc = main(
+        [
+            "collect-pairs",
+            "--short-ms",
+            "5",
+            "--long-ms",
+            "50",
+            "--pairs",
+            "2",
+            "-o",
+            str(tmp_path / "x"),
+            "--config",
+            str(tmp_path / "rig.cfg"),
+        ]
+    )
     assert rc == 2 and "--config needs --calibration" in capsys.readouterr().err
 
 
@@ -207,10 +252,20 @@ class _StageCore:
 
 def test_position_specs(tmp_path):
     grid = parse_positions("grid 3x2 10", _StageCore())
-    assert [(p["x"], p["y"]) for p in grid] == [(90, 195), (100, 195), (110, 195), (110, 205), (100, 205), (90, 205)]
+    assert [(p["x"], p["y"]) for p in grid] == [
+        (90, 195),
+        (100, 195),
+        (110, 195),
+        (110, 205),
+        (100, 205),
+        (90, 205),
+    ]
     f = tmp_path / "pos.txt"
     f.write_text("# x y z\n1, 2\n3 4 5\n")
-    assert parse_positions(["list", str(f)], _StageCore()) == [{"x": 1, "y": 2, "z": None}, {"x": 3, "y": 4, "z": 5}]
+    assert parse_positions(["list", str(f)], _StageCore()) == [
+        {"x": 1, "y": 2, "z": None},
+        {"x": 3, "y": 4, "z": 5},
+    ]
     f.write_text("1 2 3 4\n")
     with pytest.raises(PairsError, match="line 1: expected 'x y' or 'x y z'"):
         parse_positions(["list", str(f)], _StageCore())

@@ -12,9 +12,9 @@ import pytest
 
 zmq = pytest.importorskip("zmq")
 
-from livedenoise.transport.security import ClientSecurity, ServerSecurity, create_client_keys  # noqa: E402
-from livedenoise.transport.client import request  # noqa: E402
-from livedenoise.transport.control import ControlServer  # noqa: E402
+from livedenoise.transport.client import request
+from livedenoise.transport.control import ControlServer
+from livedenoise.transport.security import ClientSecurity, ServerSecurity, create_client_keys
 
 
 @pytest.fixture
@@ -23,8 +23,12 @@ def server() -> Iterator[ControlServer]:
 
     def status(req: dict) -> dict:
         state["frames"] += 1
-        return {"state": "running", "frames": np.int64(state["frames"]), "fps": np.float32(99.5),
-                "latency_ms": np.array([1.5, 3.0])}  # fmt: skip
+        return {
+            "state": "running",
+            "frames": np.int64(state["frames"]),
+            "fps": np.float32(99.5),
+            "latency_ms": np.array([1.5, 3.0]),
+        }
 
     def boom(req: dict) -> dict:
         raise RuntimeError("camera unplugged")
@@ -57,11 +61,17 @@ def test_status_like_handler_with_numpy_values(server: ControlServer) -> None:
 
 @pytest.mark.parametrize(
     ("payload", "match"),
-    [(b"{not json", "not UTF-8 JSON"), (b"\xff\xfe", "not UTF-8 JSON"), (b"[1, 2]", "must be a JSON object, got list"),
-     (b'"status"', "must be a JSON object, got str"), (b'{"command": "status"}', 'has no "cmd"'),
-     (b'{"cmd": "launch"}', "unknown cmd 'launch'; known commands: boom, help, ping, status"),
-     (b'{"cmd": 3}', "unknown cmd 3"), ([b'{"cmd": "status"}', b"extra"], "one message frame")],
-)  # fmt: skip
+    [
+        (b"{not json", "not UTF-8 JSON"),
+        (b"\xff\xfe", "not UTF-8 JSON"),
+        (b"[1, 2]", "must be a JSON object, got list"),
+        (b'"status"', "must be a JSON object, got str"),
+        (b'{"command": "status"}', 'has no "cmd"'),
+        (b'{"cmd": "launch"}', "unknown cmd 'launch'; known commands: boom, help, ping, status"),
+        (b'{"cmd": 3}', "unknown cmd 3"),
+        ([b'{"cmd": "status"}', b"extra"], "one message frame"),
+    ],
+)
 def test_bad_requests_get_an_error_reply_and_the_server_goes_on(server, payload, match) -> None:
     reply = _raw(server.endpoint, payload)
     assert reply["ok"] is False and match in reply["error"]
@@ -81,7 +91,11 @@ def test_register_while_running_and_bad_handler_results(server: ControlServer) -
     server.register("weird", lambda req: 42)
     server.register("unencodable", lambda req: {"obj": object()})
     server.register("refuse", lambda req: {"ok": False, "error": "busy; try again"})
-    assert request(server.endpoint, {"cmd": "stop", "why": "test"}) == {"ok": True, "stopping": True, "echo": "test"}
+    assert request(server.endpoint, {"cmd": "stop", "why": "test"}) == {
+        "ok": True,
+        "stopping": True,
+        "echo": "test",
+    }
     assert request(server.endpoint, {"cmd": "nothing"}) == {"ok": True}
     assert "returned int, expected a dict" in request(server.endpoint, {"cmd": "weird"})["error"]
     assert "could not be encoded as JSON" in request(server.endpoint, {"cmd": "unencodable"})["error"]
@@ -102,7 +116,9 @@ def test_request_times_out_with_a_hint() -> None:
     srv = ControlServer("tcp://127.0.0.1:*")  # bound but never started: nobody answers
     try:
         t = time.monotonic()
-        with pytest.raises(TimeoutError, match="no livedenoise daemon answered at tcp://127.0.0.1:.* within 0.3 s"):
+        with pytest.raises(
+            TimeoutError, match="no livedenoise daemon answered at tcp://127.0.0.1:.* within 0.3 s"
+        ):
             request(srv.endpoint, {"cmd": "status"}, timeout_s=0.3)
         assert time.monotonic() - t < 2.0
     finally:
@@ -120,13 +136,20 @@ def test_curve_control_socket(tmp_path) -> None:
     keys = tmp_path / "keys"
     _, secret = create_client_keys(tmp_path / "me", "me", authorize_in=keys)
     _, stranger = create_client_keys(tmp_path / "them", "them")
-    srv = ControlServer("tcp://127.0.0.1:*", {"status": lambda r: {"state": "idle"}}, security=ServerSecurity(keys))
+    srv = ControlServer(
+        "tcp://127.0.0.1:*", {"status": lambda r: {"state": "idle"}}, security=ServerSecurity(keys)
+    )
     srv.start()
     try:
         good = ClientSecurity(secret, keys / "server.key")
         assert request(srv.endpoint, {"cmd": "status"}, security=good) == {"ok": True, "state": "idle"}
         with pytest.raises(TimeoutError):
-            request(srv.endpoint, {"cmd": "status"}, timeout_s=0.5, security=ClientSecurity(stranger, keys / "server.key"))
+            request(
+                srv.endpoint,
+                {"cmd": "status"},
+                timeout_s=0.5,
+                security=ClientSecurity(stranger, keys / "server.key"),
+            )
         with pytest.raises(TimeoutError):
             request(srv.endpoint, {"cmd": "status"}, timeout_s=0.5)
         assert request(srv.endpoint, {"cmd": "status"}, security=good)["ok"] is True

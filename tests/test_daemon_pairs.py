@@ -34,18 +34,39 @@ def _wait_for_daemon(endpoint: str, proc: subprocess.Popen, timeout_s: float = 6
 def test_collect_pairs_job_over_the_control_socket(tmp_path: Path) -> None:
     pub, ctl = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "livedenoise", "demo", "--seconds", "60", "--size", "64",
-         "--engine", "passthrough", "--pub", pub, "--control", ctl],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "livedenoise",
+            "demo",
+            "--seconds",
+            "60",
+            "--size",
+            "64",
+            "--engine",
+            "passthrough",
+            "--pub",
+            pub,
+            "--control",
+            ctl,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for_daemon(ctl, proc)
-        bad = request(ctl, {"cmd": "collect_pairs", "short_ms": 50, "long_ms": 5, "pairs": 2, "output": str(tmp_path / "x")})
+        bad = request(
+            ctl,
+            {"cmd": "collect_pairs", "short_ms": 50, "long_ms": 5, "pairs": 2, "output": str(tmp_path / "x")},
+        )
         assert bad["ok"] is False and "shorter" in bad["error"]
         assert request(ctl, {"cmd": "status"})["state"] == "running"  # still alive
 
         out = tmp_path / "pairs"
-        reply = request(ctl, {"cmd": "collect_pairs", "short_ms": 5, "long_ms": 50, "pairs": 3, "output": str(out)})
+        reply = request(
+            ctl, {"cmd": "collect_pairs", "short_ms": 5, "long_ms": 50, "pairs": 3, "output": str(out)}
+        )
         assert reply["ok"] is True, reply
         deadline = time.monotonic() + 60
         while True:

@@ -30,10 +30,13 @@ class ConvEngine:
         g = torch.Generator().manual_seed(0)
         self.torch = torch
         self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 4, 5, padding=2), torch.nn.Softplus(),
-            torch.nn.Conv2d(4, 4, 5, padding=2), torch.nn.Softplus(),
-            torch.nn.Conv2d(4, 1, 5, padding=2), torch.nn.Softplus(),
-        )  # fmt: skip
+            torch.nn.Conv2d(1, 4, 5, padding=2),
+            torch.nn.Softplus(),
+            torch.nn.Conv2d(4, 4, 5, padding=2),
+            torch.nn.Softplus(),
+            torch.nn.Conv2d(4, 1, 5, padding=2),
+            torch.nn.Softplus(),
+        )
         with torch.no_grad():
             for p in self.net.parameters():
                 p.copy_(torch.rand(p.shape, generator=g) * 0.2 - 0.05)
@@ -150,10 +153,12 @@ def test_denoise_round_trip(tmp_path: Path, cal_file: Path, rng: np.random.Gener
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
 
 
-def test_denoise_tiled_stack_with_model_engine(tmp_path: Path, cal_file: Path, rng: np.random.Generator) -> None:
+def test_denoise_tiled_stack_with_model_engine(
+    tmp_path: Path, cal_file: Path, rng: np.random.Generator
+) -> None:
     """Through the library: a stack larger than a tile, the same result as untiled."""
-    from livedenoise.calibration.maps import read_calibration
     from livedenoise.app.offline import denoise_array
+    from livedenoise.calibration.maps import read_calibration
 
     raw = _stack(rng, (2, 48, 40))
     cal = read_calibration(cal_file)
@@ -167,8 +172,18 @@ def test_nominal_calibration_and_roi(tmp_path: Path, rng: np.random.Generator) -
     raw = _stack(rng, (3, 16, 24))
     src, dst = tmp_path / "in.tif", tmp_path / "out.tif"
     _write(src, raw)
-    rc = _run(str(src), "-o", str(dst), "--no-calibration", "--gain-adu-per-e", str(GAIN), "--offset-adu",
-              str(OFFSET), "--engine", "passthrough")  # fmt: skip
+    rc = _run(
+        str(src),
+        "-o",
+        str(dst),
+        "--no-calibration",
+        "--gain-adu-per-e",
+        str(GAIN),
+        "--offset-adu",
+        str(OFFSET),
+        "--engine",
+        "passthrough",
+    )
     assert rc == 0 and tifffile.imread(dst).shape == (3, 16, 24)
     # full-sensor maps, smaller frames: --roi crops them
     full = Calibration.uniform((64, 64), offset_adu=OFFSET, gain_adu_per_e=GAIN)
@@ -177,12 +192,16 @@ def test_nominal_calibration_and_roi(tmp_path: Path, rng: np.random.Generator) -
     full = Calibration(offs, full.gain_adu_per_e, full.read_var_e2)
     cal = write_calibration(tmp_path / "full.tif", full)
     dst2 = tmp_path / "roi.tif"
-    assert _run(str(src), "-o", str(dst2), "--calibration", str(cal), "--roi", "5,10", "--engine", "passthrough") == 0
+    assert (
+        _run(str(src), "-o", str(dst2), "--calibration", str(cal), "--roi", "5,10", "--engine", "passthrough")
+        == 0
+    )
     np.testing.assert_allclose(tifffile.imread(dst2), (raw - (OFFSET - 10)) / GAIN, atol=1e-4)
 
 
-def test_saturated_pixels_counted_and_reported(tmp_path: Path, cal_file: Path, rng: np.random.Generator,
-                                               capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+def test_saturated_pixels_counted_and_reported(
+    tmp_path: Path, cal_file: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture
+) -> None:
     raw = _stack(rng, (3, 48, 40))
     raw[1, 5, 5] = raw[1, 6, 6] = raw[2, 0, 0] = 65535
     src, dst = tmp_path / "in.tif", tmp_path / "out.tif"
@@ -211,8 +230,9 @@ def _bad_inputs(rng: np.random.Generator) -> dict[str, tuple[object, str]]:
 
 
 @pytest.mark.parametrize("case", ["uint8", "float", "nan", "empty", "4d", "garbage", "missing", "wrongcal"])
-def test_bad_input_clear_error_nothing_written(tmp_path: Path, cal_file: Path, rng: np.random.Generator,
-                                               capsys: pytest.CaptureFixture, case: str) -> None:  # fmt: skip
+def test_bad_input_clear_error_nothing_written(
+    tmp_path: Path, cal_file: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture, case: str
+) -> None:
     data, pattern = _bad_inputs(rng)[case]
     src = tmp_path / "in.tif"
     if isinstance(data, bytes):
@@ -221,25 +241,36 @@ def test_bad_input_clear_error_nothing_written(tmp_path: Path, cal_file: Path, r
         _write(src, data)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    rc = _run(str(src), "-o", str(out_dir / "out.tif"), "--calibration", str(cal_file), "--engine", "passthrough")
+    rc = _run(
+        str(src), "-o", str(out_dir / "out.tif"), "--calibration", str(cal_file), "--engine", "passthrough"
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert re.search(pattern, err), err
     assert list(out_dir.iterdir()) == []
 
 
-def test_unwritable_output_fails_before_work(tmp_path: Path, cal_file: Path, rng: np.random.Generator,
-                                             capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+def test_unwritable_output_fails_before_work(
+    tmp_path: Path, cal_file: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture
+) -> None:
     src = tmp_path / "in.tif"
     _write(src, _stack(rng, (48, 40)))
-    rc = _run(str(src), "-o", str(tmp_path / "nope" / "out.tif"), "--calibration", str(cal_file),
-              "--engine", "passthrough")  # fmt: skip
+    rc = _run(
+        str(src),
+        "-o",
+        str(tmp_path / "nope" / "out.tif"),
+        "--calibration",
+        str(cal_file),
+        "--engine",
+        "passthrough",
+    )
     assert rc == 2 and "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "nope").exists()
 
 
-def test_missing_calibration_says_what_to_do(tmp_path: Path, rng: np.random.Generator,
-                                             capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+def test_missing_calibration_says_what_to_do(
+    tmp_path: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture
+) -> None:
     src = tmp_path / "in.tif"
     _write(src, _stack(rng, (48, 40)))
     assert _run(str(src), "-o", str(tmp_path / "o.tif"), "--engine", "passthrough") == 2
@@ -248,8 +279,8 @@ def test_missing_calibration_says_what_to_do(tmp_path: Path, rng: np.random.Gene
 
 
 def test_engine_failure_leaves_no_file(tmp_path: Path, cal_file: Path, rng: np.random.Generator) -> None:
-    from livedenoise.calibration.maps import read_calibration
     from livedenoise.app.offline import denoise_file
+    from livedenoise.calibration.maps import read_calibration
 
     class NaNEngine(PassthroughEngine):
         def restore(self, frame_e: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -14,11 +14,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from livedenoise.inference.engines import Engine, EngineUnavailable, available_backends, make_engine  # noqa: E402
-from livedenoise.inference.engines import tensorrt as trt_mod  # noqa: E402
-from livedenoise.inference.engines._cache import CacheKey, EngineCache, default_cache_dir  # noqa: E402
-from livedenoise.inference.engines.tensorrt import TensorRTEngine, model_sha256, state_dict_sha256  # noqa: E402
-from livedenoise.inference.engines.torch_cuda import (  # noqa: E402
+from livedenoise.inference.engines import Engine, EngineUnavailable, available_backends, make_engine
+from livedenoise.inference.engines import tensorrt as trt_mod
+from livedenoise.inference.engines._cache import CacheKey, EngineCache, default_cache_dir
+from livedenoise.inference.engines.tensorrt import TensorRTEngine, model_sha256, state_dict_sha256
+from livedenoise.inference.engines.torch_cuda import (
     NO_CUDA,
     TorchCUDAEngine,
     bench_engine,
@@ -112,7 +112,9 @@ def _writer(payload: bytes, calls: list):
 def test_cache_layout_and_reuse(tmp_path):
     cache = EngineCache(tmp_path)
     calls: list = []
-    loaded, from_cache = cache.load_or_build(KEY, _writer(b"engine-1", calls), lambda p: p.read_bytes(), model="m")
+    loaded, from_cache = cache.load_or_build(
+        KEY, _writer(b"engine-1", calls), lambda p: p.read_bytes(), model="m"
+    )
     assert (loaded, from_cache, len(calls)) == (b"engine-1", False, 1)
     digest = KEY.digest()
     entry = tmp_path / digest[:2] / digest
@@ -210,7 +212,7 @@ def test_tensorrt_reason_names_the_install_line(monkeypatch):
 
     monkeypatch.setattr(trt_mod, "_trt_versions", missing)
     ok, why = TensorRTEngine.available()
-    assert not ok and "torch_tensorrt is not installed" in why and '.[gpu]' in why
+    assert not ok and "torch_tensorrt is not installed" in why and ".[gpu]" in why
 
 
 @no_cuda
@@ -237,7 +239,11 @@ def test_auto_reports_every_reason_when_nothing_runs(monkeypatch):
     with pytest.raises(EngineUnavailable) as err:
         make_engine("auto")
     msg = str(err.value)
-    assert "tensorrt: no CUDA device" in msg and "cuda: no CUDA device" in msg and "cpu: engine 'cpu' cannot load" in msg
+    assert (
+        "tensorrt: no CUDA device" in msg
+        and "cuda: no CUDA device" in msg
+        and "cpu: engine 'cpu' cannot load" in msg
+    )
 
 
 # -- TensorRT -> CUDA fallback, and the cache flow, on the CPU ------------------------------
@@ -254,10 +260,13 @@ def _fake_toolchain(monkeypatch, calls: list, *, fail: bool = False):
 
     monkeypatch.setattr(trt_mod, "_trt_versions", lambda: ("10.0-fake", "2.0-fake"))
     monkeypatch.setattr(trt_mod, "_compile", compile_)
+
     def save(ep, path, example):
         with warnings.catch_warnings():
             # torch.export.save notes that the RLN's parameters share storage; harmless on the CPU
-            warnings.filterwarnings("ignore", message="No complete tensor found in the group", category=UserWarning)
+            warnings.filterwarnings(
+                "ignore", message="No complete tensor found in the group", category=UserWarning
+            )
             torch.export.save(ep, str(path))
 
     monkeypatch.setattr(trt_mod, "_save", save)
@@ -286,9 +295,12 @@ def test_compile_failure_falls_back_to_cuda_engine(monkeypatch, tmp_path, rng, c
 
 def test_compile_failure_raises_without_fallback(monkeypatch, tmp_path):
     _fake_toolchain(monkeypatch, [], fail=True)
-    engine = TensorRTEngine(_rln(), device="cpu", card={"id": "rln-test"}, cache_dir=tmp_path,
-                            fallback=False, precision="fp32")  # fmt: skip
-    with pytest.raises(EngineUnavailable, match=r"TensorRT engine for rln-test at 32x32 fp32 failed.*--engine cuda"):
+    engine = TensorRTEngine(
+        _rln(), device="cpu", card={"id": "rln-test"}, cache_dir=tmp_path, fallback=False, precision="fp32"
+    )
+    with pytest.raises(
+        EngineUnavailable, match=r"TensorRT engine for rln-test at 32x32 fp32 failed.*--engine cuda"
+    ):
         engine.prepare((32, 32))
 
 
@@ -301,12 +313,16 @@ def test_build_is_cached_and_reused(monkeypatch, tmp_path, caplog):
     assert calls == ["fp32"] and first.from_cache is False and first.name == "tensorrt"
     assert first.describe()["backend"] == "tensorrt"
     frame = synthetic_frame((32, 48), peak_e=500.0)
-    np.testing.assert_allclose(first.restore(frame, np.empty_like(frame)), _ref(net, frame), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(
+        first.restore(frame, np.empty_like(frame)), _ref(net, frame), rtol=1e-5, atol=1e-3
+    )
     second = TensorRTEngine(net, device="cpu", card={"id": "rln-test"}, cache_dir=tmp_path, precision="fp32")
     with caplog.at_level(logging.INFO, logger="livedenoise"):
         second.prepare((32, 48))
     assert calls == ["fp32"] and second.from_cache is True and "loaded from cache" in caplog.text
-    np.testing.assert_allclose(second.restore(frame, np.empty_like(frame)), _ref(net, frame), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(
+        second.restore(frame, np.empty_like(frame)), _ref(net, frame), rtol=1e-5, atol=1e-3
+    )
     key = second.cache_key((32, 48))
     assert key.model_sha256 == model_sha256(net, {"id": "rln-test"}) and key.shape == (1, 1, 32, 48)
     assert [p.parent.name for p in tmp_path.rglob("engine.pt2")] == [key.digest()]
@@ -319,7 +335,9 @@ def test_engine_that_fails_validation_falls_back(monkeypatch, tmp_path):
         for p in wrong.parameters():
             p.mul_(1.5)
     monkeypatch.setattr(trt_mod, "_compile", lambda module, ex, prec: torch.export.export(wrong, (ex,)))
-    engine = TensorRTEngine(_rln(), device="cpu", card={"id": "rln-test"}, cache_dir=tmp_path, precision="fp32")
+    engine = TensorRTEngine(
+        _rln(), device="cpu", card={"id": "rln-test"}, cache_dir=tmp_path, precision="fp32"
+    )
     engine.prepare((32, 32))
     assert engine.name == "cuda" and "differs from fp32" in engine.fallback_reason
     # a build that fails validation is not kept (it would be loaded again at every start)
@@ -349,7 +367,9 @@ def test_cached_engine_that_fails_validation_is_rebuilt(monkeypatch, tmp_path, c
 
 def test_fallback_keeps_the_requested_precision(monkeypatch, tmp_path):
     _fake_toolchain(monkeypatch, [], fail=True)
-    engine = TensorRTEngine(_rln(), device="cpu", card={"id": "rln-test"}, cache_dir=tmp_path, precision="fp32")
+    engine = TensorRTEngine(
+        _rln(), device="cpu", card={"id": "rln-test"}, cache_dir=tmp_path, precision="fp32"
+    )
     engine.prepare((24, 24))
     assert engine.name == "cuda" and engine.precision == "fp32"
     assert set(engine.validation_error) == {"fp32"}  # fp16 / bf16 were not even tried
@@ -374,7 +394,12 @@ def test_model_hash_covers_weights_and_architecture():
     assert model_sha256(changed, card) != model_sha256(softplus, card)
 
 
-SETTINGS_AUTOCAST = {"enabled_precisions", "use_explicit_typing", "enable_autocast", "autocast_low_precision_type"}
+SETTINGS_AUTOCAST = {
+    "enabled_precisions",
+    "use_explicit_typing",
+    "enable_autocast",
+    "autocast_low_precision_type",
+}
 SETTINGS_EXPLICIT = {"enabled_precisions", "use_explicit_typing"}
 SETTINGS_OLD = {"enabled_precisions", "debug"}
 
@@ -383,16 +408,30 @@ SETTINGS_OLD = {"enabled_precisions", "debug"}
     "fields, precision, expected",
     [
         # releases with Autocast: enabled_precisions no longer reaches the dynamo compiler
-        (SETTINGS_AUTOCAST, "fp16",
-         {"use_explicit_typing": True, "enable_autocast": True, "autocast_low_precision_type": torch.float16}),
-        (SETTINGS_AUTOCAST, "bf16",
-         {"use_explicit_typing": True, "enable_autocast": True, "autocast_low_precision_type": torch.bfloat16}),
+        (
+            SETTINGS_AUTOCAST,
+            "fp16",
+            {
+                "use_explicit_typing": True,
+                "enable_autocast": True,
+                "autocast_low_precision_type": torch.float16,
+            },
+        ),
+        (
+            SETTINGS_AUTOCAST,
+            "bf16",
+            {
+                "use_explicit_typing": True,
+                "enable_autocast": True,
+                "autocast_low_precision_type": torch.bfloat16,
+            },
+        ),
         (SETTINGS_EXPLICIT, "fp16", {"enabled_precisions": {torch.float16}, "use_explicit_typing": False}),
         (SETTINGS_OLD, "bf16", {"enabled_precisions": {torch.bfloat16}}),
         (SETTINGS_AUTOCAST, "fp32", {}),
         (SETTINGS_OLD, "fp32", {}),
     ],
-)  # fmt: skip
+)
 def test_precision_settings_follow_the_torch_tensorrt_release(fields, precision, expected):
     assert trt_mod._precision_kwargs(precision, fields) == expected
 
@@ -407,19 +446,39 @@ def _fake_torch_tensorrt(monkeypatch, *, arg_inputs: bool):
         def __init__(self, shape=None, dtype=None, **kw):
             self.shape, self.dtype = tuple(shape), dtype
 
-    def compile_new(module, ir="default", inputs=None, arg_inputs=None, kwarg_inputs=None, enabled_precisions=None,
-                    **kwargs):  # fmt: skip
-        calls["compile"] = dict(ir=ir, inputs=inputs, arg_inputs=arg_inputs, enabled_precisions=enabled_precisions,
-                                **kwargs)  # fmt: skip
+    def compile_new(
+        module,
+        ir="default",
+        inputs=None,
+        arg_inputs=None,
+        kwarg_inputs=None,
+        enabled_precisions=None,
+        **kwargs,
+    ):
+        calls["compile"] = dict(
+            ir=ir, inputs=inputs, arg_inputs=arg_inputs, enabled_precisions=enabled_precisions, **kwargs
+        )
         return module
 
     def compile_old(module, ir="default", inputs=None, enabled_precisions=None, **kwargs):
         calls["compile"] = dict(ir=ir, inputs=inputs, enabled_precisions=enabled_precisions, **kwargs)
         return module
 
-    def save_new(module, file_path="", *, extra_files=None, output_format="exported_program", inputs=None,
-                 arg_inputs=None, kwarg_inputs=None, retrace=True, **kwargs):  # fmt: skip
-        calls["save"] = dict(file_path=file_path, output_format=output_format, inputs=inputs, arg_inputs=arg_inputs)
+    def save_new(
+        module,
+        file_path="",
+        *,
+        extra_files=None,
+        output_format="exported_program",
+        inputs=None,
+        arg_inputs=None,
+        kwarg_inputs=None,
+        retrace=True,
+        **kwargs,
+    ):
+        calls["save"] = dict(
+            file_path=file_path, output_format=output_format, inputs=inputs, arg_inputs=arg_inputs
+        )
 
     def save_old(module, file_path="", *, output_format="exported_program", inputs=None, retrace=False):
         calls["save"] = dict(file_path=file_path, output_format=output_format, inputs=inputs)
@@ -452,7 +511,9 @@ def test_torch_tensorrt_calls(monkeypatch, tmp_path, new_api):
     s = calls["save"]
     assert s["output_format"] == "exported_program" and s["file_path"] == str(tmp_path / "engine.pt2")
     assert s["arg_inputs" if new_api else "inputs"] == [example]
-    assert trt_mod._load(tmp_path / "engine.pt2") == "the module" and calls["load"] == str(tmp_path / "engine.pt2")
+    assert trt_mod._load(tmp_path / "engine.pt2") == "the module" and calls["load"] == str(
+        tmp_path / "engine.pt2"
+    )
 
 
 def test_state_dict_sha256_changes_with_weights():

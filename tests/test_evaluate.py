@@ -13,8 +13,24 @@ from livedenoise.training.evaluate import DEFAULT_BINS, EvalConfig, evaluate, fo
 
 def test_evaluate_cli_table_has_all_rows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "eval.json"
-    rc = main(["evaluate", "--n", "1", "--size", "48", "--models", "passthrough", "--engine", "passthrough",
-               "--baselines", "tv,gat-nlm,nlm", "--json", str(out), "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            "evaluate",
+            "--n",
+            "1",
+            "--size",
+            "48",
+            "--models",
+            "passthrough",
+            "--engine",
+            "passthrough",
+            "--baselines",
+            "tv,gat-nlm,nlm",
+            "--json",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     rows = {line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ")}
@@ -37,8 +53,14 @@ def test_evaluate_cli_table_has_all_rows(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_deconvolve_task_runs_richardson_lucy() -> None:
-    cfg = EvalConfig(models=[], baselines=["rl", "gat-nlm-rl"], n=1, size=48, task="deconvolve",
-                     bins=(("10", (10.0, 10.0)),))  # fmt: skip
+    cfg = EvalConfig(
+        models=[],
+        baselines=["rl", "gat-nlm-rl"],
+        n=1,
+        size=48,
+        task="deconvolve",
+        bins=(("10", (10.0, 10.0)),),
+    )
     report = evaluate(cfg, progress=False)
     assert report["methods"] == ["raw", "rl", "gat-nlm-rl"]
     assert report["summary"]["rl"]["psnr"] > report["summary"]["raw"]["psnr"]

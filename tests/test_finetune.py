@@ -9,9 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from livedenoise.acquisition.collect import collect_pairs  # noqa: E402
-from livedenoise.training.finetune import FinetuneConfig, PairPatches, finetune, load_pairs, split_pairs  # noqa: E402
-from livedenoise.acquisition.pairs import PairDataset, PairsError  # noqa: E402
+from livedenoise.acquisition.collect import collect_pairs
+from livedenoise.acquisition.pairs import PairDataset, PairsError
+from livedenoise.training.finetune import FinetuneConfig, PairPatches, finetune, load_pairs, split_pairs
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +66,9 @@ def test_split_is_by_pair_and_patches_are_aligned(dataset, rng):
 
 
 def test_tiny_finetune_lowers_heldout_deviance(dataset, init_model, tmp_path):
-    cfg = FinetuneConfig(steps=40, batch=4, patch=32, lr=3e-3, eval_every=10, patience=3, val_fraction=0.34, seed=1)
+    cfg = FinetuneConfig(
+        steps=40, batch=4, patch=32, lr=3e-3, eval_every=10, patience=3, val_fraction=0.34, seed=1
+    )
     out = tmp_path / "rln-ft"
     module, card, history = finetune(dataset, init_model, out, cfg, progress=False)
     before, after = history["before"], history["after"]
@@ -94,14 +96,42 @@ def test_train_cli_pairs(dataset, init_model, tmp_path, capsys):
     from livedenoise.cli import main
     from livedenoise.cli.collect_pairs import FINETUNE_PATIENCE, FINETUNE_VAL_FRACTION
 
-    assert (FINETUNE_VAL_FRACTION, FINETUNE_PATIENCE) == (FinetuneConfig.val_fraction, FinetuneConfig.patience)
+    assert (
+        FinetuneConfig.val_fraction,
+        FinetuneConfig.patience,
+    ) == (FINETUNE_VAL_FRACTION, FINETUNE_PATIENCE)
     out = tmp_path / "rln-cli.pt"
-    rc = main(["train", "--pairs", str(dataset.path), "--init", str(init_model), "-o", str(out),
-               "--steps", "6", "--batch", "2", "--patch", "32", "--threads", "1", "--no-progress"])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--pairs",
+            str(dataset.path),
+            "--init",
+            str(init_model),
+            "-o",
+            str(out),
+            "--steps",
+            "6",
+            "--batch",
+            "2",
+            "--patch",
+            "32",
+            "--threads",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert "held-out Poisson deviance" in capsys.readouterr().out
     card = json.loads(out.with_suffix(".json").read_text())
-    assert card["id"] == "rln-cli" and card["training"]["steps"] == 6 and card["training"]["config"]["lr"] == 3e-4
+    assert (
+        card["id"] == "rln-cli"
+        and card["training"]["steps"] == 6
+        and card["training"]["config"]["lr"] == 3e-4
+    )
     # a folder that is not a dataset: a clear error, exit status 2
-    assert main(["train", "--pairs", str(tmp_path), "--init", str(init_model), "-o", str(tmp_path / "x.pt")]) == 2
+    assert (
+        main(["train", "--pairs", str(tmp_path), "--init", str(init_model), "-o", str(tmp_path / "x.pt")])
+        == 2
+    )
     assert "not a paired dataset" in capsys.readouterr().err

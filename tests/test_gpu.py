@@ -17,7 +17,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from livedenoise.inference.engines.torch_cuda import TOLERANCE, TorchCUDAEngine, bench_engine, relative_error, synthetic_frame  # noqa: E402
+from livedenoise.inference.engines.torch_cuda import (
+    TOLERANCE,
+    TorchCUDAEngine,
+    bench_engine,
+    relative_error,
+    synthetic_frame,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -145,8 +151,10 @@ def test_bench_cuda(model_id, capsys):
         for shape in SHAPES:
             r = bench_engine(engine, shape, n=50)
             with capsys.disabled():
-                print(f"\n{model_id} cuda {shape[0]}x{shape[1]}: {r['fps']:.0f} frames/s, "
-                      f"p50 {r['latency_ms_p50']:.2f} ms, p99 {r['latency_ms_p99']:.2f} ms, {r['engine']['precision']}")  # fmt: skip
+                print(
+                    f"\n{model_id} cuda {shape[0]}x{shape[1]}: {r['fps']:.0f} frames/s, "
+                    f"p50 {r['latency_ms_p50']:.2f} ms, p99 {r['latency_ms_p99']:.2f} ms, {r['engine']['precision']}"
+                )
             assert r["fps"] > 0
     finally:
         engine.close()

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from livedenoise.transport.client import request
-from livedenoise.transport.control import ControlServer
 from livedenoise.acquisition.jobs import JobManager, install_pair_commands
 from livedenoise.acquisition.pairs import PairDataset
+from livedenoise.transport.client import request
+from livedenoise.transport.control import ControlServer
 
 
 @pytest.fixture
@@ -73,11 +73,11 @@ def test_close_fails_running_and_queued_jobs():
 
 @pytest.fixture
 def daemon(tmp_path):
-    from livedenoise.live.pipeline import Pipeline
     from livedenoise.drivers.simcam import load_sim_core
     from livedenoise.inference.engines import PassthroughEngine
-    from livedenoise.transport.publisher import Publisher
+    from livedenoise.live.pipeline import Pipeline
     from livedenoise.live.sources import CoreSource
+    from livedenoise.transport.publisher import Publisher
 
     core, camera = load_sim_core(sensor_shape=(64, 64), seed=5)
     core.setProperty("Camera", "Motion", 0.0)
@@ -141,8 +141,10 @@ def test_collect_pairs_job_pauses_and_resumes_stream(daemon, tmp_path):
     assert _wait_frames(frames, 3)
     out = tmp_path / "ds"
     t0 = time.monotonic()
-    reply = request(server.endpoint, {"cmd": "collect_pairs", "short_ms": 5, "long_ms": 40, "pairs": 3,
-                                      "output": str(out)})  # fmt: skip
+    reply = request(
+        server.endpoint,
+        {"cmd": "collect_pairs", "short_ms": 5, "long_ms": 40, "pairs": 3, "output": str(out)},
+    )
     assert reply["ok"] and reply["id"].startswith("job-") and time.monotonic() - t0 < 1.0  # answered at once
     final = _wait_job(server.endpoint, reply["id"])
     assert final["state"] == "done", final
@@ -164,8 +166,10 @@ def test_collect_pairs_job_pauses_and_resumes_stream(daemon, tmp_path):
 def test_daemon_stopped_mid_job(daemon, tmp_path):
     pipe, server, jm, core, frames = daemon
     out = tmp_path / "ds"
-    reply = request(server.endpoint, {"cmd": "collect_pairs", "short_ms": 10, "long_ms": 100, "pairs": 40,
-                                      "output": str(out)})  # fmt: skip
+    reply = request(
+        server.endpoint,
+        {"cmd": "collect_pairs", "short_ms": 10, "long_ms": 100, "pairs": 40, "output": str(out)},
+    )
     running = _wait_job(server.endpoint, reply["id"], states=("failed", "done"), timeout_s=0.01)
     deadline = time.monotonic() + 20
     while (running.get("progress", {}).get("pairs_done", 0) < 1) and time.monotonic() < deadline:

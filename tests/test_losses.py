@@ -31,9 +31,9 @@ def test_poisson_kl_matches_the_sum_over_counts():
     log_pa = k * math.log(a) - a - torch.lgamma(k + 1)
     log_pb = k * math.log(b) - b - torch.lgamma(k + 1)
     direct = float((log_pa.exp() * (log_pa - log_pb)).sum())
-    assert float(poisson_kl(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), 0.0)) == (
-        pytest.approx(direct, rel=1e-9)
-    )
+    assert float(
+        poisson_kl(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64), 0.0)
+    ) == (pytest.approx(direct, rel=1e-9))
 
 
 def test_poisson_loss_is_the_nll_plus_a_constant(rng):

@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from _pipeline_helpers import fake_core, running_source, wait_for
+
 from livedenoise.live import memory as _memory
 from livedenoise.live import sources
 from livedenoise.live.ringbuffer import RingBuffer

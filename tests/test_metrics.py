@@ -44,8 +44,9 @@ def test_ssim_matches_scikit_image(ref: np.ndarray, rng: np.random.Generator) ->
 
     x = ref + rng.normal(0, 20, ref.shape)
     r = float(ref.max() - ref.min())
-    expected = structural_similarity(x, ref.astype(np.float64), data_range=r, gaussian_weights=True, sigma=1.5,
-                                     use_sample_covariance=False)  # fmt: skip
+    expected = structural_similarity(
+        x, ref.astype(np.float64), data_range=r, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
     assert ssim(x, ref) == pytest.approx(expected, abs=1e-9)
     assert 0 < ssim(x, ref) < 1
 

@@ -155,6 +155,7 @@ def test_rln_v2_is_v1_with_relu_activations():
     assert c2.arch_params == {"activation": "relu"} and m2.activation == "relu"
     assert c2.parameters == c1.parameters
     # same recipe but for the activation
-    assert c2.training["command"].replace(" --arch-param 'activation=\"relu\"'", "").replace("v2", "v1") == (
-        c1.training["command"]
+    assert (
+        c2.training["command"].replace(" --arch-param 'activation=\"relu\"'", "").replace("v2", "v1")
+        == (c1.training["command"])
     )

@@ -44,7 +44,9 @@ def test_gradients_reach_every_parameter(net, rng):
     for name, p in net.named_parameters():
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
-        if ".fc1." in name or ".fc2.weight" in name:  # channel attention: a ReLU gate may be off for this input
+        if (
+            ".fc1." in name or ".fc2.weight" in name
+        ):  # channel attention: a ReLU gate may be off for this input
             attention_with_grad += int(p.grad.abs().sum() > 0)
             continue
         assert p.grad.abs().sum() > 0, f"no gradient reaches {name}"
@@ -99,7 +101,9 @@ def test_rln_activation_choice(rng):
         assert isinstance(proj.layers[2][2], torch.nn.Softplus)
     assert isinstance(relu.merge[1][2], torch.nn.Softplus) and isinstance(relu.merge[0][2], torch.nn.ReLU)
     assert isinstance(relu.up[2], torch.nn.ReLU)
-    assert all(isinstance(proj.layers[i][2], torch.nn.ReLU) for proj in (relu.bp_est, relu.bp_upd) for i in range(3))
+    assert all(
+        isinstance(proj.layers[i][2], torch.nn.ReLU) for proj in (relu.bp_est, relu.bp_upd) for i in range(3)
+    )
     assert "activation=relu" in repr(relu)
     # the activation changes the function: same weights, different output
     relu.load_state_dict(soft.state_dict())
@@ -116,8 +120,11 @@ def test_relu_variant_outputs_are_non_negative_and_dead_units_stay_rare(rng):
     torch.manual_seed(0)
     net = build_network("rln", activation="relu").eval()
     outs = []
-    hooks = [m.register_forward_hook(lambda _m, _i, o: outs.append(o)) for m in net.modules()
-             if isinstance(m, (torch.nn.ReLU, torch.nn.Softplus))]  # fmt: skip
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, o: outs.append(o))
+        for m in net.modules()
+        if isinstance(m, (torch.nn.ReLU, torch.nn.Softplus))
+    ]
     x = torch.from_numpy(rng.poisson(12.0, (1, 1, 48, 48)).astype("float32"))
     with torch.no_grad():
         y = net(x)

@@ -15,8 +15,13 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from livedenoise.inference.engines import Engine, make_engine  # noqa: E402
-from livedenoise.inference.engines.onnx import OnnxRuntimeEngine, export_module_onnx, export_onnx, read_onnx_metadata  # noqa: E402
+from livedenoise.inference.engines import Engine, make_engine
+from livedenoise.inference.engines.onnx import (
+    OnnxRuntimeEngine,
+    export_module_onnx,
+    export_onnx,
+    read_onnx_metadata,
+)
 
 RTOL, ATOL_E = 2e-5, 1e-3
 # sizes that need the networks' internal padding and sizes that do not
@@ -118,8 +123,9 @@ def test_metadata_carries_the_model_card(fresh_onnx):
     assert meta["units"] == "photoelectrons"
     assert meta["shape"] == "dynamic"
     assert meta["model_card"]["sha256"] == card.sha256
-    assert meta["model_card"]["arch_params"] == {k: list(v) if isinstance(v, tuple) else v
-                                                 for k, v in card.arch_params.items()}  # fmt: skip
+    assert meta["model_card"]["arch_params"] == {
+        k: list(v) if isinstance(v, tuple) else v for k, v in card.arch_params.items()
+    }
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto)
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
@@ -134,8 +140,9 @@ def test_fixed_shape_export(rln_model, tmp_path, rng):
     assert dims == [1, 1, 48, 80]
     frame = _frame(rng, (48, 80))
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(sess.run(None, {"x": frame[None, None]})[0][0, 0], _torch_out(module, frame),
-                               rtol=RTOL, atol=ATOL_E)  # fmt: skip
+    np.testing.assert_allclose(
+        sess.run(None, {"x": frame[None, None]})[0][0, 0], _torch_out(module, frame), rtol=RTOL, atol=ATOL_E
+    )
     engine = OnnxRuntimeEngine(out)
     with pytest.raises(ValueError, match="exported for 48x80 frames but the frames are 64x64"):
         engine.prepare((64, 64))
@@ -181,8 +188,9 @@ def test_engine_protocol(fresh_onnx, rng):
         engine.restore(np.zeros((64, 64), np.float32), np.zeros((64, 64), np.float32))
     engine.prepare((64, 64))  # ROI change
     small = _frame(rng, (64, 64))
-    np.testing.assert_allclose(engine.restore(small, np.empty_like(small)), _torch_out(module, small),
-                               rtol=RTOL, atol=ATOL_E)  # fmt: skip
+    np.testing.assert_allclose(
+        engine.restore(small, np.empty_like(small)), _torch_out(module, small), rtol=RTOL, atol=ATOL_E
+    )
     bad = small.copy()
     bad[3, 4] = np.nan
     with pytest.raises(FloatingPointError, match="non-finite"):
@@ -202,8 +210,9 @@ def test_engine_from_model_file_via_make_engine(rln_model, rng):
     assert isinstance(engine, OnnxRuntimeEngine) and engine.model_id == card.id
     engine.prepare((40, 56))
     frame = _frame(rng, (40, 56))
-    np.testing.assert_allclose(engine.restore(frame, np.empty_like(frame)), _torch_out(module, frame),
-                               rtol=RTOL, atol=ATOL_E)  # fmt: skip
+    np.testing.assert_allclose(
+        engine.restore(frame, np.empty_like(frame)), _torch_out(module, frame), rtol=RTOL, atol=ATOL_E
+    )
 
 
 def test_engine_rejects_unknown_provider_and_foreign_onnx(fresh_onnx, tmp_path):
@@ -213,8 +222,9 @@ def test_engine_rejects_unknown_provider_and_foreign_onnx(fresh_onnx, tmp_path):
     plain = tmp_path / "plain.onnx"
     net = torch.nn.Conv2d(1, 1, 3, padding=1)
     with pytest.warns(DeprecationWarning):  # the TorchScript exporter, used directly here
-        torch.onnx.export(net, (torch.zeros(1, 1, 8, 8),), str(plain), dynamo=False, input_names=["x"],
-                          output_names=["y"])  # fmt: skip
+        torch.onnx.export(
+            net, (torch.zeros(1, 1, 8, 8),), str(plain), dynamo=False, input_names=["x"], output_names=["y"]
+        )
     with pytest.raises(ValueError, match="not a livedenoise export"):
         OnnxRuntimeEngine(plain)
     with pytest.raises(FileNotFoundError, match="livedenoise export"):

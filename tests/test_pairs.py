@@ -13,15 +13,29 @@ import pytest
 from scipy.ndimage import fourier_shift, gaussian_filter
 
 from livedenoise.acquisition import pairs as pairs_mod
+from livedenoise.acquisition.pairs import (
+    INDEX_NAME,
+    PairDataset,
+    PairsError,
+    PairWriter,
+    QualityThresholds,
+    check_pair,
+    phase_shift,
+)
 from livedenoise.calibration.maps import Calibration
-from livedenoise.acquisition.pairs import INDEX_NAME, PairDataset, PairsError, PairWriter, QualityThresholds, check_pair, phase_shift
 
 SHAPE = (48, 64)
 OFFSET, GAIN = 100.0, 2.0
 
 
 def _camera(shape=SHAPE, label="Camera"):
-    return {"label": label, "shape": list(shape), "roi": [0, 0, shape[1], shape[0]], "binning": 1, "bit_depth": 16}
+    return {
+        "label": label,
+        "shape": list(shape),
+        "roi": [0, 0, shape[1], shape[0]],
+        "binning": 1,
+        "bit_depth": 16,
+    }
 
 
 def _cal(shape=SHAPE, offset=OFFSET):
@@ -35,7 +49,9 @@ def _scene(rng, shape=SHAPE, pad=0, mean_e=20.0):
 
 
 def _adu(rng, lam):
-    return np.clip(np.rint(OFFSET + GAIN * (rng.poisson(lam) + rng.normal(0, 1.0, lam.shape))), 0, 65535).astype(np.uint16)
+    return np.clip(
+        np.rint(OFFSET + GAIN * (rng.poisson(lam) + rng.normal(0, 1.0, lam.shape))), 0, 65535
+    ).astype(np.uint16)
 
 
 def _pair(rng, k=2, ratio=10.0, lam=None, long_gain=1.0):
@@ -47,8 +63,15 @@ def _pair(rng, k=2, ratio=10.0, lam=None, long_gain=1.0):
 
 def _add(writer, rng, **kw):
     short, long = _pair(rng, **kw)
-    return writer.add(short, long, short_exposure_ms=10.0, long_exposure_ms=100.0,
-                      position_um={"x": 1.0, "y": 2.0, "z": 3.0}, t_short=[1.0, 2.0], t_long=3.0)  # fmt: skip
+    return writer.add(
+        short,
+        long,
+        short_exposure_ms=10.0,
+        long_exposure_ms=100.0,
+        position_um={"x": 1.0, "y": 2.0, "z": 3.0},
+        t_short=[1.0, 2.0],
+        t_long=3.0,
+    )
 
 
 def test_roundtrip_index_and_frames(tmp_path, rng):
@@ -65,7 +88,11 @@ def test_roundtrip_index_and_frames(tmp_path, rng):
     assert idx["calibration"]["file"] == "calibration.tif" and idx["calibration"]["id"] == _cal().id
     p = idx["pairs"][0]
     assert p["short_exposure_ms"] == 10.0 and p["long_exposure_ms"] == 100.0 and p["n_short"] == 2
-    assert p["position_um"] == {"x": 1.0, "y": 2.0, "z": 3.0} and p["t_short"] == [1.0, 2.0] and p["t_long"] == 3.0
+    assert (
+        p["position_um"] == {"x": 1.0, "y": 2.0, "z": 3.0}
+        and p["t_short"] == [1.0, 2.0]
+        and p["t_long"] == 3.0
+    )
     assert set(p["quality"]) >= {"shift_px", "saturated_fraction", "bleach_deviation"} and p["flags"] == []
     short, long = ds.load_adu(0)
     assert short.shape == (2, *SHAPE) and short.dtype == np.uint16 and long.shape == SHAPE

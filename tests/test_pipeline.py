@@ -8,24 +8,30 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from _pipeline_helpers import SlowEngine, fake_core, livedenoise_threads, sim_core, wait_for
+
 from livedenoise.calibration.maps import Calibration
-from livedenoise.transport.client import request
+from livedenoise.inference.engines import PassthroughEngine
 from livedenoise.live.config import ConfigError, PipelineConfig
 from livedenoise.live.pipeline import Pipeline
-from livedenoise.inference.engines import PassthroughEngine
+from livedenoise.live.sources import CoreSource
+from livedenoise.transport.client import request
 from livedenoise.transport.protocol import PROTOCOL
 from livedenoise.transport.publisher import Publisher
-from livedenoise.live.sources import CoreSource
 from livedenoise.transport.subscriber import Subscriber
 
 
 class Received:
     """A subscriber thread that keeps every message (header + array copy)."""
 
-    def __init__(self, endpoint: str, topics: tuple[str, ...] = ("raw", "denoised", "truth"), *,
-                 rcvhwm: int = 1000, stall_s: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        endpoint: str,
+        topics: tuple[str, ...] = ("raw", "denoised", "truth"),
+        *,
+        rcvhwm: int = 1000,
+        stall_s: float = 0.0,
+    ) -> None:
         self.sub = Subscriber(endpoint, topics, rcvhwm=rcvhwm)
         self.msgs: dict[str, list[tuple[dict[str, Any], np.ndarray]]] = {t: [] for t in topics}
         self.stall_s = stall_s
@@ -53,8 +59,16 @@ class Received:
 class Rig:
     """Pipeline + publisher + subscriber on random loopback ports."""
 
-    def __init__(self, core: Any, engine: Any, calibration: Calibration, *, truth: Any = None,
-                 sub_kwargs: dict[str, Any] | None = None, **config: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        core: Any,
+        engine: Any,
+        calibration: Calibration,
+        *,
+        truth: Any = None,
+        sub_kwargs: dict[str, Any] | None = None,
+        **config: Any,
+    ) -> None:
         self.core = core
         self.pub = Publisher("tcp://127.0.0.1:*", sndhwm=1000)
         self.config = PipelineConfig(pub_endpoint=self.pub.endpoint, **config)
@@ -99,8 +113,11 @@ def test_frames_are_contiguous_matched_and_follow_the_protocol() -> None:
         rig.settle("raw", n)
     cal = _roi_cal(cam, (8, 4, 48, 32, 1))
     raw = {h["frame"]: (h, a) for h, a in rig.rx.msgs["raw"]}
-    for topic, dtype, units in (("raw", "<u2", "adu"), ("denoised", "<f4", "photoelectrons"),
-                                ("truth", "<f4", "photoelectrons")):  # fmt: skip
+    for topic, dtype, units in (
+        ("raw", "<u2", "adu"),
+        ("denoised", "<f4", "photoelectrons"),
+        ("truth", "<f4", "photoelectrons"),
+    ):
         msgs = rig.rx.msgs[topic]
         assert [h["seq"] for h, _ in msgs] == list(range(len(msgs))), topic
         assert [h["frame"] for h, _ in msgs] == list(range(len(msgs))), topic
@@ -296,7 +313,9 @@ def test_attached_pipeline_restores_another_programs_mda() -> None:
     rx = Received(pub.endpoint, ("raw", "denoised"))
     assert wait_for(lambda: pub.has_subscribers("raw") and pub.has_subscribers("denoised"), 5.0)
     source = AttachedSource(core)
-    pipe = Pipeline(source, PassthroughEngine(), pub, cam.true_calibration(), PipelineConfig(pub_endpoint=pub.endpoint))
+    pipe = Pipeline(
+        source, PassthroughEngine(), pub, cam.true_calibration(), PipelineConfig(pub_endpoint=pub.endpoint)
+    )
     theirs: list[int] = []
     core.mda.events.frameReady.connect(lambda img, event, meta: theirs.append(int(img.sum() > 0)))
     try:
@@ -342,7 +361,9 @@ def test_calibration_that_does_not_cover_the_roi_is_refused() -> None:
     small = Calibration.uniform((32, 32), offset_adu=100, gain_adu_per_e=2.0, source="file")
     rig = Rig(core, PassthroughEngine(), small)
     try:
-        with pytest.raises(CalibrationError, match=r"calibration is 32×32 .* camera ROI is 64×64 at \(0, 0\)"):
+        with pytest.raises(
+            CalibrationError, match=r"calibration is 32×32 .* camera ROI is 64×64 at \(0, 0\)"
+        ):
             rig.pipe.start()
         assert rig.pipe.status()["state"] == "stopped"
     finally:
@@ -372,7 +393,9 @@ def test_config_validation_and_toml(tmp_path: Any) -> None:
     cfg = PipelineConfig.from_toml(path)
     assert (cfg.ring_slots, cfg.ring_policy, cfg.engine) == (16, "block", "passthrough")
     path.write_text("ring_slots = 1\n")
-    with pytest.raises(ConfigError, match=r"ring_slots = 1 is out of range: expected an integer in \[2, 4096\]"):
+    with pytest.raises(
+        ConfigError, match=r"ring_slots = 1 is out of range: expected an integer in \[2, 4096\]"
+    ):
         PipelineConfig.from_toml(path)
     path.write_text("ring_slot = 4\n")
     with pytest.raises(ConfigError, match="unknown key.*ring_slot.*known keys"):

@@ -7,14 +7,33 @@ import json
 import numpy as np
 import pytest
 
-from livedenoise.transport.protocol import PROTOCOL, REQUIRED, TOPICS, ProtocolError, decode, encode_header, make_header
+from livedenoise.transport.protocol import (
+    PROTOCOL,
+    REQUIRED,
+    TOPICS,
+    ProtocolError,
+    decode,
+    encode_header,
+    make_header,
+)
 
 
 def _message(stream: str = "denoised", array: np.ndarray | None = None, **over: object) -> list[bytes]:
     if array is None:
         array = np.arange(12, dtype="<u2" if stream == "raw" else "<f4").reshape(3, 4)
-    h = make_header(stream, frame=7, seq=3, array=array, exposure_ms=10.0, t_acquired=1.5, t_published=1.6,
-                    dropped=0, camera="Camera", model=None, calibration="cal-1")  # fmt: skip
+    h = make_header(
+        stream,
+        frame=7,
+        seq=3,
+        array=array,
+        exposure_ms=10.0,
+        t_acquired=1.5,
+        t_published=1.6,
+        dropped=0,
+        camera="Camera",
+        model=None,
+        calibration="cal-1",
+    )
     h.update(over)
     return [stream.encode(), encode_header(h), array.tobytes()]
 
@@ -41,8 +60,20 @@ def test_header_is_compact_utf8_json_object() -> None:
 
 def test_extra_keys_are_kept_and_unknown_keys_ignored() -> None:
     arr = np.zeros((2, 2), "<f4")
-    h = make_header("denoised", frame=0, seq=0, array=arr, exposure_ms=1, t_acquired=0, t_published=0,
-                    dropped=0, camera=None, model="rln", calibration=None, roi=[0, 0, 2, 2])  # fmt: skip
+    h = make_header(
+        "denoised",
+        frame=0,
+        seq=0,
+        array=arr,
+        exposure_ms=1,
+        t_acquired=0,
+        t_published=0,
+        dropped=0,
+        camera=None,
+        model="rln",
+        calibration=None,
+        roi=[0, 0, 2, 2],
+    )
     assert h["roi"] == [0, 0, 2, 2]
     _, header, _ = decode(_message(future_key={"anything": 1}))
     assert header["future_key"] == {"anything": 1}
@@ -58,13 +89,27 @@ def test_decode_without_copy_is_a_view() -> None:
 
 @pytest.mark.parametrize(
     ("stream", "dtype", "match"),
-    [("raw", "<f4", "raw payload must be <u2"), ("denoised", "<u2", "denoised payload must be <f4"),
-     ("movie", "<f4", "stream must be one of")],
-)  # fmt: skip
+    [
+        ("raw", "<f4", "raw payload must be <u2"),
+        ("denoised", "<u2", "denoised payload must be <f4"),
+        ("movie", "<f4", "stream must be one of"),
+    ],
+)
 def test_make_header_rejects_wrong_dtype_or_stream(stream: str, dtype: str, match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
-        make_header(stream, frame=0, seq=0, array=np.zeros((2, 2), dtype), exposure_ms=1, t_acquired=0,
-                    t_published=0, dropped=0, camera=None, model=None, calibration=None)  # fmt: skip
+        make_header(
+            stream,
+            frame=0,
+            seq=0,
+            array=np.zeros((2, 2), dtype),
+            exposure_ms=1,
+            t_acquired=0,
+            t_published=0,
+            dropped=0,
+            camera=None,
+            model=None,
+            calibration=None,
+        )
 
 
 def _bad(kind: str) -> list[bytes]:
@@ -96,11 +141,19 @@ def _bad(kind: str) -> list[bytes]:
 
 @pytest.mark.parametrize(
     ("kind", "match"),
-    [("two_frames", "has 3 frames, got 2"), ("not_json", "not UTF-8 JSON"), ("not_object", "JSON object"),
-     ("missing_key", r"lacks \['seq'\]"), ("other_protocol", "expected 'livedenoise/1'"),
-     ("topic_mismatch", "differs from topic"), ("short_payload", "needs 48"), ("bad_dtype", "bad dtype"),
-     ("object_dtype", "cannot describe"), ("bad_shape", "bad dtype")],
-)  # fmt: skip
+    [
+        ("two_frames", "has 3 frames, got 2"),
+        ("not_json", "not UTF-8 JSON"),
+        ("not_object", "JSON object"),
+        ("missing_key", r"lacks \['seq'\]"),
+        ("other_protocol", "expected 'livedenoise/1'"),
+        ("topic_mismatch", "differs from topic"),
+        ("short_payload", "needs 48"),
+        ("bad_dtype", "bad dtype"),
+        ("object_dtype", "cannot describe"),
+        ("bad_shape", "bad dtype"),
+    ],
+)
 def test_decode_rejects_malformed_messages(kind: str, match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
         decode(_bad(kind))

@@ -14,16 +14,16 @@ import pytest
 
 zmq = pytest.importorskip("zmq")
 
-from livedenoise.transport.security import (  # noqa: E402
+from livedenoise.transport.protocol import REQUIRED, encode_header, make_header
+from livedenoise.transport.publisher import Publisher
+from livedenoise.transport.security import (
     ClientSecurity,
     SecurityError,
     ServerSecurity,
     create_client_keys,
     is_loopback,
 )
-from livedenoise.transport.protocol import REQUIRED, encode_header, make_header  # noqa: E402
-from livedenoise.transport.publisher import Publisher  # noqa: E402
-from livedenoise.transport.subscriber import Subscriber  # noqa: E402
+from livedenoise.transport.subscriber import Subscriber
 
 ANY_PORT = "tcp://127.0.0.1:*"
 
@@ -65,8 +65,18 @@ def _wait(cond, timeout_s: float = 5.0, what: str = "condition") -> None:
 
 
 def _send(pub: Publisher, topic: str, arr: np.ndarray, frame: int, **extra) -> bool:
-    return pub.publish(topic, arr, frame=frame, exposure_ms=10.0, t_acquired=time.time(), dropped=frame // 10,
-                       camera="Camera", model="rln-test" if topic != "raw" else None, calibration="cal-1", **extra)  # fmt: skip
+    return pub.publish(
+        topic,
+        arr,
+        frame=frame,
+        exposure_ms=10.0,
+        t_acquired=time.time(),
+        dropped=frame // 10,
+        camera="Camera",
+        model="rln-test" if topic != "raw" else None,
+        calibration="cal-1",
+        **extra,
+    )
 
 
 def _recv_all(sub: Subscriber, n: int, timeout_s: float = 5.0) -> list:
@@ -126,7 +136,7 @@ def test_several_subscribers_each_get_every_message(ctx, closing) -> None:
     subs = [_sub(ctx, closing, pub.endpoint, ("denoised",), rcvhwm=100) for _ in range(3)]
     arr = np.zeros((128, 128), np.float32)
     # each subscriber is connected once it receives a probe; then the real run starts
-    for k in range(200):
+    for _ in range(200):
         _send(pub, "denoised", arr, -1)
         if all(s.recv(0.02) is not None for s in subs):
             break
@@ -177,7 +187,7 @@ def test_stalled_subscriber_does_not_slow_publishing_and_loses_only_its_own(ctx,
     t0 = time.monotonic()
     for i in range(n):
         # pace by the active reader only (never by the stalled one), so the active one never overflows
-        _wait(lambda: len(got) >= i - 20, 10.0, "active reader")
+        _wait(lambda i=i: len(got) >= i - 20, 10.0, "active reader")
         t = time.perf_counter()
         _send(pub, "denoised", frame, i)
         slowest = max(slowest, time.perf_counter() - t)
@@ -287,11 +297,20 @@ def test_port_in_use_names_the_endpoint(ctx, closing) -> None:
 
 @pytest.mark.parametrize(
     ("endpoint", "loopback"),
-    [("tcp://127.0.0.1:5555", True), ("tcp://127.1.2.3:*", True), ("tcp://localhost:5555", True),
-     ("tcp://[::1]:5555", True), ("ipc:///tmp/x", True), ("inproc://x", True),
-     ("tcp://0.0.0.0:5555", False), ("tcp://*:5555", False), ("tcp://192.168.1.5:5555", False),
-     ("tcp://eth0:5555", False), ("tcp://127.0.0.1.evil.com:5555", False)],
-)  # fmt: skip
+    [
+        ("tcp://127.0.0.1:5555", True),
+        ("tcp://127.1.2.3:*", True),
+        ("tcp://localhost:5555", True),
+        ("tcp://[::1]:5555", True),
+        ("ipc:///tmp/x", True),
+        ("inproc://x", True),
+        ("tcp://0.0.0.0:5555", False),
+        ("tcp://*:5555", False),
+        ("tcp://192.168.1.5:5555", False),
+        ("tcp://eth0:5555", False),
+        ("tcp://127.0.0.1.evil.com:5555", False),
+    ],
+)
 def test_is_loopback(endpoint: str, loopback: bool) -> None:
     assert is_loopback(endpoint) is loopback
 
@@ -332,8 +351,19 @@ def test_subscriber_skips_malformed_messages(ctx, closing) -> None:
     port = raw_pub.bind_to_random_port("tcp://127.0.0.1")
     sub = _sub(ctx, closing, f"tcp://127.0.0.1:{port}", ("denoised",))
     arr = np.ones((4, 4), np.float32)
-    h = make_header("denoised", frame=0, seq=0, array=arr, exposure_ms=1, t_acquired=time.time(), t_published=0,
-                    dropped=0, camera=None, model=None, calibration=None)  # fmt: skip
+    h = make_header(
+        "denoised",
+        frame=0,
+        seq=0,
+        array=arr,
+        exposure_ms=1,
+        t_acquired=time.time(),
+        t_published=0,
+        dropped=0,
+        camera=None,
+        model=None,
+        calibration=None,
+    )
     bad_seq = {**h, "seq": "zero"}
     msg = None
     deadline = time.monotonic() + 5
@@ -344,7 +374,6 @@ def test_subscriber_skips_malformed_messages(ctx, closing) -> None:
         msg = sub.recv(0.05)
     assert msg is not None and msg.header["seq"] == 0 and not msg.array.flags.writeable
     assert sub.malformed >= 2
-
 
 
 def test_borrowed_buffer_is_sent_without_copy_and_never_lent_twice(ctx, closing) -> None:

@@ -48,15 +48,26 @@ def test_subscriber_example_receives_a_frame(capsys: pytest.CaptureFixture[str])
         frame = 0
         image = np.full((32, 48), 3.5, np.float32)
         while not stop.is_set():
-            pub.publish("denoised", image, frame=frame, exposure_ms=10.0, t_acquired=time.time(),
-                        dropped=0, camera="Camera", model="rln-denoise-v1", calibration=None)  # fmt: skip
+            pub.publish(
+                "denoised",
+                image,
+                frame=frame,
+                exposure_ms=10.0,
+                t_acquired=time.time(),
+                dropped=0,
+                camera="Camera",
+                model="rln-denoise-v1",
+                calibration=None,
+            )
             frame += 1
             time.sleep(0.01)
 
     thread = threading.Thread(target=feed, daemon=True)
     thread.start()
     try:
-        exec(compile(code.replace("tcp://127.0.0.1:5555", pub.endpoint), "README.md (subscriber)", "exec"), {})
+        exec(
+            compile(code.replace("tcp://127.0.0.1:5555", pub.endpoint), "README.md (subscriber)", "exec"), {}
+        )
     finally:
         stop.set()
         thread.join(5)

@@ -34,7 +34,9 @@ def test_slots_are_preallocated_and_reused() -> None:
     assert ring.counters() == {"pushed": 20, "popped": 20, "dropped": 0, "queued": 0}
 
 
-@pytest.mark.parametrize(("slots", "frames", "held"), [(4, 10, False), (4, 10, True), (2, 7, True), (8, 8, False)])
+@pytest.mark.parametrize(
+    ("slots", "frames", "held"), [(4, 10, False), (4, 10, True), (2, 7, True), (8, 8, False)]
+)
 def test_drop_oldest_counts_exactly(slots: int, frames: int, held: bool) -> None:
     drops: list[tuple[int, str]] = []
     ring = RingBuffer(slots, (4, 4), "drop-oldest", on_drop=lambda f, r: drops.append((f, r)))
@@ -153,7 +155,10 @@ def test_resize_times_out_if_consumer_never_drains() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"slots": 1, "shape": (2, 2)}, "at least 2 slots"), ({"slots": 2, "shape": (2, 2), "policy": "x"}, "policy")],
+    [
+        ({"slots": 1, "shape": (2, 2)}, "at least 2 slots"),
+        ({"slots": 2, "shape": (2, 2), "policy": "x"}, "policy"),
+    ],
 )
 def test_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):

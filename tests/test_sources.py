@@ -9,9 +9,16 @@ from typing import Any
 import numpy as np
 import pytest
 import useq
-
 from _pipeline_helpers import fake_core, running_source, sim_core, wait_for
-from livedenoise.live.sources import AttachedSource, CoreSource, FrameInfo, FrameSource, SourceError, check_pixel_type
+
+from livedenoise.live.sources import (
+    AttachedSource,
+    CoreSource,
+    FrameInfo,
+    FrameSource,
+    SourceError,
+    check_pixel_type,
+)
 
 
 class Collector:

@@ -19,8 +19,8 @@ import pytest
 pytest.importorskip("zmq")
 tifffile = pytest.importorskip("tifffile")
 
-from livedenoise.cli import main  # noqa: E402
-from livedenoise.transport.publisher import Publisher  # noqa: E402
+from livedenoise.cli import main
+from livedenoise.transport.publisher import Publisher
 
 SHAPE = (48, 64)
 
@@ -47,7 +47,9 @@ def stream() -> Iterator[str]:
         while not stop.is_set():
             raw[:] = i % 65536
             den[:] = i / 2
-            kw = dict(frame=i, exposure_ms=5.0, t_acquired=time.time(), dropped=0, camera="Camera", calibration="c")
+            kw = dict(
+                frame=i, exposure_ms=5.0, t_acquired=time.time(), dropped=0, camera="Camera", calibration="c"
+            )
             pub.publish("raw", raw, model=None, **kw)
             pub.publish("denoised", den, model="m", **kw)
             i += 1
@@ -68,8 +70,24 @@ def _leftovers(folder: Path) -> list[str]:
 @pytest.mark.parametrize(("topic", "dtype"), [("denoised", np.float32), ("raw", np.uint16)])
 def test_save_records_a_valid_tiff_with_headers(stream, tmp_path, capsys, topic, dtype) -> None:
     out = tmp_path / "rec.tif"
-    rc = main(["subscribe", "--endpoint", stream, "--count", "6", "--save", str(out), "--save-topic", topic,
-               "--topics", "raw", "--json", "--seconds", "20"])  # fmt: skip
+    rc = main(
+        [
+            "subscribe",
+            "--endpoint",
+            stream,
+            "--count",
+            "6",
+            "--save",
+            str(out),
+            "--save-topic",
+            topic,
+            "--topics",
+            "raw",
+            "--json",
+            "--seconds",
+            "20",
+        ]
+    )
     assert rc == 0
     assert _leftovers(tmp_path) == []
     with tifffile.TiffFile(out) as tf:
@@ -117,10 +135,24 @@ def test_crash_leaves_no_file(stream, tmp_path, monkeypatch) -> None:
 def test_ctrl_c_finishes_the_recording_cleanly(stream, tmp_path) -> None:
     out = tmp_path / "rec.tif"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "livedenoise", "subscribe", "--endpoint", stream, "--save", str(out), "--json",
-         "--seconds", "30"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "livedenoise",
+            "subscribe",
+            "--endpoint",
+            stream,
+            "--save",
+            str(out),
+            "--json",
+            "--seconds",
+            "30",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -155,10 +187,13 @@ def test_nothing_arrives(tmp_path, capsys) -> None:
 
 @pytest.mark.parametrize(
     ("argv", "match"),
-    [(["--topics", "raw,video"], "--topics takes some of raw,denoised,truth"),
-     (["--save-topic", "video", "--save", "x.tif"], "--save-topic must be one of"),
-     (["--count", "0"], "--count must be positive"), (["--key", "a.key_secret"], "--key and --server-key go together")],
-)  # fmt: skip
+    [
+        (["--topics", "raw,video"], "--topics takes some of raw,denoised,truth"),
+        (["--save-topic", "video", "--save", "x.tif"], "--save-topic must be one of"),
+        (["--count", "0"], "--count must be positive"),
+        (["--key", "a.key_secret"], "--key and --server-key go together"),
+    ],
+)
 def test_bad_arguments(argv, match, capsys) -> None:
     assert main(["subscribe", *argv]) == 2
     assert match in capsys.readouterr().err

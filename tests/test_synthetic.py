@@ -74,7 +74,9 @@ def test_each_structure_family_draws_something(family):
 def test_patch_stream_yields_training_triples():
     s = SyntheticPatches(patch=24, seed=11, pool=4, peak_e_range=(2, 200))
     got = list(itertools.islice(iter(s), 12))
-    again = list(itertools.islice(iter(SyntheticPatches(patch=24, seed=11, pool=4, peak_e_range=(2, 200))), 12))
+    again = list(
+        itertools.islice(iter(SyntheticPatches(patch=24, seed=11, pool=4, peak_e_range=(2, 200))), 12)
+    )
     for (x, t, r), (x2, _, _) in zip(got, again):
         assert x.shape == t.shape == (24, 24)
         assert x.dtype == t.dtype == np.float32

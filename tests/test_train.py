@@ -9,8 +9,19 @@ from livedenoise.training.train import TrainConfig, batches, lr_at, train
 
 
 def _tiny(**kw):
-    base = dict(architecture="rln", patch=32, batch=4, steps=30, epoch_steps=15, lr=5e-3, warmup_steps=5,
-                val_size=4, val_px=32, seed=3, threads=1)  # fmt: skip
+    base = dict(
+        architecture="rln",
+        patch=32,
+        batch=4,
+        steps=30,
+        epoch_steps=15,
+        lr=5e-3,
+        warmup_steps=5,
+        val_size=4,
+        val_px=32,
+        seed=3,
+        threads=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -18,8 +29,8 @@ def _tiny(**kw):
 def _untrained_val_loss(cfg):
     import torch
 
-    from livedenoise.training.losses import poisson_loss
     from livedenoise.inference.nets import build_network
+    from livedenoise.training.losses import poisson_loss
     from livedenoise.training.train import _default_val
 
     torch.manual_seed(cfg.seed)
@@ -92,8 +103,26 @@ def test_cli_train_writes_a_model(tmp_path):
     from livedenoise.inference.modelio import load_model
 
     out = tmp_path / "cli-rln.pt"
-    rc = main(["train", "--arch", "rln", "--steps", "4", "--epoch-steps", "4", "--batch", "2", "--patch", "32",
-               "--val-size", "2", "--no-progress", "-o", str(out)])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--arch",
+            "rln",
+            "--steps",
+            "4",
+            "--epoch-steps",
+            "4",
+            "--batch",
+            "2",
+            "--patch",
+            "32",
+            "--val-size",
+            "2",
+            "--no-progress",
+            "-o",
+            str(out),
+        ]
+    )
     assert rc == 0
     _, card = load_model(out)
     assert card.id == "cli-rln"
@@ -108,8 +137,28 @@ def test_cli_train_records_the_rln_activation(tmp_path):
     from livedenoise.inference.modelio import load_model
 
     out = tmp_path / "relu-rln.pt"
-    rc = main(["train", "--arch", "rln", "--arch-param", "activation=relu", "--steps", "2", "--epoch-steps", "2",
-               "--batch", "2", "--patch", "32", "--val-size", "2", "--no-progress", "-o", str(out)])  # fmt: skip
+    rc = main(
+        [
+            "train",
+            "--arch",
+            "rln",
+            "--arch-param",
+            "activation=relu",
+            "--steps",
+            "2",
+            "--epoch-steps",
+            "2",
+            "--batch",
+            "2",
+            "--patch",
+            "32",
+            "--val-size",
+            "2",
+            "--no-progress",
+            "-o",
+            str(out),
+        ]
+    )
     assert rc == 0
     module, card = load_model(out)
     assert card.arch_params == {"activation": "relu"} and module.activation == "relu"
@@ -118,10 +167,14 @@ def test_cli_train_records_the_rln_activation(tmp_path):
     assert cmd[cmd.index("--arch-param") + 1] == 'activation="relu"'
 
 
-@pytest.mark.parametrize(("arch", "task", "loss"), [("rln", "deconvolve", "mse_ssim"), ("resunet", "denoise", "mse")])
+@pytest.mark.parametrize(
+    ("arch", "task", "loss"), [("rln", "deconvolve", "mse_ssim"), ("resunet", "denoise", "mse")]
+)
 def test_other_tasks_losses_and_architectures_train(arch, task, loss):
     params = {"channels": [8, 16], "mid_blocks": 1} if arch == "resunet" else {}
-    module, card, history = train(_tiny(architecture=arch, arch_params=params, task=task, loss=loss, steps=3,
-                                        epoch_steps=3, batch=2), progress=False)  # fmt: skip
+    module, card, history = train(
+        _tiny(architecture=arch, arch_params=params, task=task, loss=loss, steps=3, epoch_steps=3, batch=2),
+        progress=False,
+    )
     assert card.task == task and card.training["loss"] == loss and card.arch_params == params
     assert np.isfinite(history[-1]["val_loss"]) and np.isfinite(history[-1]["val_psnr_db"])

@@ -60,34 +60,57 @@ def main(argv: list[str] | None = None) -> int:
     command = "python tools/ablation_poisson_mse.py " + " ".join(sys.argv[1:] if argv is None else argv)
     modules, runs = {}, {}
     for loss in ("poisson", "mse"):
-        cfg = TrainConfig(architecture=args.arch, arch_params=json.loads(args.arch_params), loss=loss,
-                          steps=args.steps, epoch_steps=max(args.steps // 5, 1), batch=args.batch, patch=args.patch,
-                          lr=args.lr, peak_e_range=(1.0, 10.0), seed=args.seed, device="cpu", threads=args.threads,
-                          model_id=f"ablation-{args.arch}-{loss}", command=command)  # fmt: skip
+        cfg = TrainConfig(
+            architecture=args.arch,
+            arch_params=json.loads(args.arch_params),
+            loss=loss,
+            steps=args.steps,
+            epoch_steps=max(args.steps // 5, 1),
+            batch=args.batch,
+            patch=args.patch,
+            lr=args.lr,
+            peak_e_range=(1.0, 10.0),
+            seed=args.seed,
+            device="cpu",
+            threads=args.threads,
+            model_id=f"ablation-{args.arch}-{loss}",
+            command=command,
+        )
         t0 = time.perf_counter()
         module, card, history = train(cfg, progress=not args.no_progress)
         modules[loss] = module.eval()
-        runs[loss] = {"train_seconds": time.perf_counter() - t0, "history": history, "parameters": card.parameters}
+        runs[loss] = {
+            "train_seconds": time.perf_counter() - t0,
+            "history": history,
+            "parameters": card.parameters,
+        }
         print(f"{loss}: trained {args.steps} steps in {runs[loss]['train_seconds']:.0f} s", flush=True)
 
     metrics = {"psnr": psnr, "ssim": ssim, "nrmse": nrmse, "kd": kolmogorov_distance}
     methods = ["raw", "gat-nlm", f"{args.arch} + MSE", f"{args.arch} + Poisson"]
     results: dict[str, dict[str, dict[str, float]]] = {m: {} for m in methods}
     for i, (label, rng_e) in enumerate(BINS):
-        xs, ts, ps = make_eval_set(args.n, args.size, rng_e, "denoise", seed=EVAL_SEED * 100 + i, held_out=True)
+        xs, ts, ps = make_eval_set(
+            args.n, args.size, rng_e, "denoise", seed=EVAL_SEED * 100 + i, held_out=True
+        )
         rows: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
         for x, t, p in zip(xs, ts, ps):
-            ests = {"raw": x, "gat-nlm": gat_nlm(x, read_var_e2=p["read_var_e2"]),
-                    f"{args.arch} + MSE": _restore(modules["mse"], x),
-                    f"{args.arch} + Poisson": _restore(modules["poisson"], x)}  # fmt: skip
+            ests = {
+                "raw": x,
+                "gat-nlm": gat_nlm(x, read_var_e2=p["read_var_e2"]),
+                f"{args.arch} + MSE": _restore(modules["mse"], x),
+                f"{args.arch} + Poisson": _restore(modules["poisson"], x),
+            }
             for m, e in ests.items():
                 rows[m].append({k: fn(e, t) for k, fn in metrics.items()})
         for m in methods:
             results[m][label] = {k: float(np.mean([r[k] for r in rows[m]])) for k in metrics}
 
     labels = [b[0] for b in BINS]
-    print(f"\nPoisson vs MSE loss, {args.arch}, {args.steps} steps each, trained at 1-10 e- peak; held-out "
-          f"{args.n} frames of {args.size}² per bin. PSNR (dB) / SSIM per peak photon level:\n")  # fmt: skip
+    print(
+        f"\nPoisson vs MSE loss, {args.arch}, {args.steps} steps each, trained at 1-10 e- peak; held-out "
+        f"{args.n} frames of {args.size}² per bin. PSNR (dB) / SSIM per peak photon level:\n"
+    )
     print("| method | " + " | ".join(f"{lab} e- PSNR | {lab} e- SSIM" for lab in labels) + " |")
     print("|---" * (2 * len(labels) + 1) + "|")
     for m in methods:
@@ -100,9 +123,19 @@ def main(argv: list[str] | None = None) -> int:
         from livedenoise._atomic import atomic_path
 
         with atomic_path(args.json, "ablation results") as tmp:
-            tmp.write_text(json.dumps({"command": command, "args": vars(args), "results": results,
-                                               "poisson_minus_mse_db": gain, "runs": runs},
-                                              indent=1, default=str))  # fmt: skip
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "command": command,
+                        "args": vars(args),
+                        "results": results,
+                        "poisson_minus_mse_db": gain,
+                        "runs": runs,
+                    },
+                    indent=1,
+                    default=str,
+                )
+            )
     return 0
 
 

@@ -57,8 +57,12 @@ def _restore(module, frame_e: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="finetune-demo", help="folder for the dataset, the model and results.json")
-    p.add_argument("--init", default="rln-denoise-v1", help="the synthetic-only model to start from (id or path)")
+    p.add_argument(
+        "--out", default="finetune-demo", help="folder for the dataset, the model and results.json"
+    )
+    p.add_argument(
+        "--init", default="rln-denoise-v1", help="the synthetic-only model to start from (id or path)"
+    )
     p.add_argument("--pairs", type=int, default=24)
     p.add_argument("--short-ms", type=float, default=10.0)
     p.add_argument("--long-ms", type=float, default=100.0)
@@ -73,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from livedenoise.calibration.maps import PhotonConverter
     from livedenoise.acquisition.collect import collect_pairs
+    from livedenoise.calibration.maps import PhotonConverter
     from livedenoise.drivers.simcam import load_sim_core
+    from livedenoise.inference.modelio import load_model
     from livedenoise.training.finetune import FinetuneConfig, finetune
     from livedenoise.training.metrics import psnr
-    from livedenoise.inference.modelio import load_model
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -97,17 +101,29 @@ def main(argv: list[str] | None = None) -> int:
     # 1-2: pairs of field A
     core.setROI(xa, ya, args.roi, args.roi)
     dataset = out / "pairs"
-    res = collect_pairs(core, dataset, short_ms=args.short_ms, long_ms=args.long_ms, pairs=args.pairs,
-                        calibration=cal)  # fmt: skip
+    res = collect_pairs(
+        core, dataset, short_ms=args.short_ms, long_ms=args.long_ms, pairs=args.pairs, calibration=cal
+    )
     t_collect = time.perf_counter() - t0
-    print(f"collected {res['pairs_written']} pairs of field A ({res['flagged']} flagged) in {t_collect:.1f} s")
+    print(
+        f"collected {res['pairs_written']} pairs of field A ({res['flagged']} flagged) in {t_collect:.1f} s"
+    )
 
     # 3: fine-tune
-    cfg = FinetuneConfig(steps=args.steps, batch=8, patch=64, lr=3e-4, eval_every=25, patience=4,
-                         val_fraction=0.25, seed=args.seed)  # fmt: skip
+    cfg = FinetuneConfig(
+        steps=args.steps,
+        batch=8,
+        patch=64,
+        lr=3e-4,
+        eval_every=25,
+        patience=4,
+        val_fraction=0.25,
+        seed=args.seed,
+    )
     init_module, init_card = load_model(args.init)
-    ft_module, ft_card, history = finetune(dataset, args.init, out / "rln-finetuned-cells", cfg,
-                                           command=" ".join(sys.argv))  # fmt: skip
+    ft_module, ft_card, history = finetune(
+        dataset, args.init, out / "rln-finetuned-cells", cfg, command=" ".join(sys.argv)
+    )
     t_train = history["seconds"]
 
     # 4: new frames of field A and field B, PSNR against the simulator's truth
@@ -122,9 +138,15 @@ def main(argv: list[str] | None = None) -> int:
             scores["raw"].append(psnr(e, truth))
             scores["synthetic-only"].append(psnr(_restore(init_module, e), truth))
             scores["fine-tuned"].append(psnr(_restore(ft_module, e), truth))
-        rows.append({"field": name, "mean_e": round(float(truth.mean()), 3), "frames": args.test_frames,
-                     **{k: round(float(np.mean(v)), 2) for k, v in scores.items()},
-                     "gain_db": round(float(np.mean(scores["fine-tuned"]) - np.mean(scores["synthetic-only"])), 2)})  # fmt: skip
+        rows.append(
+            {
+                "field": name,
+                "mean_e": round(float(truth.mean()), 3),
+                "frames": args.test_frames,
+                **{k: round(float(np.mean(v)), 2) for k, v in scores.items()},
+                "gain_db": round(float(np.mean(scores["fine-tuned"]) - np.mean(scores["synthetic-only"])), 2),
+            }
+        )
     results = {
         "init_model": init_card.id,
         "finetuned_model": str(ft_card.path),
@@ -137,19 +159,29 @@ def main(argv: list[str] | None = None) -> int:
         "best_step": history["best_step"],
         "heldout_pairs": ft_card.quality["heldout_pairs"],
         "psnr_vs_truth_db": rows,
-        "seconds": {"collect": round(t_collect, 1), "finetune": t_train, "total": round(time.perf_counter() - t0, 1)},
+        "seconds": {
+            "collect": round(t_collect, 1),
+            "finetune": t_train,
+            "total": round(time.perf_counter() - t0, 1),
+        },
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s), shared CPU",
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     h = ft_card.quality["heldout_pairs"]
-    print(f"held-out pairs: Poisson deviance {h['before']['poisson_deviance']:.4f} -> "
-          f"{h['after']['poisson_deviance']:.4f}, PSNR vs long/r {h['before']['psnr_db']:.2f} -> "
-          f"{h['after']['psnr_db']:.2f} dB")  # fmt: skip
+    print(
+        f"held-out pairs: Poisson deviance {h['before']['poisson_deviance']:.4f} -> "
+        f"{h['after']['poisson_deviance']:.4f}, PSNR vs long/r {h['before']['psnr_db']:.2f} -> "
+        f"{h['after']['psnr_db']:.2f} dB"
+    )
     print(f"\nPSNR vs the simulator's truth, new {args.short_ms:g} ms frames ({args.roi}x{args.roi}):")
-    print(f"{'field':28s} {'mean e-':>8s} {'raw':>7s} {'synthetic-only':>15s} {'fine-tuned':>11s} {'gain':>6s}")
+    print(
+        f"{'field':28s} {'mean e-':>8s} {'raw':>7s} {'synthetic-only':>15s} {'fine-tuned':>11s} {'gain':>6s}"
+    )
     for r in rows:
-        print(f"{r['field']:28s} {r['mean_e']:8.2f} {r['raw']:7.2f} {r['synthetic-only']:15.2f} "
-              f"{r['fine-tuned']:11.2f} {r['gain_db']:+6.2f}")  # fmt: skip
+        print(
+            f"{r['field']:28s} {r['mean_e']:8.2f} {r['raw']:7.2f} {r['synthetic-only']:15.2f} "
+            f"{r['fine-tuned']:11.2f} {r['gain_db']:+6.2f}"
+        )
     print(f"\n{results['seconds']} s; results in {out / 'results.json'}")
     return 0
 

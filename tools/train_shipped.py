@@ -31,25 +31,104 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED: dict[str, list[str]] = {
     # the fast live model: ~5k parameters, RL structure
     "rln-denoise-v1": [
-        "--arch", "rln", "--task", "denoise", "--loss", "poisson", "--steps", "1000", "--epoch-steps", "100",
-        "--batch", "16", "--patch", "64", "--lr", "0.005", "--lr-schedule", "cosine", "--peak-range", "1", "500",
-        "--seed", "1", "--val-size", "24", "--threads", "1", "--id", "rln-denoise-v1",
+        "--arch",
+        "rln",
+        "--task",
+        "denoise",
+        "--loss",
+        "poisson",
+        "--steps",
+        "1000",
+        "--epoch-steps",
+        "100",
+        "--batch",
+        "16",
+        "--patch",
+        "64",
+        "--lr",
+        "0.005",
+        "--lr-schedule",
+        "cosine",
+        "--peak-range",
+        "1",
+        "500",
+        "--seed",
+        "1",
+        "--val-size",
+        "24",
+        "--threads",
+        "1",
+        "--id",
+        "rln-denoise-v1",
     ],
     # v1's recipe with ReLU hidden layers (softplus only on the RL ratio's denominators and the output layer):
     # ~35% faster on a CPU, the live default
     "rln-denoise-v2": [
-        "--arch", "rln", "--arch-param", 'activation="relu"', "--task", "denoise", "--loss", "poisson",
-        "--steps", "1000", "--epoch-steps", "100", "--batch", "16", "--patch", "64", "--lr", "0.005",
-        "--lr-schedule", "cosine", "--peak-range", "1", "500", "--seed", "1", "--val-size", "24", "--threads", "1",
-        "--id", "rln-denoise-v2",
+        "--arch",
+        "rln",
+        "--arch-param",
+        'activation="relu"',
+        "--task",
+        "denoise",
+        "--loss",
+        "poisson",
+        "--steps",
+        "1000",
+        "--epoch-steps",
+        "100",
+        "--batch",
+        "16",
+        "--patch",
+        "64",
+        "--lr",
+        "0.005",
+        "--lr-schedule",
+        "cosine",
+        "--peak-range",
+        "1",
+        "500",
+        "--seed",
+        "1",
+        "--val-size",
+        "24",
+        "--threads",
+        "1",
+        "--id",
+        "rln-denoise-v2",
     ],
     # the quality model: ~1.2M parameters, U-Net of residual channel-attention blocks
     "resunet-denoise-v1": [
-        "--arch", "resunet", "--task", "denoise", "--loss", "poisson", "--steps", "800", "--epoch-steps", "100",
-        "--batch", "8", "--patch", "64", "--lr", "0.0015", "--lr-schedule", "cosine", "--peak-range", "1", "500",
-        "--seed", "2", "--val-size", "24", "--threads", "1", "--id", "resunet-denoise-v1",
+        "--arch",
+        "resunet",
+        "--task",
+        "denoise",
+        "--loss",
+        "poisson",
+        "--steps",
+        "800",
+        "--epoch-steps",
+        "100",
+        "--batch",
+        "8",
+        "--patch",
+        "64",
+        "--lr",
+        "0.0015",
+        "--lr-schedule",
+        "cosine",
+        "--peak-range",
+        "1",
+        "500",
+        "--seed",
+        "2",
+        "--val-size",
+        "24",
+        "--threads",
+        "1",
+        "--id",
+        "resunet-denoise-v1",
     ],
-}  # fmt: skip
+}
 
 EVAL_PEAKS_E = (2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 300.0)
 EVAL_FRAMES_PER_PEAK = 8
@@ -60,7 +139,14 @@ EVAL_SEED = 2024
 def train(model_id: str) -> None:
     from livedenoise.cli import main
 
-    args = ["train", *SHIPPED[model_id], "--checkpoint-dir", f"runs/{model_id}", "-o", f"models/{model_id}.pt"]
+    args = [
+        "train",
+        *SHIPPED[model_id],
+        "--checkpoint-dir",
+        f"runs/{model_id}",
+        "-o",
+        f"models/{model_id}.pt",
+    ]
     rc = main(args)
     if rc:
         raise SystemExit(rc)
@@ -76,12 +162,17 @@ def measure_quality(module) -> dict:
     for i, peak in enumerate(EVAL_PEAKS_E):
         x, t, _ = make_eval_set(EVAL_FRAMES_PER_PEAK, EVAL_SIZE, (peak, peak), "denoise", seed=EVAL_SEED + i)
         ev = evaluate_psnr(module, x, t)
-        per_peak[f"{peak:g}"] = {"raw_psnr_db": round(ev["raw_psnr_db"], 2), "psnr_db": round(ev["psnr_db"], 2)}
+        per_peak[f"{peak:g}"] = {
+            "raw_psnr_db": round(ev["raw_psnr_db"], 2),
+            "psnr_db": round(ev["psnr_db"], 2),
+        }
     band = [v for k, v in per_peak.items() if 5 <= float(k) <= 100]
     return {
-        "set": (f"held-out synthetic (livedenoise.training.synthetic.make_eval_set, held_out mix, seed {EVAL_SEED}+i), "
-                f"{EVAL_FRAMES_PER_PEAK} frames of {EVAL_SIZE}x{EVAL_SIZE} per peak level; "
-                "PSNR vs the noise-free expected image, data range = max - min"),  # fmt: skip
+        "set": (
+            f"held-out synthetic (livedenoise.training.synthetic.make_eval_set, held_out mix, seed {EVAL_SEED}+i), "
+            f"{EVAL_FRAMES_PER_PEAK} frames of {EVAL_SIZE}x{EVAL_SIZE} per peak level; "
+            "PSNR vs the noise-free expected image, data range = max - min"
+        ),
         "per_peak_e": per_peak,
         "mean_5_100_e": {
             "raw_psnr_db": round(float(np.mean([v["raw_psnr_db"] for v in band])), 2),
@@ -120,8 +211,10 @@ def measure_speed(model_path: str, size: int = 512, repeats: int = 20) -> dict:
                 out["bf16_validation"] = desc["precision_reason"]
             eng.close()
     load = os.getloadavg()
-    out["machine"] = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared with other "
-                      f"jobs (load average {load[0]:.1f}) at {time.strftime('%Y-%m-%d %H:%M')}")  # fmt: skip
+    out["machine"] = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared with other "
+        f"jobs (load average {load[0]:.1f}) at {time.strftime('%Y-%m-%d %H:%M')}"
+    )
     return out
 
 
@@ -134,13 +227,18 @@ def measure(model_id: str, quality: bool = True) -> None:
     card.speed = measure_speed(str(ROOT / "models" / f"{model_id}.pt"))
     save_model(module, card, ROOT / "models" / f"{model_id}.pt")
     q = card.quality["held_out"]["mean_5_100_e"]
-    print(f"{model_id}: held-out 5-100 e- mean PSNR {q['psnr_db']} dB (raw {q['raw_psnr_db']} dB); speed {card.speed}")
+    print(
+        f"{model_id}: held-out 5-100 e- mean PSNR {q['psnr_db']} dB (raw {q['raw_psnr_db']} dB); speed {card.speed}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=("train", "measure", "speed", "all"),
-                   help="speed: re-measure only the speed (e.g. on a quiet machine)")
+    p.add_argument(
+        "action",
+        choices=("train", "measure", "speed", "all"),
+        help="speed: re-measure only the speed (e.g. on a quiet machine)",
+    )
     p.add_argument("models", nargs="*", help=f"model ids (default: all of {', '.join(SHIPPED)})")
     a = p.parse_args(argv)
     os.chdir(ROOT)

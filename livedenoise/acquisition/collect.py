@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from livedenoise.calibration.maps import Calibration
 from livedenoise.acquisition.pairs import PairsError, PairWriter, QualityThresholds
+from livedenoise.calibration.maps import Calibration
 
 __all__ = [
     "CameraBusyError",
@@ -114,8 +114,11 @@ def validate_request(
 
     Nothing is touched on disk.
     """
-    missing = [n for n, v in (("short_ms", short_ms), ("long_ms", long_ms), ("pairs", pairs),
-                              ("output", output)) if v is None]  # fmt: skip
+    missing = [
+        n
+        for n, v in (("short_ms", short_ms), ("long_ms", long_ms), ("pairs", pairs), ("output", output))
+        if v is None
+    ]
     if missing:
         raise PairsError(
             f"missing {', '.join(missing)}: give short_ms, long_ms (exposures in ms), pairs "
@@ -192,14 +195,18 @@ def parse_positions(spec: Sequence[str] | str | None, core: Any) -> list[dict[st
         except ValueError:
             step = 0.0
         if not m or step <= 0 or int(m[1]) < 1 or int(m[2]) < 1:
-            raise PairsError(f"expected --positions grid NxM STEP_UM (e.g. grid 3x2 50), got {' '.join(parts)!r}")
+            raise PairsError(
+                f"expected --positions grid NxM STEP_UM (e.g. grid 3x2 50), got {' '.join(parts)!r}"
+            )
         nx, ny = int(m[1]), int(m[2])
         x0, y0 = core.getXYPosition()
         grid = []
         for j in range(ny):
             cols = range(nx) if j % 2 == 0 else range(nx - 1, -1, -1)  # snake: short moves
             for i in cols:
-                grid.append({"x": x0 + (i - (nx - 1) / 2) * step, "y": y0 + (j - (ny - 1) / 2) * step, "z": None})
+                grid.append(
+                    {"x": x0 + (i - (nx - 1) / 2) * step, "y": y0 + (j - (ny - 1) / 2) * step, "z": None}
+                )
         return grid
     raise PairsError(f"unknown --positions {parts[0]!r}: use current, list FILE or grid NxM STEP_UM")
 
@@ -324,7 +331,7 @@ def _on_frame(run: _Run, core: Any, img: np.ndarray, event: Any, meta: Mapping[s
         run.flagged += bool(entry["flags"])
         if run.progress is not None:
             run.progress(run.written, run.request.pairs)
-    except BaseException as exc:  # noqa: BLE001 (handed to the caller's thread)
+    except BaseException as exc:
         run.error = exc
         core.mda.cancel()
 
@@ -428,8 +435,13 @@ def collect_pairs(
             "stop it first (or ask the daemon: the collect_pairs command pauses its stream)"
         )
     camera = camera_description(core)
-    writer = PairWriter(req.output, camera=camera, calibration=calibration,
-                        calibration_file=calibration_file, thresholds=thresholds)  # fmt: skip
+    writer = PairWriter(
+        req.output,
+        camera=camera,
+        calibration=calibration,
+        calibration_file=calibration_file,
+        thresholds=thresholds,
+    )
     h, w = camera["shape"]
     need = req.pairs * (req.shorts_per_pair + 1) * h * w * 2 + 3 * 4 * calibration.offset_adu.size + (1 << 20)
     free = _free_bytes(req.output)
@@ -439,10 +451,20 @@ def collect_pairs(
             f"{free / 1e6:.1f} MB free at {req.output}; free space or collect fewer pairs"
         )
     state = _user_state(core)
-    here = {"x": state["xy"][0] if "xy" in state else None,
-            "y": state["xy"][1] if "xy" in state else None, "z": state.get("z")}  # fmt: skip
-    run = _Run(req, writer, [dict(p) for p in positions] if positions else None, here, progress,
-               cancel or threading.Event(), check_saturation)  # fmt: skip
+    here = {
+        "x": state["xy"][0] if "xy" in state else None,
+        "y": state["xy"][1] if "xy" in state else None,
+        "z": state.get("z"),
+    }
+    run = _Run(
+        req,
+        writer,
+        [dict(p) for p in positions] if positions else None,
+        here,
+        progress,
+        cancel or threading.Event(),
+        check_saturation,
+    )
 
     def on_frame(img: np.ndarray, event: Any, meta: Mapping[str, Any]) -> None:
         _on_frame(run, core, img, event, meta)
@@ -452,12 +474,18 @@ def collect_pairs(
     def worker() -> None:
         try:
             core.mda.run(_events(run))
-        except BaseException as exc:  # noqa: BLE001 (re-raised in the caller's thread)
+        except BaseException as exc:
             failure.append(exc)
 
     t0 = time.perf_counter()
-    log.info("collecting %d pairs (%g ms / %g ms, %d short per pair) into %s",
-             req.pairs, req.short_ms, req.long_ms, req.shorts_per_pair, req.output)  # fmt: skip
+    log.info(
+        "collecting %d pairs (%g ms / %g ms, %d short per pair) into %s",
+        req.pairs,
+        req.short_ms,
+        req.long_ms,
+        req.shorts_per_pair,
+        req.output,
+    )
     if state["autoshutter"] and not core.getShutterDevice():
         core.setAutoShutter(False)  # MDA would try to close a shutter that is not there
     core.mda.events.frameReady.connect(on_frame)
@@ -497,6 +525,11 @@ def collect_pairs(
             f"collection stopped after {run.written} of {req.pairs} pairs; the dataset at "
             f"{req.output} holds {writer.n_pairs} complete pairs"
         )
-    log.info("collected %d pairs (%d flagged, %d incomplete) in %.1f s",
-             run.written, run.flagged, run.incomplete, result["seconds"])  # fmt: skip
+    log.info(
+        "collected %d pairs (%d flagged, %d incomplete) in %.1f s",
+        run.written,
+        run.flagged,
+        run.incomplete,
+        result["seconds"],
+    )
     return result

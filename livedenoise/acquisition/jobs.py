@@ -196,13 +196,17 @@ class JobManager:
             if j is None:
                 continue
             if j.ctx.cancel.is_set():
-                self._set(j, state="failed", error="cancelled before it started (the daemon is stopping)",
-                          t_finished=time.time())  # fmt: skip
+                self._set(
+                    j,
+                    state="failed",
+                    error="cancelled before it started (the daemon is stopping)",
+                    t_finished=time.time(),
+                )
                 continue
             self._set(j, state="running", t_started=time.time())
             try:
                 result = j.fn(j.ctx, **j.args)
-            except BaseException as exc:  # noqa: BLE001 (a job never kills the worker)
+            except BaseException as exc:
                 log.error("job %s (%s) failed: %s", job_id, j.ctx.kind, exc)
                 self._set(j, state="failed", error=str(exc) or type(exc).__name__, t_finished=time.time())
             else:
@@ -212,7 +216,11 @@ class JobManager:
         with self._changed:
             for j in self._jobs.values():
                 if j.state == "queued":
-                    j.state, j.error, j.t_finished = "failed", "the daemon stopped before the job started", time.time()
+                    j.state, j.error, j.t_finished = (
+                        "failed",
+                        "the daemon stopped before the job started",
+                        time.time(),
+                    )
             self._changed.notify_all()
 
 
@@ -257,15 +265,25 @@ def _collect_job(
         ctx.progress(stage="collecting")
         try:
             result = collect_pairs(
-                core, request.output,
-                short_ms=request.short_ms, long_ms=request.long_ms, pairs=request.pairs,
-                shorts_per_pair=request.shorts_per_pair, positions=positions,
-                calibration=calibration, calibration_file=calibration_file,
+                core,
+                request.output,
+                short_ms=request.short_ms,
+                long_ms=request.long_ms,
+                pairs=request.pairs,
+                shorts_per_pair=request.shorts_per_pair,
+                positions=positions,
+                calibration=calibration,
+                calibration_file=calibration_file,
                 progress=lambda done, total: ctx.progress(pairs_done=done, pairs_total=total),
-                cancel=ctx.cancel, stop_when=daemon_stopped,
-            )  # fmt: skip
+                cancel=ctx.cancel,
+                stop_when=daemon_stopped,
+            )
         except CollectCancelled as exc:
-            why = "the daemon stopped during the collection" if daemon_stopped() or ctx.cancel.is_set() else "cancelled"
+            why = (
+                "the daemon stopped during the collection"
+                if daemon_stopped() or ctx.cancel.is_set()
+                else "cancelled"
+            )
             raise RuntimeError(f"{why}: {exc}") from exc
     finally:
         if was_streaming and not daemon_stopped():
@@ -307,35 +325,61 @@ def install_pair_commands(
     def collect_pairs(req: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(req) - _COLLECT_KEYS)
         if unknown:
-            return {"ok": False, "error": f"collect_pairs got unknown argument(s) {', '.join(unknown)}; "
-                    f"known: {', '.join(sorted(_COLLECT_KEYS - {'cmd'}))}"}  # fmt: skip
+            return {
+                "ok": False,
+                "error": f"collect_pairs got unknown argument(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(_COLLECT_KEYS - {'cmd'}))}",
+            }
         try:
-            request = validate_request(req.get("short_ms"), req.get("long_ms"), req.get("pairs"),
-                                       req.get("output"), req.get("shorts_per_pair", 1))  # fmt: skip
+            request = validate_request(
+                req.get("short_ms"),
+                req.get("long_ms"),
+                req.get("pairs"),
+                req.get("output"),
+                req.get("shorts_per_pair", 1),
+            )
             spec = req.get("positions", "current")
             if not isinstance(spec, str):
-                raise PairsError(f"positions must be a string ('current', 'grid NxM STEP_UM', 'list FILE'), got {spec!r}")
+                raise PairsError(
+                    f"positions must be a string ('current', 'grid NxM STEP_UM', 'list FILE'), got {spec!r}"
+                )
             positions = parse_positions(spec, core)
             parent = request.output if request.output.exists() else request.output.parent
             if not parent.is_dir():
-                raise PairsError(f"output folder's parent {parent} does not exist; create it or choose another output")
+                raise PairsError(
+                    f"output folder's parent {parent} does not exist; create it or choose another output"
+                )
         except PairsError as exc:
             return {"ok": False, "error": str(exc)}
         cal = calibration if calibration is not None else getattr(pipeline, "calibration", None)
         if cal is None:
-            return {"ok": False, "error": "the daemon has no calibration to record with the pairs; start it with --calibration"}
+            return {
+                "ok": False,
+                "error": "the daemon has no calibration to record with the pairs; start it with --calibration",
+            }
         cal_file = calibration_file or cal.meta.get("path")
         if cal_file is not None and not Path(cal_file).is_file():
             cal_file = None
-        job_id = jobs.submit("collect_pairs", _collect_job, request=request, positions=positions,
-                             pipeline=pipeline, core=core, calibration=cal, calibration_file=cal_file)  # fmt: skip
+        job_id = jobs.submit(
+            "collect_pairs",
+            _collect_job,
+            request=request,
+            positions=positions,
+            pipeline=pipeline,
+            core=core,
+            calibration=cal,
+            calibration_file=cal_file,
+        )
         return {"id": job_id, "state": "queued"}
 
     def job(req: dict[str, Any]) -> dict[str, Any]:
         job_id = req.get("id")
         if not isinstance(job_id, str):
             known = ", ".join(j["id"] for j in jobs.jobs()) or "none"
-            return {"ok": False, "error": f"job needs an 'id' string (from collect_pairs); known jobs: {known}"}
+            return {
+                "ok": False,
+                "error": f"job needs an 'id' string (from collect_pairs); known jobs: {known}",
+            }
         try:
             return jobs.job(job_id)
         except KeyError as exc:
@@ -343,4 +387,3 @@ def install_pair_commands(
 
     server.register("collect_pairs", collect_pairs)
     server.register("job", job)
-

@@ -31,7 +31,7 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +180,7 @@ def check_pair(
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def _write_tiff(path: Path, array: np.ndarray, description: str) -> None:
@@ -191,7 +191,12 @@ def _write_tiff(path: Path, array: np.ndarray, description: str) -> None:
 
 
 def _camera_key(camera: Mapping[str, Any]) -> tuple[Any, ...]:
-    return (camera.get("label"), tuple(camera.get("shape") or ()), camera.get("binning"), tuple(camera.get("roi") or ()))
+    return (
+        camera.get("label"),
+        tuple(camera.get("shape") or ()),
+        camera.get("binning"),
+        tuple(camera.get("roi") or ()),
+    )
 
 
 def _calibrations(cal: Calibration, camera: Mapping[str, Any]) -> tuple[Calibration, Calibration]:
@@ -206,9 +211,12 @@ def _calibrations(cal: Calibration, camera: Mapping[str, Any]) -> tuple[Calibrat
         return cal, cal
     if cal.meta.get("source") == "nominal":
         nominal = Calibration.uniform(
-            (h, w), offset_adu=float(cal.offset_adu.flat[0]), gain_adu_per_e=float(cal.gain_adu_per_e.flat[0]),
-            read_var_e2=float(cal.read_var_e2.flat[0]), camera=cal.meta.get("camera"),
-        )  # fmt: skip
+            (h, w),
+            offset_adu=float(cal.offset_adu.flat[0]),
+            gain_adu_per_e=float(cal.gain_adu_per_e.flat[0]),
+            read_var_e2=float(cal.read_var_e2.flat[0]),
+            camera=cal.meta.get("camera"),
+        )
         return nominal, nominal
     x, y, rw, rh = camera.get("roi") or (0, 0, w, h)
     frame_cal = cal.for_roi(int(x), int(y), int(rw), int(rh), int(camera.get("binning", 1)))
@@ -374,9 +382,13 @@ class PairWriter:
             )
         ratio = float(long_exposure_ms) / float(short_exposure_ms)
         quality, flags = check_pair(
-            self.to_e(short_adu), self.to_e(long_adu), long_adu,
-            exposure_ratio=ratio, max_adu=self.max_adu, thresholds=self.thresholds,
-        )  # fmt: skip
+            self.to_e(short_adu),
+            self.to_e(long_adu),
+            long_adu,
+            exposure_ratio=ratio,
+            max_adu=self.max_adu,
+            thresholds=self.thresholds,
+        )
         if self.index is None:
             self.index = self._create()
         index = self.index
@@ -404,8 +416,9 @@ class PairWriter:
                 final = self.path / names[role]
                 tmp = final.with_name("." + final.name + ".part")
                 written.append(tmp)
-                desc = json.dumps({"livedenoise_pair": pair_id, "role": role,
-                                   "exposure_ms": entry[f"{role}_exposure_ms"]})  # fmt: skip
+                desc = json.dumps(
+                    {"livedenoise_pair": pair_id, "role": role, "exposure_ms": entry[f"{role}_exposure_ms"]}
+                )
                 _write_tiff(tmp, arr, desc)
             for role in ("short", "long"):
                 final = self.path / names[role]
@@ -462,7 +475,9 @@ class PairDataset:
             raise PairsError(f"{index_path} is not valid JSON ({exc}); the dataset index is damaged") from exc
         version = index.get("livedenoise_pairs") if isinstance(index, dict) else None
         if version is None:
-            raise PairsError(f"{index_path} is not a livedenoise paired-dataset index (no 'livedenoise_pairs' key)")
+            raise PairsError(
+                f"{index_path} is not a livedenoise paired-dataset index (no 'livedenoise_pairs' key)"
+            )
         if version != FORMAT_VERSION:
             raise PairsError(
                 f"{index_path} is paired-dataset format {version!r}; this livedenoise reads "
@@ -474,14 +489,20 @@ class PairDataset:
         listed = {self.path / p[r] for p in self.pairs for r in ("short", "long")}
         missing = [p for p in sorted(listed) if not p.is_file()]
         if missing:
-            raise PairsError(f"{self.path}: the index lists frames that are missing: {', '.join(map(str, missing[:5]))}")
+            raise PairsError(
+                f"{self.path}: the index lists frames that are missing: {', '.join(map(str, missing[:5]))}"
+            )
         self.stray: list[Path] = []
         for p in sorted(self.path.rglob("*")):
             if p.is_file() and p not in listed and p.name not in (INDEX_NAME, CALIBRATION_NAME):
                 self.stray.append(p)
         if self.stray:
-            log.warning("%s: ignoring %d file(s) the index does not list (an interrupted write?): %s",
-                        self.path, len(self.stray), ", ".join(p.name for p in self.stray[:5]))  # fmt: skip
+            log.warning(
+                "%s: ignoring %d file(s) the index does not list (an interrupted write?): %s",
+                self.path,
+                len(self.stray),
+                ", ".join(p.name for p in self.stray[:5]),
+            )
         self._calibration: Calibration | None = None
         self._converter: PhotonConverter | None = None
 

@@ -13,6 +13,7 @@ subscriber gaps, latency p50/p99 per stage and end to end (ms), and the machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -107,7 +108,9 @@ def _frames(size: int, n: int, rng: np.random.Generator, offset_adu: float, gain
     stack = np.empty((n, size, size), np.uint16)
     for i in range(n):
         e = rng.poisson(scene).astype(np.float32)
-        stack[i] = np.clip(offset_adu + gain * e + rng.normal(0, 1.5, scene.shape), 0, 65535).astype(np.uint16)
+        stack[i] = np.clip(offset_adu + gain * e + rng.normal(0, 1.5, scene.shape), 0, 65535).astype(
+            np.uint16
+        )
     return stack
 
 
@@ -184,8 +187,18 @@ class _SubscriberProcess:
     """
 
     def __init__(self, endpoint: str, topics: tuple[str, ...] = ("raw", "denoised")) -> None:
-        self.cmd = [sys.executable, "-m", "livedenoise", "-q", "subscribe", "--endpoint", endpoint,
-                    "--topics", ",".join(topics), "--json"]  # fmt: skip
+        self.cmd = [
+            sys.executable,
+            "-m",
+            "livedenoise",
+            "-q",
+            "subscribe",
+            "--endpoint",
+            endpoint,
+            "--topics",
+            ",".join(topics),
+            "--json",
+        ]
         self.n_latency = 0  # the subscriber keeps its own window; kept for the common interface
         self._latency: dict[str, float | None] = {"p50": None, "p99": None}
         self._snapshot: tuple[float, dict[str, int], int] = (time.time(), {"raw": 0, "denoised": 0}, 0)
@@ -195,7 +208,7 @@ class _SubscriberProcess:
         self.stop = self  # ``stop.set()`` as on the thread
 
     def start(self) -> None:
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (held open for the subprocess, closed in stop)
         self._proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
         self._reader = threading.Thread(target=self._read, name="bench-subscriber-reader", daemon=True)
         self._reader.start()
@@ -283,8 +296,8 @@ def bench_pipeline(
         raise ValueError(f"subscriber must be 'thread' or 'process', got {subscriber!r}")
     from livedenoise.live.memory import keep_freed_memory
     from livedenoise.live.pipeline import Pipeline
-    from livedenoise.transport.publisher import Publisher
     from livedenoise.live.sources import CoreSource
+    from livedenoise.transport.publisher import Publisher
 
     keep_freed_memory()  # as the daemon and `livedenoise subscribe` do
 
@@ -299,17 +312,23 @@ def bench_pipeline(
         meta={"source": "bench", "camera": "Camera"},
     )
     publisher = Publisher(endpoint, sndhwm=100)
-    sub: Any = (_SubscriberThread if subscriber == "thread" else _SubscriberProcess)(publisher.endpoint, topics)
+    sub: Any = (_SubscriberThread if subscriber == "thread" else _SubscriberProcess)(
+        publisher.endpoint, topics
+    )
     pipe: Any = None
     try:
         sub.start()
         deadline = time.monotonic() + (5.0 if subscriber == "thread" else 60.0)
         while not all(publisher.has_subscribers(t) for t in topics):
             if time.monotonic() > deadline or not sub.is_alive():
-                raise RuntimeError(f"the benchmark subscriber ({subscriber}) did not connect in time: "
-                                   f"{sub.describe_failure()}")  # fmt: skip
+                raise RuntimeError(
+                    f"the benchmark subscriber ({subscriber}) did not connect in time: "
+                    f"{sub.describe_failure()}"
+                )
             time.sleep(0.01)
-        config = PipelineConfig(ring_slots=ring_slots, pub_endpoint=publisher.endpoint, control_endpoint="inproc://bench")
+        config = PipelineConfig(
+            ring_slots=ring_slots, pub_endpoint=publisher.endpoint, control_endpoint="inproc://bench"
+        )
         pipe = Pipeline(CoreSource(core), engine, publisher, cal, config)
         pipe.start()
         # the warm-up starts with the first frame: making buffers resident comes before it
@@ -340,11 +359,11 @@ def bench_pipeline(
         sub.stop.set()
         sub.join(5.0)
         publisher.close()
-        try:
+        with contextlib.suppress(Exception):
             core.unloadAllDevices()
-        except Exception:
-            pass
-    sub_s = max(snap1[0] - snap0[0], 1e-9)  # the subscriber's own window (a separate process reports once a second)
+    sub_s = max(
+        snap1[0] - snap0[0], 1e-9
+    )  # the subscriber's own window (a separate process reports once a second)
     received = snap1[1]["denoised"] - snap0[1]["denoised"]
     return BenchResult(
         size=size,
@@ -395,9 +414,15 @@ def run_bench(
                 progress(f"bench: {kind} at {size}x{size}, camera {camera_fps:g} fps, {seconds:g} s ...")
             try:
                 res = bench_pipeline(
-                    size, engine, seconds=seconds, camera_fps=camera_fps, ring_slots=ring_slots,
-                    endpoint=endpoint, topics=topics, subscriber=subscriber,
-                )  # fmt: skip
+                    size,
+                    engine,
+                    seconds=seconds,
+                    camera_fps=camera_fps,
+                    ring_slots=ring_slots,
+                    endpoint=endpoint,
+                    topics=topics,
+                    subscriber=subscriber,
+                )
             finally:
                 engine.close()
             results.append(res.as_dict())
@@ -419,9 +444,16 @@ def markdown_table(report: dict[str, Any]) -> str:
 
     for r in report["results"]:
         row = [
-            f"{r['size']}²", r["engine"], f"{r['transport']} ({'+'.join(r['topics'])}){', subscriber process' if r.get('subscriber') == 'process' else ''}", f"{r['camera_fps']:g}", f"{r['fps_acquired']:.1f}",
-            f"{r['fps_restored']:.1f}", f"{r['fps_received']:.1f}", str(r["dropped"]), str(r["subscriber_gaps"]),
-        ]  # fmt: skip
+            f"{r['size']}²",
+            r["engine"],
+            f"{r['transport']} ({'+'.join(r['topics'])}){', subscriber process' if r.get('subscriber') == 'process' else ''}",
+            f"{r['camera_fps']:g}",
+            f"{r['fps_acquired']:.1f}",
+            f"{r['fps_restored']:.1f}",
+            f"{r['fps_received']:.1f}",
+            str(r["dropped"]),
+            str(r["subscriber_gaps"]),
+        ]
         row += [pair(r["latency_ms"][s]) for s in STAGES]
         row += [pair(r["subscriber_latency_ms"])]
         lines.append("| " + " | ".join(row) + " |")

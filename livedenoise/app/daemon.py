@@ -69,7 +69,11 @@ class QualitySampler:
         if truth is None or now - self._last < self.interval_s:
             return
         self._last = now
-        self.latest = {"raw": float(self._psnr(e, truth)), "restored": float(self._psnr(restored, truth)), "frame": frame}
+        self.latest = {
+            "raw": float(self._psnr(e, truth)),
+            "restored": float(self._psnr(restored, truth)),
+            "frame": frame,
+        }
         self.samples += 1
 
 
@@ -141,7 +145,11 @@ def run_live(
                 if pipeline.wait(wait):
                     break
                 status = pipeline.status()
-                print(format_line(status, sampler.latest if sampler else None, recent(status)), file=out, flush=True)
+                print(
+                    format_line(status, sampler.latest if sampler else None, recent(status)),
+                    file=out,
+                    flush=True,
+                )
                 if deadline is not None and time.monotonic() >= deadline:
                     break
         except KeyboardInterrupt:

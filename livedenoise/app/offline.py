@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +28,16 @@ from livedenoise.calibration.maps import Calibration, CalibrationError, PhotonCo
 if TYPE_CHECKING:  # pragma: no cover
     from livedenoise.inference.engines import Engine
 
-__all__ = ["RESTORED_SCHEMA", "DenoiseReport", "InputError", "denoise_array", "denoise_file", "read_raw_stack",
-           "match_calibration", "validate_raw"]  # fmt: skip
+__all__ = [
+    "RESTORED_SCHEMA",
+    "DenoiseReport",
+    "InputError",
+    "denoise_array",
+    "denoise_file",
+    "match_calibration",
+    "read_raw_stack",
+    "validate_raw",
+]
 
 log = logging.getLogger("livedenoise")
 
@@ -104,8 +112,10 @@ def read_raw_stack(path: str | os.PathLike[str]) -> np.ndarray:
             axes = series.axes
             raw = series.asarray()
     except Exception as exc:  # tifffile raises many types on corrupt or non-TIFF files
-        raise InputError(f"cannot read {path} as a TIFF ({type(exc).__name__}: {exc}); expected a uint16 "
-                         "TIFF of raw camera frames") from exc  # fmt: skip
+        raise InputError(
+            f"cannot read {path} as a TIFF ({type(exc).__name__}: {exc}); expected a uint16 "
+            "TIFF of raw camera frames"
+        ) from exc
     if raw.ndim == 3 and axes.endswith("S") and raw.shape[-1] in (3, 4):
         raise InputError(f"{path} is an RGB image ({raw.shape}); expected monochrome uint16 camera frames")
     validate_raw(raw, str(path))
@@ -187,7 +197,9 @@ def denoise_array(
     frame_e = np.empty((h, w), np.float32)
     report = DenoiseReport(shape=tuple(raw.shape), frames=t_frames)
     t0 = time.perf_counter()
-    bar = tqdm(range(t_frames), desc="denoise", unit="frame", disable=None if progress is None else not progress)
+    bar = tqdm(
+        range(t_frames), desc="denoise", unit="frame", disable=None if progress is None else not progress
+    )
     for i in bar:
         n_sat = int(np.count_nonzero(stack[i] >= saturation_adu))
         if n_sat:
@@ -203,8 +215,9 @@ def denoise_array(
     report.seconds = time.perf_counter() - t0
     report.tiles_per_frame = restorer.n_tiles
     if report.saturated_pixels:
-        msg = SATURATION_WARNING.format(n=report.saturated_pixels, sat=saturation_adu,
-                                        f=len(report.saturated_per_frame))  # fmt: skip
+        msg = SATURATION_WARNING.format(
+            n=report.saturated_pixels, sat=saturation_adu, f=len(report.saturated_per_frame)
+        )
         report.warnings.append(msg)
         log.warning("%s", msg)
     return (out if raw.ndim == 3 else out[0]), report
@@ -250,7 +263,9 @@ def denoise_file(
 
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.exists() and output_path.is_dir():
-        raise InputError(f"output {output_path} is a folder; give a file name such as {output_path / 'restored.tif'}")
+        raise InputError(
+            f"output {output_path} is a folder; give a file name such as {output_path / 'restored.tif'}"
+        )
     if output_path.exists() and input_path.exists() and output_path.resolve() == input_path.resolve():
         raise InputError("the output would overwrite the input; choose another -o")
     out_dir = output_path.parent if str(output_path.parent) else Path(".")
@@ -260,14 +275,15 @@ def denoise_file(
     else:
         validate_raw(raw, str(input_path))
     cal = match_calibration(calibration, raw.shape[-2:], roi=roi, binning=binning)
-    restored, report = denoise_array(raw, cal, engine, tile=tile, overlap=overlap,
-                                     saturation_adu=saturation_adu, progress=progress)  # fmt: skip
+    restored, report = denoise_array(
+        raw, cal, engine, tile=tile, overlap=overlap, saturation_adu=saturation_adu, progress=progress
+    )
     meta: dict[str, Any] = {
         "axes": "TYX" if raw.ndim == 3 else "YX",
         "schema": RESTORED_SCHEMA,
         "livedenoise": __version__,
         "units": "photoelectrons",
-        "created": datetime.now(timezone.utc).isoformat(),
+        "created": datetime.now(UTC).isoformat(),
         "input": input_path.name,
         **_model_info(engine),
         "engine": engine.describe(),
@@ -284,6 +300,11 @@ def denoise_file(
     }
     with atomic_path(output_path, "restored TIFF") as tmp:
         tifffile.imwrite(tmp, restored, photometric="minisblack", metadata=meta)
-    log.info("wrote %s: %s float32 photoelectrons, %d frame(s) in %.2f s", output_path,
-             "×".join(map(str, restored.shape)), report.frames, report.seconds)  # fmt: skip
+    log.info(
+        "wrote %s: %s float32 photoelectrons, %d frame(s) in %.2f s",
+        output_path,
+        "×".join(map(str, restored.shape)),
+        report.frames,
+        report.seconds,
+    )
     return report

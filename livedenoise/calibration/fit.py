@@ -23,7 +23,7 @@ import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,8 @@ __all__ = [
     "DefectThresholds",
     "LevelStats",
     "MomentAccumulator",
-    "check_level_counts",
     "check_flat_level",
+    "check_level_counts",
     "fit_calibration",
 ]
 
@@ -148,7 +148,9 @@ class MomentAccumulator:
     def finish(self, exposure_ms: float | None = None, **info: Any) -> LevelStats:
         """The per-pixel mean and variance of what was added (needs >= 2 frames)."""
         if self.n < 2:
-            raise CalibrationError(f"{self.label or 'stack'}: {self.n} frame(s); a variance needs many. {ADVICE}")
+            raise CalibrationError(
+                f"{self.label or 'stack'}: {self.n} frame(s); a variance needs many. {ADVICE}"
+            )
         d = self._s1 / self.n
         var = (self._s2 - self.n * d * d) / (self.n - 1)
         np.maximum(var, 0.0, out=var)
@@ -192,7 +194,9 @@ def check_level_counts(n_dark: int, n_flats: Sequence[int]) -> list[str]:
     if len(n_flats) < RECOMMENDED_LEVELS:
         warnings.append(f"only {len(n_flats)} flat levels (>= {RECOMMENDED_LEVELS} recommended)")
     if min(n_flats) < RECOMMENDED_FLAT_FRAMES:
-        warnings.append(f"a flat level has only {min(n_flats)} frames (>= {RECOMMENDED_FLAT_FRAMES} recommended)")
+        warnings.append(
+            f"a flat level has only {min(n_flats)} frames (>= {RECOMMENDED_FLAT_FRAMES} recommended)"
+        )
     for w in warnings:
         log.warning("calibration: %s; the per-pixel maps will be noisy", w)
     return warnings
@@ -239,7 +243,13 @@ def check_flat_level(
             f"photon-transfer fit (need >= {min_signal_e:g} e-); raise the light or lengthen "
             "the exposure of this level (aim for ~10 e- at the dimmest level)"
         )
-    return {"signal_adu": x, "var_adu2": v, "gain_adu_per_e": gain, "signal_e": signal_e, "saturated_fraction": frac}
+    return {
+        "signal_adu": x,
+        "var_adu2": v,
+        "gain_adu_per_e": gain,
+        "signal_e": signal_e,
+        "saturated_fraction": frac,
+    }
 
 
 # -- the fit ------------------------------------------------------------------------------
@@ -314,8 +324,15 @@ def _robust_sd(a: np.ndarray) -> float:
 
 
 def _fit_gain(
-    x: np.ndarray, v: np.ndarray, ok: np.ndarray, n_l: np.ndarray, dvar: np.ndarray, n_dark: int,
-    *, weighted: bool, iterations: int
+    x: np.ndarray,
+    v: np.ndarray,
+    ok: np.ndarray,
+    n_l: np.ndarray,
+    dvar: np.ndarray,
+    n_dark: int,
+    *,
+    weighted: bool,
+    iterations: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-pixel slope through the origin of ``v`` (L, ...) against ``x`` (L, ...).
 
@@ -444,7 +461,9 @@ def fit_calibration(
     dvar_all = dark.var_adu2.astype(np.float64)
     valid = np.isfinite(gain) & (gain > 0)
     if not np.any(valid):
-        raise CalibrationError("no pixel has a positive gain; are the flats lit and the darks dark? " + ADVICE)
+        raise CalibrationError(
+            "no pixel has a positive gain; are the flats lit and the darks dark? " + ADVICE
+        )
     gmed = float(np.median(gain[valid]))
 
     # -- defects --------------------------------------------------------------------------
@@ -491,7 +510,9 @@ def fit_calibration(
                 "frames": f.n,
                 "exposure_ms": f.exposure_ms,
                 "signal_adu": float(np.median(xl[good])) if good.any() else c["signal_adu"],
-                "variance_adu2": float(np.median(f.var_adu2[good])) if good.any() else c["var_adu2"] + dark_sd**2,
+                "variance_adu2": float(np.median(f.var_adu2[good]))
+                if good.any()
+                else c["var_adu2"] + dark_sd**2,
                 "mean_e": float(np.mean(xl / gain_fixed)),
                 "saturated_fraction": c["saturated_fraction"],
                 **{k: v for k, v in f.info.items() if isinstance(v, (int, float, str))},
@@ -499,7 +520,9 @@ def fit_calibration(
         )
     rel_se = stderr[good] / gain[good] if good.any() else stderr / gmed
     fit_quality = {
-        "method": "photon transfer, weighted least squares through the origin" if weighted else "photon transfer, ordinary least squares through the origin",
+        "method": "photon transfer, weighted least squares through the origin"
+        if weighted
+        else "photon transfer, ordinary least squares through the origin",
         "iterations": iterations if weighted else 0,
         "gain_rel_stderr_median": float(np.nanmedian(rel_se)),
         "gain_rel_stderr_p95": float(np.nanpercentile(rel_se, 95)),
@@ -520,7 +543,7 @@ def fit_calibration(
     }
     meta: dict[str, Any] = {
         "camera": camera,
-        "created": datetime.now(timezone.utc).isoformat(),
+        "created": datetime.now(UTC).isoformat(),
         "source": "livedenoise calibrate (photon transfer)",
         "summary": summary,
         "fit_quality": fit_quality,
@@ -542,16 +565,24 @@ def fit_calibration(
     if roi is not None:
         x0, y0, rw, rh = (int(a) for a in roi)
         meta["sensor_roi"] = {
-            "x": x0, "y": y0, "width": rw, "height": rh,
+            "x": x0,
+            "y": y0,
+            "width": rw,
+            "height": rh,
             "note": "partial calibration: these maps cover only this region of the sensor",
-        }  # fmt: skip
+        }
     if extra_meta:
         meta.update(extra_meta)
-    cal = Calibration(offset.astype(np.float32), gain_fixed.astype(np.float32), read_var_e2.astype(np.float32), meta=meta)
+    cal = Calibration(
+        offset.astype(np.float32), gain_fixed.astype(np.float32), read_var_e2.astype(np.float32), meta=meta
+    )
     log.info(
         "calibration: gain %.4g ADU/e- (median), read noise %.3g e-, offset %.5g ADU, %d defective pixels",
-        gmed, rn_med, off_med, counts["any"],
-    )  # fmt: skip
+        gmed,
+        rn_med,
+        off_med,
+        counts["any"],
+    )
     return CalibrationFit(
         calibration=cal,
         summary=summary,
@@ -563,8 +594,14 @@ def fit_calibration(
     )
 
 
-def stats_from_frames(frames: Iterable[np.ndarray], shape: tuple[int, int], *, label: str = "",
-                      saturation_adu: float = 65535, exposure_ms: float | None = None) -> LevelStats:  # fmt: skip
+def stats_from_frames(
+    frames: Iterable[np.ndarray],
+    shape: tuple[int, int],
+    *,
+    label: str = "",
+    saturation_adu: float = 65535,
+    exposure_ms: float | None = None,
+) -> LevelStats:
     """Accumulate an iterable of frames (or chunks) into :class:`LevelStats`."""
     acc = MomentAccumulator(shape, saturation_adu=saturation_adu, label=label)
     for f in frames:
@@ -655,7 +692,9 @@ def accumulate_tiff(
         if progress is not None:
             progress.update(1)
     if acc.n != info.n:
-        raise CalibrationError(f"{info.path}: read {acc.n} frames, its header says {info.n}; is the file truncated?")
+        raise CalibrationError(
+            f"{info.path}: read {acc.n} frames, its header says {info.n}; is the file truncated?"
+        )
     return acc.finish()
 
 
@@ -684,7 +723,9 @@ def calibrate_files(
         if target is None:
             continue
         if target.is_dir():
-            raise CalibrationError(f"the {what} output {target} is a folder; give a file name (e.g. {target / 'cal.tif'})")
+            raise CalibrationError(
+                f"the {what} output {target} is a folder; give a file name (e.g. {target / 'cal.tif'})"
+            )
         check_writable_dir(target.parent if str(target.parent) else Path("."), what)
     d = stack_info(dark, "dark stack")
     fl = [stack_info(f, f"flat stack {i + 1}") for i, f in enumerate(flats)]

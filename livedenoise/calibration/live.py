@@ -96,7 +96,9 @@ class CameraSettings:
         self.core = core
         self.camera = core.getCameraDevice()
         if not self.camera:
-            raise CalibrationError("no camera in this configuration (Core-Camera is empty); load a configuration with a camera")
+            raise CalibrationError(
+                "no camera in this configuration (Core-Camera is empty); load a configuration with a camera"
+            )
         self.shutter = core.getShutterDevice()
         self.exposure_ms = core.getExposure()
         self.auto_shutter = core.getAutoShutter()
@@ -223,7 +225,9 @@ class _Knob:
             try:
                 self.value = float(core.getProperty(dev, p))
             except ValueError as exc:
-                raise CalibrationError(f"--light-property {dev},{p} is not numeric; give --light-values") from exc
+                raise CalibrationError(
+                    f"--light-property {dev},{p} is not numeric; give --light-values"
+                ) from exc
             self.lo, self.hi = 0.0, float("inf")
             if core.hasPropertyLimits(dev, p):
                 self.lo, self.hi = core.getPropertyLowerLimit(dev, p), core.getPropertyUpperLimit(dev, p)
@@ -251,7 +255,9 @@ def _probe(core: Any, dark: LevelStats, sat: float, opts: LiveOptions) -> dict[s
     return check_flat_level(st, dark, min_signal_e=0.0, max_saturated_fraction=1.0)
 
 
-def _plan(core: Any, knob: _Knob, dark: LevelStats, sat: float, opts: LiveOptions) -> tuple[list[float], dict]:
+def _plan(
+    core: Any, knob: _Knob, dark: LevelStats, sat: float, opts: LiveOptions
+) -> tuple[list[float], dict]:
     """Knob values for the levels, from a probe (adapting the knob until the probe is usable)."""
     info: dict[str, Any] = {}
     for _ in range(8):
@@ -272,7 +278,9 @@ def _plan(core: Any, knob: _Knob, dark: LevelStats, sat: float, opts: LiveOption
         lo_e, hi_e = opts.signal_e
         # keep the brightest level's mean + 5 sd below 90 % of saturation
         room_adu = 0.9 * sat - float(np.median(dark.mean_adu))
-        while hi_e > lo_e and g * hi_e + 5 * np.sqrt(g * g * hi_e + float(np.median(dark.var_adu2))) > room_adu:
+        while (
+            hi_e > lo_e and g * hi_e + 5 * np.sqrt(g * g * hi_e + float(np.median(dark.var_adu2))) > room_adu
+        ):
             hi_e *= 0.8
         if hi_e < opts.signal_e[1]:
             info["brightest_level_lowered_to_e"] = hi_e
@@ -303,8 +311,17 @@ def _plan(core: Any, knob: _Knob, dark: LevelStats, sat: float, opts: LiveOption
     )
 
 
-def _flat_level(core: Any, knob: _Knob, value: float, dark: LevelStats, sat: float, i: int, bar: Any,
-                opts: LiveOptions, adapt: bool) -> LevelStats:  # fmt: skip
+def _flat_level(
+    core: Any,
+    knob: _Knob,
+    value: float,
+    dark: LevelStats,
+    sat: float,
+    i: int,
+    bar: Any,
+    opts: LiveOptions,
+    adapt: bool,
+) -> LevelStats:
     """One flat level: a quick check (adapting the knob if allowed), then the full acquisition."""
     for _ in range(6):
         knob.set(value)
@@ -327,8 +344,18 @@ def _flat_level(core: Any, knob: _Knob, value: float, dark: LevelStats, sat: flo
             continue
         break
     label = f"level {i + 1} ({knob.name} {knob.value:.4g})"
-    st = _stats(core, opts.frames, label, sat, bar, opts, **({} if knob.name == "exposure_ms" else {knob.name: knob.value}))
-    check_flat_level(st, dark, min_signal_e=opts.min_signal_e, max_saturated_fraction=opts.max_saturated_fraction)
+    st = _stats(
+        core,
+        opts.frames,
+        label,
+        sat,
+        bar,
+        opts,
+        **({} if knob.name == "exposure_ms" else {knob.name: knob.value}),
+    )
+    check_flat_level(
+        st, dark, min_signal_e=opts.min_signal_e, max_saturated_fraction=opts.max_saturated_fraction
+    )
     return st
 
 
@@ -379,7 +406,9 @@ def calibrate_live(
         opts = LiveOptions(**{**opts.__dict__, "levels": len(opts.light_values)})
         check_level_counts(opts.darks, [opts.frames] * opts.levels)
     if core.isSequenceRunning():
-        raise CalibrationError("the camera is acquiring (a live stream or sequence is running); stop it first")
+        raise CalibrationError(
+            "the camera is acquiring (a live stream or sequence is running); stop it first"
+        )
 
     from tqdm import tqdm
 
@@ -399,7 +428,9 @@ def calibrate_live(
             st.set_property(dev, prop, value)
         if core.hasProperty(cam, "Binning") and _binning(core.getProperty(cam, "Binning")) != 1:
             if core.isPropertyReadOnly(cam, "Binning"):
-                raise CalibrationError("the camera is binned and its Binning is read-only; calibrate unbinned")
+                raise CalibrationError(
+                    "the camera is binned and its Binning is read-only; calibrate unbinned"
+                )
             st.set_property(cam, "Binning", "1")
         core.clearROI()
         if opts.roi is not None:
@@ -439,9 +470,14 @@ def calibrate_live(
             }
         }
         fit = fit_calibration(
-            dark, flats, camera=name, roi=opts.roi, min_signal_e=opts.min_signal_e,
-            max_saturated_fraction=opts.max_saturated_fraction, extra_meta=live_meta,
-        )  # fmt: skip
+            dark,
+            flats,
+            camera=name,
+            roi=opts.roi,
+            min_signal_e=opts.min_signal_e,
+            max_saturated_fraction=opts.max_saturated_fraction,
+            extra_meta=live_meta,
+        )
     if output is not None:
         write_calibration(output, fit.calibration)
     if report is not None:
@@ -490,4 +526,3 @@ def calibrate_live_config(
     """Load a Micro-Manager configuration and run :func:`calibrate_live` on its camera."""
     with _loaded_core(config, seed) as core:
         return calibrate_live(core, output, options=options, report=report, camera=camera, progress=progress)
-

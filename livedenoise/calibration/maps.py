@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,7 @@ class Calibration:
         h, w = shape
         meta = {
             "camera": camera,
-            "created": datetime.now(timezone.utc).isoformat(),
+            "created": datetime.now(UTC).isoformat(),
             "source": source,
             "id": f"nominal-g{gain_adu_per_e:g}-o{offset_adu:g}",
         }
@@ -223,20 +223,19 @@ def write_calibration(path: str | os.PathLike[str], cal: Calibration, **extra_me
         "livedenoise_calibration": FORMAT_VERSION,
         "pages": list(PAGES),
         "camera": cal.meta.get("camera"),
-        "created": cal.meta.get("created") or datetime.now(timezone.utc).isoformat(),
+        "created": cal.meta.get("created") or datetime.now(UTC).isoformat(),
     }
     meta.update({k: v for k, v in cal.meta.items() if k not in meta})
     meta.update(extra_meta)
     description = json.dumps(meta, default=json_default)
-    with atomic_path(path, "calibration") as tmp:
-        with tifffile.TiffWriter(tmp) as tw:
-            for i, name in enumerate(PAGES):
-                tw.write(
-                    getattr(cal, name),
-                    photometric="minisblack",
-                    description=description if i == 0 else None,
-                    metadata=None,
-                )
+    with atomic_path(path, "calibration") as tmp, tifffile.TiffWriter(tmp) as tw:
+        for i, name in enumerate(PAGES):
+            tw.write(
+                getattr(cal, name),
+                photometric="minisblack",
+                description=description if i == 0 else None,
+                metadata=None,
+            )
     return path
 
 

@@ -64,10 +64,18 @@ def write_report(fit: CalibrationFit, path: str | os.PathLike[str], *, dpi: int 
     xs = np.geomspace(max(min(x.min(), dv / gmed) / 3, 1e-3), x.max() * 2, 200)
     ax.loglog(xs, dv + gmed * xs, color="C0", lw=1.5, label=f"fit: var = read var + {gmed:.3g}·signal")
     ax.loglog(xs, gmed * xs, color="C0", lw=0.8, ls=":", label="shot noise only (slope 1)")
-    ax.axhline(dv, color="C3", lw=1, ls="--", label=f"read-noise floor {dv:.3g} ADU² ({s['read_noise_e_median']:.2f} e⁻)")
+    ax.axhline(
+        dv,
+        color="C3",
+        lw=1,
+        ls="--",
+        label=f"read-noise floor {dv:.3g} ADU² ({s['read_noise_e_median']:.2f} e⁻)",
+    )
     ax.loglog(x, v, "o", color="k", ms=7, label="flat levels (median over pixels)")
     for p, xi, vi in zip(fit.ptc, x, v):
-        ax.annotate(f"{p['mean_e']:.0f} e⁻", (xi, vi), textcoords="offset points", xytext=(6, -12), fontsize=8)
+        ax.annotate(
+            f"{p['mean_e']:.0f} e⁻", (xi, vi), textcoords="offset points", xytext=(6, -12), fontsize=8
+        )
     ax.set_xlabel("signal: mean − offset (ADU)")
     ax.set_ylabel("temporal variance (ADU²)")
     ax.set_title("Photon-transfer curve", fontsize=11, fontweight="bold")
@@ -109,11 +117,18 @@ def write_report(fit: CalibrationFit, path: str | os.PathLike[str], *, dpi: int 
     vals = [counts[k] for k in names]
     bars = ax.barh(names[::-1], vals[::-1], color=["C3", "C1", "k", "C4", "C2"][: len(names)][::-1])
     for b, val in zip(bars, vals[::-1]):
-        ax.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {val} ({100 * val / (h * w):.3g} %)",
-                va="center", fontsize=8)  # fmt: skip
-    ax.set_xlim(0, max(vals + [1]) * 1.6)
+        ax.text(
+            b.get_width(),
+            b.get_y() + b.get_height() / 2,
+            f" {val} ({100 * val / (h * w):.3g} %)",
+            va="center",
+            fontsize=8,
+        )
+    ax.set_xlim(0, max([*vals, 1]) * 1.6)
     rep = cal.meta.get("defects", {}).get("gain_replaced", {}).get("count", 0)
-    ax.set_title(f"Defective pixels: {counts.get('any', sum(vals))}\n({rep} gains set to the median)", fontsize=10)
+    ax.set_title(
+        f"Defective pixels: {counts.get('any', sum(vals))}\n({rep} gains set to the median)", fontsize=10
+    )
     ax.set_xlabel("pixels")
 
     read_e = np.sqrt(cal.read_var_e2)
@@ -125,8 +140,20 @@ def write_report(fit: CalibrationFit, path: str | os.PathLike[str], *, dpi: int 
     for i, (m, title, unit, cmap, color) in enumerate(maps):
         _image(fig, fig.add_subplot(gs[1, i]), m, f"{title} map ({unit})", cmap)
         _hist(fig.add_subplot(gs[2, i]), m, f"{title} ({unit})", unit, color)
-    _image(fig, fig.add_subplot(gs[1, 3]), np.log10(np.maximum(fit.chi2_dof, 1e-3)), "PTC fit log10(χ²/dof)", "coolwarm")
-    _hist(fig.add_subplot(gs[2, 3]), 100 * fit.gain_stderr / cal.gain_adu_per_e, "gain std. error", "% of gain", "C4")
+    _image(
+        fig,
+        fig.add_subplot(gs[1, 3]),
+        np.log10(np.maximum(fit.chi2_dof, 1e-3)),
+        "PTC fit log10(χ²/dof)",
+        "coolwarm",
+    )
+    _hist(
+        fig.add_subplot(gs[2, 3]),
+        100 * fit.gain_stderr / cal.gain_adu_per_e,
+        "gain std. error",
+        "% of gain",
+        "C4",
+    )
     fig.suptitle("livedenoise sCMOS calibration (photon transfer)", fontsize=13, fontweight="bold")
 
     path = Path(path)

@@ -117,6 +117,16 @@ def _is_user_error(exc: BaseException) -> bool:
     from livedenoise.inference.engines import EngineUnavailable
 
     # ImportError: an optional extra is missing; the message names the pip command
-    user = (CLIError, CalibrationError, EngineUnavailable, FileNotFoundError, PermissionError,
-            IsADirectoryError, NotADirectoryError, ValueError, OSError, ImportError)  # fmt: skip
+    user = (
+        CLIError,
+        CalibrationError,
+        EngineUnavailable,
+        FileNotFoundError,
+        PermissionError,
+        IsADirectoryError,
+        NotADirectoryError,
+        ValueError,
+        OSError,
+        ImportError,
+    )
     return isinstance(exc, user)

@@ -39,26 +39,55 @@ def _engines(asked: list[str]) -> tuple[str, ...]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", action="append", default=None,
-                   help="engine to measure (repeatable; default passthrough); 'all' = every engine "
-                        "available here (the others are listed with the reason)")
-    p.add_argument("--model", default=None, help="model for engines that run one (default: the engine's default)")
-    p.add_argument("--size", type=int, action="append", default=None,
-                   help="square frame size in pixels (repeatable; default 512 and 2048)")
-    p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run (default %(default)s)")
-    p.add_argument("--camera-fps", type=float, default=100.0,
-                   help="camera frame rate; 0 = as fast as the pipeline takes them (default %(default)s)")
+    p.add_argument(
+        "--engine",
+        action="append",
+        default=None,
+        help="engine to measure (repeatable; default passthrough); 'all' = every engine "
+        "available here (the others are listed with the reason)",
+    )
+    p.add_argument(
+        "--model", default=None, help="model for engines that run one (default: the engine's default)"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        action="append",
+        default=None,
+        help="square frame size in pixels (repeatable; default 512 and 2048)",
+    )
+    p.add_argument(
+        "--seconds", type=float, default=5.0, help="measured seconds per run (default %(default)s)"
+    )
+    p.add_argument(
+        "--camera-fps",
+        type=float,
+        default=100.0,
+        help="camera frame rate; 0 = as fast as the pipeline takes them (default %(default)s)",
+    )
     p.add_argument("--ring-slots", type=int, default=16, help="ring buffer slots (default %(default)s)")
-    p.add_argument("--endpoint", default="tcp://127.0.0.1:*",
-                   help="where the publisher binds (default %(default)s: loopback TCP, free port; "
-                        "ipc:///tmp/livedenoise-bench.ipc is the other local transport)")
-    p.add_argument("--topics", default="denoised",
-                   help="topics the one subscriber receives, comma-separated (default %(default)s: the "
-                        "pipeline's output; raw,denoised doubles the traffic)")
-    p.add_argument("--subscriber", choices=("thread", "process"), default="thread",
-                   help="where the one subscriber runs: a thread of this process with its own ZeroMQ context "
-                        "(default), or `livedenoise subscribe` in a separate process, as a viewer would be")
-    p.add_argument("--json", metavar="OUT.json", default=None, help="also write the full report as JSON ('-' = stdout)")
+    p.add_argument(
+        "--endpoint",
+        default="tcp://127.0.0.1:*",
+        help="where the publisher binds (default %(default)s: loopback TCP, free port; "
+        "ipc:///tmp/livedenoise-bench.ipc is the other local transport)",
+    )
+    p.add_argument(
+        "--topics",
+        default="denoised",
+        help="topics the one subscriber receives, comma-separated (default %(default)s: the "
+        "pipeline's output; raw,denoised doubles the traffic)",
+    )
+    p.add_argument(
+        "--subscriber",
+        choices=("thread", "process"),
+        default="thread",
+        help="where the one subscriber runs: a thread of this process with its own ZeroMQ context "
+        "(default), or `livedenoise subscribe` in a separate process, as a viewer would be",
+    )
+    p.add_argument(
+        "--json", metavar="OUT.json", default=None, help="also write the full report as JSON ('-' = stdout)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,16 +109,22 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--topics must be raw and/or denoised, got {args.topics!r}")
     engines = _engines(args.engine or ["passthrough"])
     report = run_bench(
-        sizes, engines, model=args.model, seconds=args.seconds,
-        camera_fps=args.camera_fps, ring_slots=args.ring_slots, endpoint=args.endpoint, topics=topics,
-        subscriber=args.subscriber, progress=lambda m: print(m, file=sys.stderr),
-    )  # fmt: skip
+        sizes,
+        engines,
+        model=args.model,
+        seconds=args.seconds,
+        camera_fps=args.camera_fps,
+        ring_slots=args.ring_slots,
+        endpoint=args.endpoint,
+        topics=topics,
+        subscriber=args.subscriber,
+        progress=lambda m: print(m, file=sys.stderr),
+    )
     if args.json == "-":
         print(json.dumps(report, indent=2))
         return 0
     print(markdown_table(report))
     if args.json:
-        with atomic_path(args.json, "benchmark report") as tmp:
-            with open(tmp, "w") as fh:
-                json.dump(report, fh, indent=2)
+        with atomic_path(args.json, "benchmark report") as tmp, open(tmp, "w") as fh:
+            json.dump(report, fh, indent=2)
     return 0

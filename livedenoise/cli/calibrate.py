@@ -46,31 +46,64 @@ def _floats(text: str) -> list[float]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, metavar="CAL.tif", help="calibration file to write")
-    p.add_argument("--report", metavar="CAL.png", help="also write a PNG report (photon-transfer curve, maps)")
+    p.add_argument(
+        "--report", metavar="CAL.png", help="also write a PNG report (photon-transfer curve, maps)"
+    )
     p.add_argument("--camera", help="camera name recorded in the file (live: the camera's label and name)")
     g = p.add_argument_group("from files")
     g.add_argument("--dark", metavar="DARK.tif", help="uint16 stack of dark frames (shutter closed)")
-    g.add_argument("--flat", action="append", default=[], metavar="FLAT.tif",
-                   help="uint16 stack of one light level; repeat once per level (>= 2, 4-6 recommended)")  # fmt: skip
-    g.add_argument("--saturation-adu", type=float, default=None,
-                   help="pixel value that means saturated (default 65535; 4095 for a 12-bit camera)")  # fmt: skip
+    g.add_argument(
+        "--flat",
+        action="append",
+        default=[],
+        metavar="FLAT.tif",
+        help="uint16 stack of one light level; repeat once per level (>= 2, 4-6 recommended)",
+    )
+    g.add_argument(
+        "--saturation-adu",
+        type=float,
+        default=None,
+        help="pixel value that means saturated (default 65535; 4095 for a 12-bit camera)",
+    )
     g = p.add_argument_group("live (drives the camera)")
     g.add_argument("--live", action="store_true", help="acquire darks and flats with the camera now")
     g.add_argument("--config", metavar="RIG.cfg", help="Micro-Manager configuration to load (live)")
     g.add_argument("--darks", type=int, default=400, help="dark frames to acquire (default 400)")
     g.add_argument("--frames", type=int, default=400, help="frames per flat level (default 400)")
     g.add_argument("--levels", type=int, default=6, help="flat levels (default 6)")
-    g.add_argument("--signal-e", type=_floats, default=None, metavar="LO,HI",
-                   help="mean signal of the dimmest and brightest level in e- (default 15,1500)")  # fmt: skip
-    g.add_argument("--light-property", type=lambda t: _device_prop(t, 2, "DEVICE,PROPERTY"), metavar="DEVICE,PROP",
-                   help="set the light level with this property instead of sweeping the exposure")  # fmt: skip
-    g.add_argument("--light-values", type=_floats, metavar="V1,V2,...", help="values of --light-property, one per level")
-    g.add_argument("--property", action="append", default=[], metavar="DEVICE,PROP,VALUE",
-                   type=lambda t: _device_prop(t, 3, "DEVICE,PROPERTY,VALUE"),
-                   help="set a property first (repeatable), e.g. Camera,Scene,flat; restored afterwards")  # fmt: skip
-    g.add_argument("--exposure-ms", type=float, default=None, help="exposure for darks and light-property levels")
-    g.add_argument("--roi", type=roi, metavar="X,Y,W,H",
-                   help="calibrate only this sensor region (recorded in the file); default: full sensor")  # fmt: skip
+    g.add_argument(
+        "--signal-e",
+        type=_floats,
+        default=None,
+        metavar="LO,HI",
+        help="mean signal of the dimmest and brightest level in e- (default 15,1500)",
+    )
+    g.add_argument(
+        "--light-property",
+        type=lambda t: _device_prop(t, 2, "DEVICE,PROPERTY"),
+        metavar="DEVICE,PROP",
+        help="set the light level with this property instead of sweeping the exposure",
+    )
+    g.add_argument(
+        "--light-values", type=_floats, metavar="V1,V2,...", help="values of --light-property, one per level"
+    )
+    g.add_argument(
+        "--property",
+        action="append",
+        default=[],
+        metavar="DEVICE,PROP,VALUE",
+        type=lambda t: _device_prop(t, 3, "DEVICE,PROPERTY,VALUE"),
+        help="set a property first (repeatable), e.g. Camera,Scene,flat; restored afterwards",
+    )
+    g.add_argument(
+        "--exposure-ms", type=float, default=None, help="exposure for darks and light-property levels"
+    )
+    g.add_argument(
+        "--roi",
+        type=roi,
+        metavar="X,Y,W,H",
+        help="calibrate only this sensor region (recorded in the file); default: full sensor",
+    )
     g.add_argument("--seed", type=int, default=0, help="simulator seed when --config is the simulator")
 
 
@@ -80,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() and not getattr(args, "quiet", False)
     if args.live:
         if args.dark or args.flat:
-            raise CLIError("--live acquires its own frames: drop --dark/--flat (or drop --live to use the files)")
+            raise CLIError(
+                "--live acquires its own frames: drop --dark/--flat (or drop --live to use the files)"
+            )
         from livedenoise.calibration.live import LiveOptions, calibrate_live_config
 
         signal = args.signal_e or [15.0, 1500.0]
@@ -101,9 +136,14 @@ def run(args: argparse.Namespace) -> int:
             saturation_adu=args.saturation_adu,
         )
         fit = calibrate_live_config(
-            args.config, args.output, options=opts, report=args.report, camera=args.camera,
-            progress=progress, seed=args.seed,
-        )  # fmt: skip
+            args.config,
+            args.output,
+            options=opts,
+            report=args.report,
+            camera=args.camera,
+            progress=progress,
+            seed=args.seed,
+        )
     else:
         if not args.dark or not args.flat:
             raise CLIError(
@@ -115,9 +155,14 @@ def run(args: argparse.Namespace) -> int:
         from livedenoise.calibration.fit import calibrate_files
 
         fit = calibrate_files(
-            args.dark, args.flat, args.output, camera=args.camera, report=args.report,
-            saturation_adu=args.saturation_adu or 65535, progress=progress,
-        )  # fmt: skip
+            args.dark,
+            args.flat,
+            args.output,
+            camera=args.camera,
+            report=args.report,
+            saturation_adu=args.saturation_adu or 65535,
+            progress=progress,
+        )
     s = fit.summary
     print(
         f"wrote {args.output} ({fit.calibration.id}): gain {s['gain_adu_per_e_median']:.4g} ADU/e- (median), "

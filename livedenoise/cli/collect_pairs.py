@@ -33,28 +33,47 @@ From a running daemon, send {"cmd": "collect_pairs", ...} to its control socket 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--short-ms", type=float, required=True, help="short exposure in ms (the network's input)")
-    p.add_argument("--long-ms", type=float, required=True, help="long exposure in ms (the target; longer than short)")
+    p.add_argument(
+        "--long-ms", type=float, required=True, help="long exposure in ms (the target; longer than short)"
+    )
     p.add_argument("--pairs", type=int, required=True, metavar="N", help="number of pairs to acquire")
-    p.add_argument("-o", "--output", required=True, metavar="DATASET", help="dataset folder (created, or appended to)")
-    p.add_argument("--shorts-per-pair", type=int, default=1, metavar="K", help="short exposures per pair (default 1)")
-    p.add_argument("--positions", nargs="+", default=["current"], metavar="SPEC",
-                   help="'current' (default), 'list FILE' (x y [z] per line, µm) or 'grid NxM STEP_UM' "
-                        "(centred on the current position); pairs are spread over the positions")  # fmt: skip
+    p.add_argument(
+        "-o", "--output", required=True, metavar="DATASET", help="dataset folder (created, or appended to)"
+    )
+    p.add_argument(
+        "--shorts-per-pair", type=int, default=1, metavar="K", help="short exposures per pair (default 1)"
+    )
+    p.add_argument(
+        "--positions",
+        nargs="+",
+        default=["current"],
+        metavar="SPEC",
+        help="'current' (default), 'list FILE' (x y [z] per line, µm) or 'grid NxM STEP_UM' "
+        "(centred on the current position); pairs are spread over the positions",
+    )
     g = p.add_argument_group("camera")
-    g.add_argument("--config", metavar="RIG.cfg", help="Micro-Manager configuration (default: the simulated camera)")
-    g.add_argument("--calibration", metavar="CAL.tif", help="calibration of the camera (required with --config)")
+    g.add_argument(
+        "--config", metavar="RIG.cfg", help="Micro-Manager configuration (default: the simulated camera)"
+    )
+    g.add_argument(
+        "--calibration", metavar="CAL.tif", help="calibration of the camera (required with --config)"
+    )
     g.add_argument("--roi", type=roi, metavar="X,Y,W,H", help="camera ROI to collect on")
     g = p.add_argument_group("simulated camera (without --config)")
     g.add_argument("--scene", default="cells", help="simulated scene: cells (default), beads")
     g.add_argument("--light-level", type=float, default=None, help="simulated light level (default 1.0)")
-    g.add_argument("--motion", type=float, default=0.0, help="simulated sample motion (default 0: a fixed sample)")
-    g.add_argument("--sensor", type=int, default=512, metavar="PX", help="simulated sensor size (default 512)")
+    g.add_argument(
+        "--motion", type=float, default=0.0, help="simulated sample motion (default 0: a fixed sample)"
+    )
+    g.add_argument(
+        "--sensor", type=int, default=512, metavar="PX", help="simulated sensor size (default 512)"
+    )
     g.add_argument("--seed", type=int, default=0, help="simulator seed")
 
 
 def run(args: argparse.Namespace) -> int:
-    from livedenoise.cli import CLIError
     from livedenoise.acquisition.pairs import PairsError
+    from livedenoise.cli import CLIError
 
     try:
         return _run(args)
@@ -65,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import sys
 
-    from livedenoise.cli import CLIError
     from livedenoise.acquisition.collect import collect_pairs, parse_positions, validate_request
+    from livedenoise.cli import CLIError
 
     # arguments first: nothing is loaded or written for a bad request
     req = validate_request(args.short_ms, args.long_ms, args.pairs, args.output, args.shorts_per_pair)
@@ -108,10 +127,17 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         result = collect_pairs(
-            core, req.output, short_ms=req.short_ms, long_ms=req.long_ms, pairs=req.pairs,
-            shorts_per_pair=req.shorts_per_pair, positions=positions, calibration=calibration,
-            calibration_file=calibration_file, progress=progress,
-        )  # fmt: skip
+            core,
+            req.output,
+            short_ms=req.short_ms,
+            long_ms=req.long_ms,
+            pairs=req.pairs,
+            shorts_per_pair=req.shorts_per_pair,
+            positions=positions,
+            calibration=calibration,
+            calibration_file=calibration_file,
+            progress=progress,
+        )
     finally:
         bar.close()
     print(
@@ -142,9 +168,20 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
         "400 steps, batch 8, patch 64, lr 3e-4, unless given)",
     )
     g.add_argument("--pairs", metavar="DATASET", help="paired dataset from `livedenoise collect-pairs`")
-    g.add_argument("--include-flagged", action="store_true",
-                   help="also train on pairs flagged by the quality checks (motion, saturation, bleaching)")  # fmt: skip
-    g.add_argument("--val-fraction", type=float, default=FINETUNE_VAL_FRACTION,
-                   help=f"fraction of pairs held out (default {FINETUNE_VAL_FRACTION})")  # fmt: skip
-    g.add_argument("--patience", type=int, default=FINETUNE_PATIENCE,
-                   help=f"held-out evaluations without improvement before stopping (default {FINETUNE_PATIENCE})")  # fmt: skip
+    g.add_argument(
+        "--include-flagged",
+        action="store_true",
+        help="also train on pairs flagged by the quality checks (motion, saturation, bleaching)",
+    )
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        default=FINETUNE_VAL_FRACTION,
+        help=f"fraction of pairs held out (default {FINETUNE_VAL_FRACTION})",
+    )
+    g.add_argument(
+        "--patience",
+        type=int,
+        default=FINETUNE_PATIENCE,
+        help=f"held-out evaluations without improvement before stopping (default {FINETUNE_PATIENCE})",
+    )

@@ -24,28 +24,49 @@ SENSOR_MIN = 512
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=None, help="stop after N seconds (default: until Ctrl-C)")
-    p.add_argument("--engine", default=None,
-                   help="restoration backend: passthrough, cpu, onnxruntime, cuda, tensorrt or auto "
-                        "(default: cpu with the default model, or passthrough if no model is installed)")
-    p.add_argument("--model", default=None, help="model id or path (default: the engine's default live model)")
-    p.add_argument("--size", type=int, default=DEFAULT_SIZE,
-                   help=f"square ROI in the centre of the simulated sensor ({SENSOR_MIN}² or --size², "
-                        f"whichever is larger), pixels (default {DEFAULT_SIZE})")
-    p.add_argument("--exposure-ms", type=float, default=DEFAULT_EXPOSURE_MS,
-                   help=f"camera exposure (default {DEFAULT_EXPOSURE_MS:g} ms; sets the frame rate)")
-    p.add_argument("--pub", default="tcp://127.0.0.1:5555", help="PUB endpoint of the frames (default %(default)s)")
+    p.add_argument(
+        "--engine",
+        default=None,
+        help="restoration backend: passthrough, cpu, onnxruntime, cuda, tensorrt or auto "
+        "(default: cpu with the default model, or passthrough if no model is installed)",
+    )
+    p.add_argument(
+        "--model", default=None, help="model id or path (default: the engine's default live model)"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=DEFAULT_SIZE,
+        help=f"square ROI in the centre of the simulated sensor ({SENSOR_MIN}² or --size², "
+        f"whichever is larger), pixels (default {DEFAULT_SIZE})",
+    )
+    p.add_argument(
+        "--exposure-ms",
+        type=float,
+        default=DEFAULT_EXPOSURE_MS,
+        help=f"camera exposure (default {DEFAULT_EXPOSURE_MS:g} ms; sets the frame rate)",
+    )
+    p.add_argument(
+        "--pub", default="tcp://127.0.0.1:5555", help="PUB endpoint of the frames (default %(default)s)"
+    )
     p.add_argument("--control", default="tcp://127.0.0.1:5556", help="control endpoint (default %(default)s)")
-    p.add_argument("--calibration", default=None, help="calibration TIFF (default: the simulator's true maps)")
+    p.add_argument(
+        "--calibration", default=None, help="calibration TIFF (default: the simulator's true maps)"
+    )
     p.add_argument("--ring-slots", type=int, default=8, help="ring buffer slots (default %(default)s)")
-    p.add_argument("--ring-policy", choices=("drop-oldest", "block"), default="drop-oldest",
-                   help="when the ring is full (default %(default)s)")
+    p.add_argument(
+        "--ring-policy",
+        choices=("drop-oldest", "block"),
+        default="drop-oldest",
+        help="when the ring is full (default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="simulator seed (default %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from livedenoise.app.daemon import choose_engine, run_live
     from livedenoise.cli import CLIError
     from livedenoise.live.config import PipelineConfig
-    from livedenoise.app.daemon import choose_engine, run_live
 
     try:
         from livedenoise.drivers.simcam import load_sim_core

@@ -35,20 +35,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", metavar="OUT.tif", required=True, help="restored float32 TIFF to write")
     cal = p.add_argument_group("calibration (ADU -> photoelectrons)")
     cal.add_argument("--calibration", metavar="CAL.tif", help="calibration file from `livedenoise calibrate`")
-    cal.add_argument("--roi", type=_roi, metavar="X,Y",
-                     help="top-left corner of the frames on the sensor, to crop full-sensor maps")  # fmt: skip
+    cal.add_argument(
+        "--roi",
+        type=_roi,
+        metavar="X,Y",
+        help="top-left corner of the frames on the sensor, to crop full-sensor maps",
+    )
     cal.add_argument("--binning", type=int, default=1, help="camera binning of the frames (default 1)")
-    cal.add_argument("--no-calibration", action="store_true",
-                     help="no maps: use one nominal gain and offset for every pixel (give both below)")  # fmt: skip
+    cal.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="no maps: use one nominal gain and offset for every pixel (give both below)",
+    )
     cal.add_argument("--gain-adu-per-e", type=float, help="nominal gain with --no-calibration (ADU per e-)")
     cal.add_argument("--offset-adu", type=float, help="nominal offset with --no-calibration (ADU)")
-    cal.add_argument("--read-noise-e", type=float, default=0.0, help="nominal read noise (e- rms), recorded only")
-    p.add_argument("--model", help="model id (see `livedenoise models`) or model file; default: the live default")
+    cal.add_argument(
+        "--read-noise-e", type=float, default=0.0, help="nominal read noise (e- rms), recorded only"
+    )
+    p.add_argument(
+        "--model", help="model id (see `livedenoise models`) or model file; default: the live default"
+    )
     p.add_argument("--engine", default="auto", help="auto, cpu, onnxruntime, cuda, tensorrt or passthrough")
     p.add_argument("--tile", type=int, default=512, help="tile side in pixels for large frames (default 512)")
     p.add_argument("--overlap", type=int, default=32, help="overlap between tiles in pixels (default 32)")
-    p.add_argument("--saturation-adu", type=int, default=65535,
-                   help="pixels at or above this ADU are counted as saturated, reported (default 65535)")  # fmt: skip
+    p.add_argument(
+        "--saturation-adu",
+        type=int,
+        default=65535,
+        help="pixels at or above this ADU are counted as saturated, reported (default 65535)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -60,14 +75,18 @@ def _calibration(args: argparse.Namespace) -> tuple[object | None, str]:
         if args.calibration:
             raise CLIError("give either --calibration CAL.tif or --no-calibration, not both")
         if args.gain_adu_per_e is None or args.offset_adu is None:
-            raise CLIError("--no-calibration needs the camera's nominal --gain-adu-per-e G and --offset-adu O "
-                           "(see its data sheet), e.g. --gain-adu-per-e 0.46 --offset-adu 100")  # fmt: skip
+            raise CLIError(
+                "--no-calibration needs the camera's nominal --gain-adu-per-e G and --offset-adu O "
+                "(see its data sheet), e.g. --gain-adu-per-e 0.46 --offset-adu 100"
+            )
         if not args.gain_adu_per_e > 0:
             raise CLIError(f"--gain-adu-per-e must be > 0, got {args.gain_adu_per_e}")
         return None, "nominal"
     if not args.calibration:
-        raise CLIError("no calibration given: pass --calibration CAL.tif (make one with `livedenoise calibrate`), "
-                       "or --no-calibration --gain-adu-per-e G --offset-adu O to use the camera's nominal values")
+        raise CLIError(
+            "no calibration given: pass --calibration CAL.tif (make one with `livedenoise calibrate`), "
+            "or --no-calibration --gain-adu-per-e G --offset-adu O to use the camera's nominal values"
+        )
     return read_calibration(args.calibration), str(args.calibration)
 
 
@@ -75,9 +94,9 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from livedenoise._atomic import check_writable_dir
+    from livedenoise.app.offline import denoise_file, match_calibration, read_raw_stack
     from livedenoise.calibration.maps import Calibration
     from livedenoise.cli import CLIError
-    from livedenoise.app.offline import denoise_file, match_calibration, read_raw_stack
     from livedenoise.inference.engines import make_engine
 
     if args.binning < 1:
@@ -90,22 +109,36 @@ def run(args: argparse.Namespace) -> int:
     cal, source = _calibration(args)
     raw = read_raw_stack(args.input)  # validates dtype, shape, emptiness
     if cal is None:
-        cal = Calibration.uniform(raw.shape[-2:], offset_adu=args.offset_adu, gain_adu_per_e=args.gain_adu_per_e,
-                                  read_var_e2=args.read_noise_e**2, source="nominal")  # fmt: skip
+        cal = Calibration.uniform(
+            raw.shape[-2:],
+            offset_adu=args.offset_adu,
+            gain_adu_per_e=args.gain_adu_per_e,
+            read_var_e2=args.read_noise_e**2,
+            source="nominal",
+        )
     else:
         cal = match_calibration(cal, raw.shape[-2:], roi=args.roi, binning=args.binning)
     engine = make_engine(args.engine, model=args.model)
     try:
         report = denoise_file(
-            args.input, out, raw=raw, calibration=cal, engine=engine, calibration_source=source,
-            tile=args.tile, overlap=args.overlap, saturation_adu=args.saturation_adu,
+            args.input,
+            out,
+            raw=raw,
+            calibration=cal,
+            engine=engine,
+            calibration_source=source,
+            tile=args.tile,
+            overlap=args.overlap,
+            saturation_adu=args.saturation_adu,
             progress=False if args.no_progress else None,
-        )  # fmt: skip
+        )
     finally:
         engine.close()
     fps = report.frames / report.seconds if report.seconds > 0 else float("inf")
-    print(f"{out}: {'×'.join(map(str, report.shape))} float32 photoelectrons, {report.frames} frame(s), "
-          f"{fps:.1f} frames/s, model {engine.model_id}, engine {engine.name}")  # fmt: skip
+    print(
+        f"{out}: {'×'.join(map(str, report.shape))} float32 photoelectrons, {report.frames} frame(s), "
+        f"{fps:.1f} frames/s, model {engine.model_id}, engine {engine.name}"
+    )
     for w in report.warnings:
         print(f"warning: {w}")
     return 0

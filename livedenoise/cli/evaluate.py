@@ -27,19 +27,32 @@ def _csv(text: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", type=_csv, help="comma-separated model ids or files (default: every installed model "
-                   "of the task); 'none' for baselines only")  # fmt: skip
-    p.add_argument("--baselines", type=_csv, help="comma-separated: nlm, gat-nlm, tv, gat-tv, gat-bm3d, rl, gat-nlm-rl "
-                   "(default: every one usable for the task); 'none' for models only")  # fmt: skip
+    p.add_argument(
+        "--models",
+        type=_csv,
+        help="comma-separated model ids or files (default: every installed model "
+        "of the task); 'none' for baselines only",
+    )
+    p.add_argument(
+        "--baselines",
+        type=_csv,
+        help="comma-separated: nlm, gat-nlm, tv, gat-tv, gat-bm3d, rl, gat-nlm-rl "
+        "(default: every one usable for the task); 'none' for models only",
+    )
     p.add_argument("--n", type=int, default=4, help="frames per photon level (default 4)")
     p.add_argument("--size", type=int, default=256, help="frame side in pixels (default 256)")
     p.add_argument("--task", choices=("denoise", "deconvolve"), default="denoise")
-    p.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0; 777 is reserved for tuning)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="evaluation seed (default 0; 777 is reserved for tuning)"
+    )
     p.add_argument("--engine", default="cpu", help="engine for the models (default cpu, as the live path)")
     p.add_argument("--precision", help="engine precision (e.g. fp32, bf16; default: the engine's)")
     p.add_argument("--json", metavar="OUT.json", help="write the full results as JSON")
-    p.add_argument("--tune-baselines", action="store_true",
-                   help="grid-search the baselines' parameters on the tuning set (seed 777), print them")  # fmt: skip
+    p.add_argument(
+        "--tune-baselines",
+        action="store_true",
+        help="grid-search the baselines' parameters on the tuning set (seed 777), print them",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -60,11 +73,21 @@ def run(args: argparse.Namespace) -> int:
     models = None if args.models is None else ([] if args.models == ["none"] else args.models)
     baselines = None if args.baselines is None else ([] if args.baselines == ["none"] else args.baselines)
     opts = {"precision": args.precision} if args.precision else {}
-    cfg = EvalConfig(models=models, baselines=baselines, n=args.n, size=args.size, task=args.task, seed=args.seed,
-                     engine=args.engine, engine_options=opts)  # fmt: skip
+    cfg = EvalConfig(
+        models=models,
+        baselines=baselines,
+        n=args.n,
+        size=args.size,
+        task=args.task,
+        seed=args.seed,
+        engine=args.engine,
+        engine_options=opts,
+    )
     report = evaluate(cfg, progress=False if args.no_progress else None)
     print(format_markdown(report))
-    print(f"\n{report['seconds']:.0f} s on {report['machine']['processor']} ({report['machine']['cpus']} CPUs)")
+    print(
+        f"\n{report['seconds']:.0f} s on {report['machine']['processor']} ({report['machine']['cpus']} CPUs)"
+    )
     if args.json:
         with atomic_path(args.json, "JSON results") as tmp:
             tmp.write_text(json.dumps(report, indent=1))
@@ -89,6 +112,10 @@ def _tune(args: argparse.Namespace) -> int:
         from livedenoise._atomic import atomic_path
 
         with atomic_path(args.json, "JSON results") as tmp:
-            tmp.write_text(json.dumps({m: {**r, "scores": {str(k): v for k, v in r["scores"].items()}}
-                                       for m, r in res.items()}, indent=1))  # fmt: skip
+            tmp.write_text(
+                json.dumps(
+                    {m: {**r, "scores": {str(k): v for k, v in r["scores"].items()}} for m, r in res.items()},
+                    indent=1,
+                )
+            )
     return 0

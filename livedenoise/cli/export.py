@@ -29,14 +29,24 @@ def parse_shape(text: str) -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", "-m", default=None,
-                        help="model id (see `livedenoise models`) or model file; default: the default model")
-    parser.add_argument("--format", "-f", choices=FORMATS, default="onnx", help="output format (default onnx)")
+    parser.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="model id (see `livedenoise models`) or model file; default: the default model",
+    )
+    parser.add_argument(
+        "--format", "-f", choices=FORMATS, default="onnx", help="output format (default onnx)"
+    )
     parser.add_argument("-o", "--output", required=True, help="file to write, e.g. rln.onnx")
-    parser.add_argument("--shape", type=parse_shape, default=None,
-                        help="fixed frame shape HEIGHTxWIDTH (default: dynamic height and width)")
+    parser.add_argument(
+        "--shape",
+        type=parse_shape,
+        default=None,
+        help="fixed frame shape HEIGHTxWIDTH (default: dynamic height and width)",
+    )
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset version (default 17)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")  # fmt: skip
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     export_onnx(args.model, out, shape=args.shape, opset=opset)
     meta = read_onnx_metadata(out)
     shape = meta.get("shape", "dynamic")
-    print(f"wrote {out} (model {meta.get('model_id') or '?'}, shape {shape}, opset {opset}, "
-          f"{out.stat().st_size / 1e6:.2f} MB)", file=sys.stdout)  # fmt: skip
+    print(
+        f"wrote {out} (model {meta.get('model_id') or '?'}, shape {shape}, opset {opset}, "
+        f"{out.stat().st_size / 1e6:.2f} MB)",
+        file=sys.stdout,
+    )
     return 0

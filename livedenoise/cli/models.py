@@ -54,8 +54,17 @@ def run(args: argparse.Namespace) -> int:
     rows = [("id", "arch", "task", "params", "quality (PSNR)", "speed (CPU)", "path")]
     for c in cards:
         mark = "*" if c.id == DEFAULT_MODEL else " "
-        rows.append((mark + c.id, c.architecture, c.task, f"{c.parameters / 1e3:.1f}k", _quality(c), _speed(c),
-                     str(c.path)))  # fmt: skip
+        rows.append(
+            (
+                mark + c.id,
+                c.architecture,
+                c.task,
+                f"{c.parameters / 1e3:.1f}k",
+                _quality(c),
+                _speed(c),
+                str(c.path),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())

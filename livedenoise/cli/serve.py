@@ -25,23 +25,43 @@ Examples:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, metavar="RIG.cfg", help="Micro-Manager configuration file")
     p.add_argument("--calibration", metavar="CAL.tif", default=None, help="calibration TIFF of this camera")
-    p.add_argument("--no-calibration", action="store_true",
-                   help="no calibration file: use the nominal gain and offset given below")
-    p.add_argument("--nominal-gain-adu-per-e", type=float, default=None, help="camera gain, ADU per photoelectron")
+    p.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="no calibration file: use the nominal gain and offset given below",
+    )
+    p.add_argument(
+        "--nominal-gain-adu-per-e", type=float, default=None, help="camera gain, ADU per photoelectron"
+    )
     p.add_argument("--nominal-offset-adu", type=float, default=None, help="camera offset, ADU")
-    p.add_argument("--settings", metavar="PIPELINE.toml", default=None,
-                   help="pipeline settings (TOML; options given here override it)")
+    p.add_argument(
+        "--settings",
+        metavar="PIPELINE.toml",
+        default=None,
+        help="pipeline settings (TOML; options given here override it)",
+    )
     p.add_argument("--engine", default=None, help="restoration backend (default: from settings, else auto)")
     p.add_argument("--model", default=None, help="model id or path")
     p.add_argument("--pub", default=None, help="PUB endpoint (default tcp://127.0.0.1:5555)")
     p.add_argument("--control", default=None, help="control endpoint (default tcp://127.0.0.1:5556)")
     p.add_argument("--ring-slots", type=int, default=None, help="ring buffer slots (default 8)")
-    p.add_argument("--ring-policy", choices=("drop-oldest", "block"), default=None,
-                   help="when the ring is full (default drop-oldest)")
-    p.add_argument("--allow-remote", action="store_true",
-                   help="allow non-loopback endpoints (sockets are then protected with CURVE keys)")
-    p.add_argument("--keys", metavar="DIR", default=None, help="folder of the CURVE keys (with --allow-remote)")
-    p.add_argument("--seconds", type=float, default=None, help="stop after N seconds (default: until stopped)")
+    p.add_argument(
+        "--ring-policy",
+        choices=("drop-oldest", "block"),
+        default=None,
+        help="when the ring is full (default drop-oldest)",
+    )
+    p.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow non-loopback endpoints (sockets are then protected with CURVE keys)",
+    )
+    p.add_argument(
+        "--keys", metavar="DIR", default=None, help="folder of the CURVE keys (with --allow-remote)"
+    )
+    p.add_argument(
+        "--seconds", type=float, default=None, help="stop after N seconds (default: until stopped)"
+    )
 
 
 def build_config(args: argparse.Namespace) -> object:
@@ -72,9 +92,9 @@ def build_config(args: argparse.Namespace) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
+    from livedenoise.app.daemon import choose_engine, run_live
     from livedenoise.calibration.maps import Calibration, read_calibration
     from livedenoise.cli import CLIError
-    from livedenoise.app.daemon import choose_engine, run_live
     from livedenoise.live.sources import CoreSource, check_pixel_type, load_core
 
     config = build_config(args)

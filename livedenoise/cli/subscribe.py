@@ -27,17 +27,28 @@ Ctrl-C ends the recording cleanly; a crash leaves no partial file.
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="publisher endpoint (default %(default)s)")
-    p.add_argument("--topics", default="raw,denoised", help="comma-separated: raw, denoised, truth (default %(default)s)")
+    p.add_argument(
+        "--endpoint", default="tcp://127.0.0.1:5555", help="publisher endpoint (default %(default)s)"
+    )
+    p.add_argument(
+        "--topics", default="raw,denoised", help="comma-separated: raw, denoised, truth (default %(default)s)"
+    )
     p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--count", type=int, default=None,
-                   help="stop after this many messages (with --save: frames recorded)")  # fmt: skip
+    p.add_argument(
+        "--count", type=int, default=None, help="stop after this many messages (with --save: frames recorded)"
+    )
     p.add_argument("--save", metavar="OUT.tif", default=None, help="record one topic as a TIFF stack")
     p.add_argument("--save-topic", default="denoised", help="topic recorded by --save (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the per-second statistics as JSON lines")
-    p.add_argument("--key", metavar="NAME.key_secret", default=None,
-                   help="this viewer's CURVE secret key (for a publisher bound with --allow-remote)")  # fmt: skip
-    p.add_argument("--server-key", metavar="server.key", default=None, help="the publisher's public CURVE key")
+    p.add_argument(
+        "--key",
+        metavar="NAME.key_secret",
+        default=None,
+        help="this viewer's CURVE secret key (for a publisher bound with --allow-remote)",
+    )
+    p.add_argument(
+        "--server-key", metavar="server.key", default=None, help="the publisher's public CURVE key"
+    )
 
 
 class _NothingRecorded(Exception):
@@ -61,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
         if v is not None and not v > 0:
             raise CLIError(f"--{name} must be positive, got {v}")
     if (args.key is None) != (args.server_key is None):
-        raise CLIError("--key and --server-key go together (this viewer's secret key and the publisher's public key)")
+        raise CLIError(
+            "--key and --server-key go together (this viewer's secret key and the publisher's public key)"
+        )
     security = None
     if args.key:
         from livedenoise.transport.security import ClientSecurity
@@ -84,7 +97,10 @@ def run(args: argparse.Namespace) -> int:
                 if result["saved"] == 0:
                     raise _NothingRecorded
         except _NothingRecorded:
-            print(f"nothing recorded: no {args.save_topic} frame arrived; {args.save} was not written", file=sys.stderr)
+            print(
+                f"nothing recorded: no {args.save_topic} frame arrived; {args.save} was not written",
+                file=sys.stderr,
+            )
             _finish(sub, args, result)
             return 1
         print(f"recorded {result['saved']} {args.save_topic} frames to {args.save}", file=sys.stderr)
@@ -126,7 +142,9 @@ def _receive(sub: Any, args: argparse.Namespace, writer: Any, stop: Any) -> dict
             if msg is not None:
                 received += 1
                 if writer is not None and msg.topic == args.save_topic:
-                    writer.write(msg.array, description=json.dumps(msg.header), photometric="minisblack", metadata=None)
+                    writer.write(
+                        msg.array, description=json.dumps(msg.header), photometric="minisblack", metadata=None
+                    )
                     saved += 1
                 if args.count and (saved if writer is not None else received) >= args.count:
                     break
@@ -135,12 +153,20 @@ def _receive(sub: Any, args: argparse.Namespace, writer: Any, stop: Any) -> dict
                 _report(sub, args)
                 if received == 0 and not hinted and time.monotonic() - start > 2.5:
                     hinted = True
-                    print(f"nothing from {args.endpoint} yet; is `livedenoise demo` or `livedenoise serve` "
-                          "running there?", file=sys.stderr)  # fmt: skip
+                    print(
+                        f"nothing from {args.endpoint} yet; is `livedenoise demo` or `livedenoise serve` "
+                        "running there?",
+                        file=sys.stderr,
+                    )
     except KeyboardInterrupt:  # raised outside our handler (e.g. not the main thread)
         interrupted = True
     interrupted = interrupted or stop.is_set()
-    return {"received": received, "saved": saved, "interrupted": interrupted, "seconds": time.monotonic() - start}
+    return {
+        "received": received,
+        "saved": saved,
+        "interrupted": interrupted,
+        "seconds": time.monotonic() - start,
+    }
 
 
 def _report(sub: Any, args: argparse.Namespace) -> None:
@@ -150,8 +176,11 @@ def _report(sub: Any, args: argparse.Namespace) -> None:
         return
     for topic, s in summary.items():
         p50, p99 = (f"{v:.1f}" if v is not None else "-" for v in (s["latency_p50_ms"], s["latency_p99_ms"]))
-        print(f"{topic:9s} {s['fps']:7.1f} fps  frames {s['frames']:7d}  gaps {s['gaps']:5d}  "
-              f"latency p50 {p50} ms p99 {p99} ms  dropped {s['dropped']}", flush=True)  # fmt: skip
+        print(
+            f"{topic:9s} {s['fps']:7.1f} fps  frames {s['frames']:7d}  gaps {s['gaps']:5d}  "
+            f"latency p50 {p50} ms p99 {p99} ms  dropped {s['dropped']}",
+            flush=True,
+        )
 
 
 def _finish(sub: Any, args: argparse.Namespace, result: dict[str, Any]) -> int:
@@ -162,11 +191,15 @@ def _finish(sub: Any, args: argparse.Namespace, result: dict[str, Any]) -> int:
     how = "interrupted" if result["interrupted"] else "done"
     print(f"{how} after {result['seconds']:.1f} s: {result['received']} messages", file=sys.stderr)
     for topic, s in summary.items():
-        print(f"  {topic}: {s['frames']} frames, seq {s['first_seq']}..{s['last_seq']}, gaps {s['gaps']}, "
-              f"latency p50 {s['latency_p50_ms']} ms p99 {s['latency_p99_ms']} ms, dropped {s['dropped']}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"  {topic}: {s['frames']} frames, seq {s['first_seq']}..{s['last_seq']}, gaps {s['gaps']}, "
+            f"latency p50 {s['latency_p50_ms']} ms p99 {s['latency_p99_ms']} ms, dropped {s['dropped']}",
+            file=sys.stderr,
+        )
     if result["received"] == 0:
-        print(f"no message arrived from {args.endpoint}; is `livedenoise demo` or `livedenoise serve` running?",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"no message arrived from {args.endpoint}; is `livedenoise demo` or `livedenoise serve` running?",
+            file=sys.stderr,
+        )
         return 1
     return 0

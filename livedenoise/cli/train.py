@@ -36,22 +36,42 @@ def _kv(text: str) -> tuple[str, object]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", required=True, help="model file to write (.pt; the card goes beside as .json)")
-    p.add_argument("--arch", choices=("rln", "resunet"), default="rln", help="network architecture (default rln)")
-    p.add_argument("--arch-param", action="append", type=_kv, default=[], metavar="KEY=VALUE",
-                   help="network constructor argument, e.g. channels=[32,64,128] (RESUNET) or "
-                        "activation=relu (RLN: the fast ReLU variant of rln-denoise-v2) (repeatable)")  # fmt: skip
+    p.add_argument(
+        "-o", "--output", required=True, help="model file to write (.pt; the card goes beside as .json)"
+    )
+    p.add_argument(
+        "--arch", choices=("rln", "resunet"), default="rln", help="network architecture (default rln)"
+    )
+    p.add_argument(
+        "--arch-param",
+        action="append",
+        type=_kv,
+        default=[],
+        metavar="KEY=VALUE",
+        help="network constructor argument, e.g. channels=[32,64,128] (RESUNET) or "
+        "activation=relu (RLN: the fast ReLU variant of rln-denoise-v2) (repeatable)",
+    )
     p.add_argument("--task", choices=("denoise", "deconvolve"), default="denoise")
-    p.add_argument("--loss", choices=("poisson", "mse", "mse_ssim"), default="poisson",
-                   help="poisson: Poisson likelihood / KL in photoelectrons (default)")  # fmt: skip
+    p.add_argument(
+        "--loss",
+        choices=("poisson", "mse", "mse_ssim"),
+        default="poisson",
+        help="poisson: Poisson likelihood / KL in photoelectrons (default)",
+    )
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps in total (default 2000)")
     p.add_argument("--epoch-steps", type=int, default=200, help="steps per epoch: validation + checkpoint")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--patch", type=int, default=64, help="training patch side in pixels")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--lr-schedule", choices=("cosine", "exp", "constant"), default="cosine")
-    p.add_argument("--peak-range", type=float, nargs=2, default=(1.0, 500.0), metavar=("LOW", "HIGH"),
-                   help="peak photon levels of the synthetic frames, e- (log-uniform; default 1 500)")  # fmt: skip
+    p.add_argument(
+        "--peak-range",
+        type=float,
+        nargs=2,
+        default=(1.0, 500.0),
+        metavar=("LOW", "HIGH"),
+        help="peak photon levels of the synthetic frames, e- (log-uniform; default 1 500)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-size", type=int, default=24, help="validation frames (96x96)")
     p.add_argument("--checkpoint-dir", help="write last.pt here every epoch")
@@ -69,11 +89,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def canonical_command(args: argparse.Namespace) -> str:
     """The full command that reproduces this run (every option spelled out)."""
-    parts = ["livedenoise", "train", "--arch", args.arch, "--task", args.task, "--loss", args.loss,
-             "--steps", str(args.steps), "--epoch-steps", str(args.epoch_steps), "--batch", str(args.batch),
-             "--patch", str(args.patch), "--lr", repr(args.lr), "--lr-schedule", args.lr_schedule,
-             "--peak-range", f"{args.peak_range[0]:g}", f"{args.peak_range[1]:g}", "--seed", str(args.seed),
-             "--val-size", str(args.val_size)]  # fmt: skip
+    parts = [
+        "livedenoise",
+        "train",
+        "--arch",
+        args.arch,
+        "--task",
+        args.task,
+        "--loss",
+        args.loss,
+        "--steps",
+        str(args.steps),
+        "--epoch-steps",
+        str(args.epoch_steps),
+        "--batch",
+        str(args.batch),
+        "--patch",
+        str(args.patch),
+        "--lr",
+        repr(args.lr),
+        "--lr-schedule",
+        args.lr_schedule,
+        "--peak-range",
+        f"{args.peak_range[0]:g}",
+        f"{args.peak_range[1]:g}",
+        "--seed",
+        str(args.seed),
+        "--val-size",
+        str(args.val_size),
+    ]
     for k, v in args.arch_param:
         parts += ["--arch-param", f"{k}={json.dumps(v, separators=(',', ':'))}"]
     if args.init:
@@ -123,9 +167,11 @@ def run(args: argparse.Namespace) -> int:
         model_id=args.id or out.stem,
         command=canonical_command(args),
     )
-    module, card, history = train(config, progress=not args.no_progress)
+    module, card, _history = train(config, progress=not args.no_progress)
     card = save_model(module, card, out)
     v = card.quality.get("validation", {})
-    print(f"saved {out} ({card.parameters} parameters, {card.training['time_s']:.0f} s): validation PSNR "
-          f"{v.get('psnr_db')} dB, raw {v.get('raw_psnr_db')} dB")  # fmt: skip
+    print(
+        f"saved {out} ({card.parameters} parameters, {card.training['time_s']:.0f} s): validation PSNR "
+        f"{v.get('psnr_db')} dB, raw {v.get('raw_psnr_db')} dB"
+    )
     return 0

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -113,14 +113,18 @@ def resolve_model(name_or_path: str | os.PathLike[str] | None = None) -> Path:
     if p.suffix in (".pt", ".json") or os.sep in name or p.exists():
         w = _weights_path(p)
         if not w.is_file():
-            raise FileNotFoundError(f"model file {w} does not exist; `livedenoise models` lists the installed ones")
+            raise FileNotFoundError(
+                f"model file {w} does not exist; `livedenoise models` lists the installed ones"
+            )
         return w
     for d in model_dirs():
         w = d / f"{name}.pt"
         if w.is_file():
             return w
     known = ", ".join(c.id for c in list_models()) or "none"
-    raise FileNotFoundError(f"no model {name!r} (installed: {known}); pass an id from `livedenoise models` or a .pt path")
+    raise FileNotFoundError(
+        f"no model {name!r} (installed: {known}); pass an id from `livedenoise models` or a .pt path"
+    )
 
 
 def read_card(weights: Path) -> ModelCard:
@@ -131,7 +135,9 @@ def read_card(weights: Path) -> ModelCard:
     try:
         d = json.loads(cpath.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"model card {cpath} is not valid JSON ({exc}); restore it from the original model") from exc
+        raise ModelError(
+            f"model card {cpath} is not valid JSON ({exc}); restore it from the original model"
+        ) from exc
     return ModelCard.from_dict(d, str(weights))
 
 
@@ -194,7 +200,9 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, *, map_locati
     try:
         state = torch.load(weights, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        raise ModelError(f"model file {weights} cannot be read as weights ({type(exc).__name__}: {exc})") from exc
+        raise ModelError(
+            f"model file {weights} cannot be read as weights ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"model file {weights} does not hold a state dict of tensors")
     module = build_network(card.architecture, **card.arch_params)
@@ -241,7 +249,7 @@ def save_model(module, card: ModelCard, path: str | os.PathLike[str]) -> ModelCa
         sha256=hashlib.sha256(data).hexdigest(),
         parameters=int(sum(p.numel() for p in module.parameters())),
         units=UNITS,
-        created=card.created or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=card.created or datetime.now(UTC).isoformat(timespec="seconds"),
         path=str(weights),
     )
     _check_card(card)

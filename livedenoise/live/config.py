@@ -106,9 +106,13 @@ class PipelineConfig:
                     "which protects the sockets with CURVE keys"
                 )
         if self.pub_endpoint == self.control_endpoint:
-            raise ConfigError(f"pub_endpoint and control_endpoint are both {self.pub_endpoint!r}: use two endpoints")
+            raise ConfigError(
+                f"pub_endpoint and control_endpoint are both {self.pub_endpoint!r}: use two endpoints"
+            )
         if not isinstance(self.engine, str) or not self.engine:
-            raise ConfigError(f"engine = {self.engine!r}: expected a backend name such as 'auto' or 'passthrough'")
+            raise ConfigError(
+                f"engine = {self.engine!r}: expected a backend name such as 'auto' or 'passthrough'"
+            )
         for name in ("model", "calibration_path", "security_dir"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str | os.PathLike):
@@ -195,4 +199,6 @@ def _float_range(cfg: PipelineConfig, name: str, lo: float, hi: float, *, low_op
         ok = (lo < value if low_open else lo <= value) and value <= hi
     if not ok:
         bracket = "(" if low_open else "["
-        raise ConfigError(f"{name} = {value!r} is out of range: expected a number in {bracket}{lo:g}, {hi:g}]")
+        raise ConfigError(
+            f"{name} = {value!r} is out of range: expected a number in {bracket}{lo:g}, {hi:g}]"
+        )

@@ -67,8 +67,13 @@ def keep_freed_memory() -> bool:
     ok = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) == 1
     ok = mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1 and ok
     _tuned = ok
-    log.debug("glibc %s: mmap threshold %d MiB, trim threshold %d MiB (%s)", gnu_get_libc_version().decode(),
-              _MMAP_THRESHOLD >> 20, _TRIM_THRESHOLD >> 20, "set" if ok else "refused")  # fmt: skip
+    log.debug(
+        "glibc %s: mmap threshold %d MiB, trim threshold %d MiB (%s)",
+        gnu_get_libc_version().decode(),
+        _MMAP_THRESHOLD >> 20,
+        _TRIM_THRESHOLD >> 20,
+        "set" if ok else "refused",
+    )
     return ok
 
 

@@ -278,7 +278,9 @@ class Pipeline:
             )
         x, y, w, h, b = roi
         if (h, w) != shape:
-            raise CalibrationError(f"the camera reports ROI {w}×{h} but delivers {shape[1]}×{shape[0]} frames")
+            raise CalibrationError(
+                f"the camera reports ROI {w}×{h} but delivers {shape[1]}×{shape[0]} frames"
+            )
         return cal.for_roi(x, y, w, h, b)
 
     def _configure(self, roi: Roi, shape: tuple[int, int]) -> None:
@@ -287,7 +289,9 @@ class Pipeline:
         self._converter = PhotonConverter(cal)
         self._cal_roi = cal
         if self._ring is None:
-            self._ring = RingBuffer(self.config.ring_slots, shape, self.config.ring_policy, on_drop=self._drop)
+            self._ring = RingBuffer(
+                self.config.ring_slots, shape, self.config.ring_policy, on_drop=self._drop
+            )
             self.engine.prepare(shape)
         else:
             self._ring.resize(shape)
@@ -355,7 +359,9 @@ class Pipeline:
             if slot is not None:
                 ring.abort(slot)
             self._drop(info.index, "bad-frame")
-            self.events.error.emit("source", f"frame {info.index} is {raw.dtype} {raw.shape}, expected uint16 2D")
+            self.events.error.emit(
+                "source", f"frame {info.index} is {raw.dtype} {raw.shape}, expected uint16 2D"
+            )
             return
         if raw.shape != ring.shape or info.roi != self._roi:
             if slot is not None:  # same shape, new ROI position: keep the data, re-crop the maps

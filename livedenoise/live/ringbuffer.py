@@ -62,9 +62,19 @@ class Slot:
     """
 
     __slots__ = (
-        "index", "raw", "e", "frame", "exposure_ms", "t_acquired", "camera", "truth_id",
-        "t_pop", "t_commit", "acquire_s", "convert_s",
-    )  # fmt: skip
+        "acquire_s",
+        "camera",
+        "convert_s",
+        "e",
+        "exposure_ms",
+        "frame",
+        "index",
+        "raw",
+        "t_acquired",
+        "t_commit",
+        "t_pop",
+        "truth_id",
+    )
 
     def __init__(self, index: int, shape: tuple[int, int]) -> None:
         self.index = index
@@ -232,9 +242,13 @@ class RingBuffer:
     def wait_empty(self, timeout_s: float | None = None) -> bool:
         """Wait until the consumer has taken and released every committed frame."""
         with self._cond:
-            return self._cond.wait_for(
-                lambda: self._closed or (not self._queue and self._held is None), timeout_s
-            ) and not self._queue and self._held is None
+            return (
+                self._cond.wait_for(
+                    lambda: self._closed or (not self._queue and self._held is None), timeout_s
+                )
+                and not self._queue
+                and self._held is None
+            )
 
     def resize(self, shape: tuple[int, int], timeout_s: float | None = 10.0) -> None:
         """Reallocate every slot for frames of ``shape`` (an ROI or binning change).
@@ -271,4 +285,9 @@ class RingBuffer:
     def counters(self) -> dict[str, int]:
         """``{"pushed", "popped", "dropped", "queued"}``."""
         with self._cond:
-            return {"pushed": self.pushed, "popped": self.popped, "dropped": self.dropped, "queued": len(self._queue)}
+            return {
+                "pushed": self.pushed,
+                "popped": self.popped,
+                "dropped": self.dropped,
+                "queued": len(self._queue),
+            }

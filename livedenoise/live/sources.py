@@ -120,7 +120,9 @@ def load_core(config: str | Path) -> Any:
     except Exception as exc:
         raise SourceError(f"cannot load Micro-Manager configuration {path}: {exc}") from exc
     if not core.getCameraDevice():
-        raise SourceError(f"{path} defines no camera (Core-Camera is empty); add one and set it as the core camera")
+        raise SourceError(
+            f"{path} defines no camera (Core-Camera is empty); add one and set it as the core camera"
+        )
     return core
 
 
@@ -276,14 +278,19 @@ class CoreSource:
         if not isinstance(pool, np.ndarray) or pool is self._resident_pool():
             return
         try:
-            frame_bytes = int(core.getImageWidth()) * int(core.getImageHeight()) * int(core.getBytesPerPixel())
+            frame_bytes = (
+                int(core.getImageWidth()) * int(core.getImageHeight()) * int(core.getBytesPerPixel())
+            )
         except Exception:
             return
         if frame_bytes < _RESIDENT_MIN_FRAME_BYTES:
             return
         self._resident_pool = weakref.ref(pool)  # an id() could be reused by the next buffer
         seq.clear()  # the sequence start clears it too: no frame is lost here
-        log.info("making the core's %d MiB sequence buffer resident before the camera starts ...", pool.nbytes >> 20)
+        log.info(
+            "making the core's %d MiB sequence buffer resident before the camera starts ...",
+            pool.nbytes >> 20,
+        )
         dt = prefault(pool)
         log.info("sequence buffer of %d MiB made resident in %.2f s", pool.nbytes >> 20, dt)
 
@@ -489,12 +496,16 @@ class AttachedSource:
 
     # -- delivery -----------------------------------------------------------------------
 
-    def _deliver(self, img: np.ndarray, index: int, exposure_ms: float, truth_id: int | None, reason: str) -> None:
+    def _deliver(
+        self, img: np.ndarray, index: int, exposure_ms: float, truth_id: int | None, reason: str
+    ) -> None:
         sink = self._sink
         if sink is None or self._paused.is_set():
             return
         if img.ndim != 2 or img.dtype != np.uint16:
-            log.warning("attached source: skipping a %s %s image (livedenoise takes uint16 2D)", img.dtype, img.shape)
+            log.warning(
+                "attached source: skipping a %s %s image (livedenoise takes uint16 2D)", img.dtype, img.shape
+            )
             return
         geo = self._roi
         if (geo[3], geo[2]) != img.shape:

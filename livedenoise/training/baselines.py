@@ -40,18 +40,18 @@ import numpy as np
 __all__ = [
     "BASELINES",
     "available_baselines",
+    "gat_bm3d",
     "gat_forward",
     "gat_inverse",
     "gat_inverse_closed_form",
     "gat_nlm",
-    "gat_tv",
-    "gat_bm3d",
     "gat_nlm_rl",
+    "gat_tv",
     "nlm",
     "richardson_lucy",
     "run_baseline",
-    "tv",
     "tune",
+    "tv",
 ]
 
 log = logging.getLogger("livedenoise")
@@ -95,7 +95,9 @@ def gat_forward(z: np.ndarray, read_var_e2: float = 0.0) -> np.ndarray:
     ``f(z) = 2 sqrt(max(z + 3/8 + sigma^2, 0))`` with ``sigma^2 = read_var_e2``; the
     result has approximately unit noise variance wherever the counts are not tiny.
     """
-    return (2.0 * np.sqrt(np.maximum(np.asarray(z, np.float64) + 0.375 + read_var_e2, 0.0))).astype(np.float32)
+    return (2.0 * np.sqrt(np.maximum(np.asarray(z, np.float64) + 0.375 + read_var_e2, 0.0))).astype(
+        np.float32
+    )
 
 
 def gat_inverse_closed_form(d: np.ndarray, read_var_e2: float = 0.0) -> np.ndarray:
@@ -131,7 +133,9 @@ def _exact_table(read_var_key: float) -> tuple[np.ndarray, np.ndarray]:
         t, w = np.polynomial.hermite_e.hermegauss(60)  # weight exp(-t^2/2)
         w = w / w.sum()
         n = np.sqrt(var) * t
-        g = (2.0 * np.sqrt(np.maximum(k[:, None] + n[None, :] + 0.375 + var, 0.0))) @ w  # E over Gaussian, per k
+        g = (
+            2.0 * np.sqrt(np.maximum(k[:, None] + n[None, :] + 0.375 + var, 0.0))
+        ) @ w  # E over Gaussian, per k
     else:
         g = 2.0 * np.sqrt(k + 0.375)
     pmf = poisson.pmf(k[None, :], y[:, None])  # (len(y), kmax+1)
@@ -192,8 +196,9 @@ def nlm(frame_e: np.ndarray, *, h_factor: float | None = None, **_: Any) -> np.n
     return np.maximum(out, 0).astype(np.float32)
 
 
-def gat_nlm(frame_e: np.ndarray, *, read_var_e2: float | np.ndarray = 0.0, h_factor: float | None = None,
-            **_: Any) -> np.ndarray:  # fmt: skip
+def gat_nlm(
+    frame_e: np.ndarray, *, read_var_e2: float | np.ndarray = 0.0, h_factor: float | None = None, **_: Any
+) -> np.ndarray:
     """GAT -> non-local means (unit noise) -> exact unbiased inverse."""
     denoise_nl_means = _restoration().denoise_nl_means
 
@@ -214,8 +219,9 @@ def tv(frame_e: np.ndarray, *, weight_factor: float | None = None, **_: Any) -> 
     return np.maximum(denoise_tv_chambolle(f, weight=w), 0).astype(np.float32)
 
 
-def gat_tv(frame_e: np.ndarray, *, read_var_e2: float | np.ndarray = 0.0, weight: float | None = None,
-           **_: Any) -> np.ndarray:  # fmt: skip
+def gat_tv(
+    frame_e: np.ndarray, *, read_var_e2: float | np.ndarray = 0.0, weight: float | None = None, **_: Any
+) -> np.ndarray:
     """GAT -> total variation (unit noise) -> exact unbiased inverse."""
     denoise_tv_chambolle = _restoration().denoise_tv_chambolle
 
@@ -248,8 +254,14 @@ def gat_bm3d(frame_e: np.ndarray, *, read_var_e2: float | np.ndarray = 0.0, **_:
     return gat_inverse(np.asarray(dd), var)
 
 
-def richardson_lucy(frame_e: np.ndarray, *, psf: np.ndarray | None = None, iterations: int | None = None,
-                    target_psf: np.ndarray | None = None, **_: Any) -> np.ndarray:  # fmt: skip
+def richardson_lucy(
+    frame_e: np.ndarray,
+    *,
+    psf: np.ndarray | None = None,
+    iterations: int | None = None,
+    target_psf: np.ndarray | None = None,
+    **_: Any,
+) -> np.ndarray:
     """Richardson-Lucy deconvolution with the known PSF (scikit-image), photoelectrons kept.
 
     The negative photoelectrons that read noise produces are clipped to 0 first (RL
@@ -273,9 +285,15 @@ def richardson_lucy(frame_e: np.ndarray, *, psf: np.ndarray | None = None, itera
     return np.maximum(out, 0).astype(np.float32)
 
 
-def gat_nlm_rl(frame_e: np.ndarray, *, read_var_e2: float | np.ndarray = 0.0, psf: np.ndarray | None = None,
-               target_psf: np.ndarray | None = None, iterations: int | None = None,
-               **_: Any) -> np.ndarray:  # fmt: skip
+def gat_nlm_rl(
+    frame_e: np.ndarray,
+    *,
+    read_var_e2: float | np.ndarray = 0.0,
+    psf: np.ndarray | None = None,
+    target_psf: np.ndarray | None = None,
+    iterations: int | None = None,
+    **_: Any,
+) -> np.ndarray:
     """Denoise first (GAT + NLM), then Richardson-Lucy with the known PSF: the usual classical pipeline."""
     d = gat_nlm(frame_e, read_var_e2=read_var_e2)
     n = DENOISED_RL_ITERATIONS if iterations is None else iterations
@@ -307,8 +325,9 @@ def available_baselines(task: str = "denoise") -> dict[str, tuple[bool, str]]:
     return out
 
 
-def run_baseline(name: str, frame_e: np.ndarray, *, read_var_e2: float | np.ndarray = 0.0,
-                 **params: Any) -> np.ndarray:  # fmt: skip
+def run_baseline(
+    name: str, frame_e: np.ndarray, *, read_var_e2: float | np.ndarray = 0.0, **params: Any
+) -> np.ndarray:
     """Run baseline ``name`` (a key of ``BASELINES``) on one photoelectron frame.
 
     ``params``: ``psf`` and ``target_psf`` for ``rl``, or a tuning parameter (``h_factor``...).
@@ -358,7 +377,10 @@ def tune(
         param, grid = TUNING_GRID[m]
         scores = {}
         for v in grid:
-            vals = [psnr(run_baseline(m, x, read_var_e2=rv, **(ex or {}), **{param: v}), t) for x, t, rv, ex in samples]
+            vals = [
+                psnr(run_baseline(m, x, read_var_e2=rv, **(ex or {}), **{param: v}), t)
+                for x, t, rv, ex in samples
+            ]
             scores[v] = float(np.mean(vals))
             log.info("tune %s %s=%s: %.3f dB", m, param, v, scores[v])
         best = max(scores, key=scores.__getitem__)

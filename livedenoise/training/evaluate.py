@@ -189,7 +189,9 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None) -> dict[str, Any]:
         scores: dict[str, dict[str, list[dict[str, float]]]] = {m: {b[0]: [] for b in bins} for m in methods}
         times: dict[str, list[float]] = {m: [] for m in methods}
         total = sum(len(b[1]) for b in bins)
-        bar = tqdm(total=total, desc="evaluate", unit="frame", disable=None if progress is None else not progress)
+        bar = tqdm(
+            total=total, desc="evaluate", unit="frame", disable=None if progress is None else not progress
+        )
         out = np.empty((cfg.size, cfg.size), np.float32)
         for label, xs, ts, ps in bins:
             for x, t, p in zip(xs, ts, ps):
@@ -209,8 +211,10 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None) -> dict[str, Any]:
                 bar.update(1)
         bar.close()
     finally:
-        model_info = {name: {**eng.describe(), "sha256": getattr(getattr(eng, "card", None), "sha256", None)}
-                      for name, eng in models}  # fmt: skip
+        model_info = {
+            name: {**eng.describe(), "sha256": getattr(getattr(eng, "card", None), "sha256", None)}
+            for name, eng in models
+        }
         for _, eng in models:
             eng.close()
 
@@ -241,19 +245,28 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None) -> dict[str, Any]:
 
 def _target(summary: dict[str, dict[str, float]], models: Sequence[str]) -> dict[str, Any] | None:
     """The issue's target: best model >= 1.5 dB mean PSNR above GAT+NLM and TV over 5-100 e-."""
-    refs = [r for r in ("gat-nlm", "tv") if r in summary and summary[r]]
+    refs = [r for r in ("gat-nlm", "tv") if summary.get(r)]
     if not models or not refs or not summary.get(models[0]):
         return None
     best = max(models, key=lambda m: summary[m]["psnr"])
     gains = {r: summary[best]["psnr"] - summary[r]["psnr"] for r in refs}
-    return {"best_model": best, "gain_db": gains, "required_db": 1.5, "met": all(g >= 1.5 for g in gains.values())}
+    return {
+        "best_model": best,
+        "gain_db": gains,
+        "required_db": 1.5,
+        "met": all(g >= 1.5 for g in gains.values()),
+    }
 
 
 def _machine() -> dict[str, Any]:
     import os
 
-    info: dict[str, Any] = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                            "cpus": os.cpu_count(), "python": platform.python_version()}  # fmt: skip
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
     try:
         import torch
 
@@ -282,18 +295,29 @@ def format_markdown(report: dict[str, Any]) -> str:
     for m in report["methods"]:
         cells = [f"{res[m][lab]['psnr']:.2f}" for lab in labels]
         s = summ.get(m) or {}
-        tail = [f"{s['psnr']:.2f}", f"{s['ssim']:.3f}", f"{s['nrmse']:.3f}", f"{s['kd']:.3f}"] if s else ["-"] * 4
+        tail = (
+            [f"{s['psnr']:.2f}", f"{s['ssim']:.3f}", f"{s['nrmse']:.3f}", f"{s['kd']:.3f}"]
+            if s
+            else ["-"] * 4
+        )
         best = report.get("ms_per_frame_min", ms)[m]
         t = "-" if m == "raw" else f"{ms[m]:.0f} / {best:.0f}"
         lines.append(f"| {m} | " + " | ".join(cells + tail + [t]) + " |")
-    lines += ["", "SSIM per peak photon level:", "",
-              "| method | " + " | ".join(f"{lab} e-" for lab in labels) + " |",
-              "|---" * (len(labels) + 1) + "|"]  # fmt: skip
+    lines += [
+        "",
+        "SSIM per peak photon level:",
+        "",
+        "| method | " + " | ".join(f"{lab} e-" for lab in labels) + " |",
+        "|---" * (len(labels) + 1) + "|",
+    ]
     for m in report["methods"]:
         lines.append(f"| {m} | " + " | ".join(f"{res[m][lab]['ssim']:.3f}" for lab in labels) + " |")
     tgt = report.get("target")
     if tgt:
         gains = ", ".join(f"{g:+.2f} dB vs {r}" for r, g in tgt["gain_db"].items())
         verdict = "met" if tgt["met"] else "NOT met"
-        lines += ["", f"Best model {tgt['best_model']}: {gains} (target >= {tgt['required_db']} dB: {verdict})."]
+        lines += [
+            "",
+            f"Best model {tgt['best_model']}: {gains} (target >= {tgt['required_db']} dB: {verdict}).",
+        ]
     return "\n".join(lines)

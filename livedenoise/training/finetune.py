@@ -87,10 +87,14 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "steps": self.steps >= 1, "batch": self.batch >= 1, "patch": self.patch >= 8,
-            "lr": 0 < self.lr < 1, "val_fraction": 0 < self.val_fraction < 1,
-            "eval_every": self.eval_every >= 1, "patience": self.patience >= 1,
-        }  # fmt: skip
+            "steps": self.steps >= 1,
+            "batch": self.batch >= 1,
+            "patch": self.patch >= 8,
+            "lr": 0 < self.lr < 1,
+            "val_fraction": 0 < self.val_fraction < 1,
+            "eval_every": self.eval_every >= 1,
+            "patience": self.patience >= 1,
+        }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(
@@ -115,7 +119,11 @@ def load_pairs(dataset: PairDataset, pairs: Sequence[dict[str, Any]]) -> list[Lo
     out = []
     for p in pairs:
         short, long = dataset.load_e(p)
-        out.append(LoadedPair(int(p["id"]), short, long, float(p["long_exposure_ms"]) / float(p["short_exposure_ms"])))
+        out.append(
+            LoadedPair(
+                int(p["id"]), short, long, float(p["long_exposure_ms"]) / float(p["short_exposure_ms"])
+            )
+        )
     return out
 
 
@@ -214,7 +222,9 @@ def evaluate_pairs(module: Any, pairs: Sequence[LoadedPair]) -> dict[str, float]
             for pair in pairs:
                 ref = pair.long / pair.ratio
                 for s in pair.short:
-                    restored = module(torch.from_numpy(np.ascontiguousarray(s, np.float32))[None, None])[0, 0].numpy()
+                    restored = module(torch.from_numpy(np.ascontiguousarray(s, np.float32))[None, None])[
+                        0, 0
+                    ].numpy()
                     dev += _deviance(pair.long, pair.ratio * restored)
                     psnr += _psnr(restored, ref)
                     psnr_raw += _psnr(s, ref)
@@ -278,8 +288,8 @@ def finetune(
     """
     import torch
 
-    from livedenoise.training.losses import poisson_loss
     from livedenoise.inference.modelio import load_model, save_model
+    from livedenoise.training.losses import poisson_loss
 
     cfg = config or FinetuneConfig()
     ds = dataset if isinstance(dataset, PairDataset) else PairDataset(dataset)
@@ -296,11 +306,22 @@ def finetune(
     if cfg.freeze_batchnorm:
         _freeze_bn(module)
     before = evaluate_pairs(module, val_pairs)
-    log.info("fine-tuning %s on %d pairs (%d held out, %d flagged left out): held-out before %s",
-             init_card.id, len(train_pairs), len(val_pairs), 0 if cfg.include_flagged else flagged, before)  # fmt: skip
+    log.info(
+        "fine-tuning %s on %d pairs (%d held out, %d flagged left out): held-out before %s",
+        init_card.id,
+        len(train_pairs),
+        len(val_pairs),
+        0 if cfg.include_flagged else flagged,
+        before,
+    )
     patches = PairPatches(train_pairs, cfg.patch, rng)
     opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
-    best_dev, best_state, best_step, bad = before["poisson_deviance"], copy.deepcopy(module.state_dict()), 0, 0
+    best_dev, best_state, best_step, bad = (
+        before["poisson_deviance"],
+        copy.deepcopy(module.state_dict()),
+        0,
+        0,
+    )
     history: dict[str, Any] = {"before": before, "heldout": [], "train_loss": [], "stopped_early": False}
     bar = None
     if progress:
@@ -330,12 +351,21 @@ def finetune(
                 if bar is not None:
                     bar.set_postfix(deviance=held["poisson_deviance"], psnr=held["psnr_db"])
                 if held["poisson_deviance"] < best_dev:
-                    best_dev, best_state, best_step, bad = held["poisson_deviance"], copy.deepcopy(module.state_dict()), step, 0
+                    best_dev, best_state, best_step, bad = (
+                        held["poisson_deviance"],
+                        copy.deepcopy(module.state_dict()),
+                        step,
+                        0,
+                    )
                 else:
                     bad += 1
                     if bad >= cfg.patience:
                         history["stopped_early"] = True
-                        log.info("held-out deviance did not improve for %d evaluations: stopping at step %d", bad, step)
+                        log.info(
+                            "held-out deviance did not improve for %d evaluations: stopping at step %d",
+                            bad,
+                            step,
+                        )
                         break
     finally:
         if bar is not None:
@@ -386,9 +416,15 @@ def finetune(
     )
     if out_path is not None:
         card = save_model(module, card, out_path)
-    log.info("held-out pairs: deviance %.4f -> %.4f, PSNR %.2f -> %.2f dB (best step %d of %d)",
-             before["poisson_deviance"], after["poisson_deviance"], before["psnr_db"], after["psnr_db"],
-             best_step, step)  # fmt: skip
+    log.info(
+        "held-out pairs: deviance %.4f -> %.4f, PSNR %.2f -> %.2f dB (best step %d of %d)",
+        before["poisson_deviance"],
+        after["poisson_deviance"],
+        before["psnr_db"],
+        after["psnr_db"],
+        best_step,
+        step,
+    )
     return module, card, history
 
 
@@ -433,8 +469,14 @@ def run_pairs(args: Any) -> int:
         threads=getattr(args, "threads", None),
     )
     progress = not getattr(args, "no_progress", False)
-    _, card, history = finetune(args.pairs, getattr(args, "init", None), output, cfg,
-                                model_id=getattr(args, "id", None), progress=progress)  # fmt: skip
+    _, card, history = finetune(
+        args.pairs,
+        getattr(args, "init", None),
+        output,
+        cfg,
+        model_id=getattr(args, "id", None),
+        progress=progress,
+    )
     h = card.quality["heldout_pairs"]
     print(
         f"fine-tuned {card.training['init_model']['id']} on {len(card.training['dataset']['train_pairs'])} pairs "

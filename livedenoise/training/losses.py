@@ -75,7 +75,9 @@ def _gauss_window(size: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
     return (g[:, None] * g[None, :]).view(1, 1, size, size)
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: torch.Tensor | float = 1.0, win: int = 11) -> torch.Tensor:
+def ssim(
+    x: torch.Tensor, y: torch.Tensor, data_range: torch.Tensor | float = 1.0, win: int = 11
+) -> torch.Tensor:
     """Mean SSIM of ``(N, 1, H, W)`` images (Gaussian window 11, sigma 1.5; Wang et al. 2004)."""
     win = min(win, x.shape[-1], x.shape[-2])
     win = win if win % 2 else win - 1

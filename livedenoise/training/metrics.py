@@ -21,7 +21,9 @@ def _pair(x: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     if x.shape != ref.shape:
-        raise ValueError(f"estimate is {x.shape} but the reference is {ref.shape}; compare images of one shape")
+        raise ValueError(
+            f"estimate is {x.shape} but the reference is {ref.shape}; compare images of one shape"
+        )
     if x.size == 0:
         raise ValueError("cannot score empty images")
     if not (np.all(np.isfinite(x)) and np.all(np.isfinite(ref))):

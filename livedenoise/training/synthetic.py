@@ -67,7 +67,12 @@ def _splat(img: np.ndarray, ys: np.ndarray, xs: np.ndarray, w: np.ndarray) -> No
     x0 = np.floor(xs).astype(np.int64)
     fy = (ys - y0).astype(np.float32)
     fx = (xs - x0).astype(np.float32)
-    for dy, dx, ww in ((0, 0, (1 - fy) * (1 - fx)), (1, 0, fy * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 1, fy * fx)):
+    for dy, dx, ww in (
+        (0, 0, (1 - fy) * (1 - fx)),
+        (1, 0, fy * (1 - fx)),
+        (0, 1, (1 - fy) * fx),
+        (1, 1, fy * fx),
+    ):
         yy, xx = y0 + dy, x0 + dx
         ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < wd)
         np.add.at(img, (yy[ok], xx[ok]), (w * ww)[ok])
@@ -152,7 +157,9 @@ def _blobs(rng, size, n):
     for _ in range(n):
         cy, cx = rng.uniform(0, size, 2)
         s = rng.uniform(1.0, 6.0)
-        img += rng.uniform(0.2, 1.0) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s)).astype(np.float32)
+        img += rng.uniform(0.2, 1.0) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s)).astype(
+            np.float32
+        )
     return img
 
 
@@ -183,8 +190,13 @@ def make_phantom(rng: np.random.Generator, size: int, mix: dict[str, float] | No
         if name == "dots":
             part = _dots(rng, size, max(1, int(rng.uniform(3, 25) * area)))
         elif name == "rings":
-            part = _radial(rng, size, max(1, int(rng.uniform(1, 5) * area)), shell=bool(rng.random() < 0.7),
-                           r_range=(3.0, min(14.0, size / 3)))  # fmt: skip
+            part = _radial(
+                rng,
+                size,
+                max(1, int(rng.uniform(1, 5) * area)),
+                shell=bool(rng.random() < 0.7),
+                r_range=(3.0, min(14.0, size / 3)),
+            )
         elif name == "filaments":
             part = _filaments(rng, size, max(1, int(rng.uniform(2, 10) * np.sqrt(area))))
         elif name == "blobs":
@@ -207,7 +219,13 @@ def random_psf(rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
     px = float(rng.uniform(65, 130))
     sigma = airy_sigma_px(na, wl, px)
     if rng.random() < 0.5:
-        return airy_psf(na, wl, px), {"psf": "airy", "na": na, "wavelength_nm": wl, "pixel_nm": px, "sigma_px": sigma}
+        return airy_psf(na, wl, px), {
+            "psf": "airy",
+            "na": na,
+            "wavelength_nm": wl,
+            "pixel_nm": px,
+            "sigma_px": sigma,
+        }
     return gaussian_psf(sigma), {"psf": "gaussian", "sigma_px": sigma}
 
 

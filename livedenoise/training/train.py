@@ -90,8 +90,8 @@ class TrainConfig:
     command: str = ""
 
     def __post_init__(self) -> None:
-        from livedenoise.training.losses import LOSSES
         from livedenoise.inference.nets import ARCHITECTURES
+        from livedenoise.training.losses import LOSSES
         from livedenoise.training.synthetic import TASKS
 
         if self.architecture not in ARCHITECTURES:
@@ -146,9 +146,13 @@ def batches(source: Iterable, batch: int) -> Iterator[tuple[np.ndarray, np.ndarr
             restarted = False
             x, t = np.asarray(x, np.float32), np.asarray(t, np.float32)
             if x.ndim != 2 or x.shape != t.shape:
-                raise ValueError(f"training pairs must be two 2D arrays of one shape, got {x.shape} and {t.shape}")
+                raise ValueError(
+                    f"training pairs must be two 2D arrays of one shape, got {x.shape} and {t.shape}"
+                )
             if xs and x.shape != xs[0].shape:
-                raise ValueError(f"patches in a batch must share a shape: {xs[0].shape} then {x.shape}; crop them")
+                raise ValueError(
+                    f"patches in a batch must share a shape: {xs[0].shape} then {x.shape}; crop them"
+                )
             xs.append(x)
             ts.append(t)
             rs.append(float(r))
@@ -164,7 +168,9 @@ def psnr_db(x: np.ndarray, ref: np.ndarray) -> float:
     return 10 * math.log10(max(rng, 1e-12) ** 2 / mse)
 
 
-def evaluate_psnr(module, inputs: np.ndarray, targets: np.ndarray, ratios=None, device="cpu", batch=8) -> dict:
+def evaluate_psnr(
+    module, inputs: np.ndarray, targets: np.ndarray, ratios=None, device="cpu", batch=8
+) -> dict:
     """Mean PSNR of the network and of the raw input (scaled by ratio) against the targets."""
     import torch
 
@@ -193,8 +199,14 @@ def _device(name: str):
 def _default_val(config: TrainConfig):
     from livedenoise.training.synthetic import make_eval_set
 
-    x, t, _ = make_eval_set(config.val_size, config.val_px, config.peak_e_range, config.task,
-                            seed=config.seed + VAL_SEED_OFFSET, held_out=False)  # fmt: skip
+    x, t, _ = make_eval_set(
+        config.val_size,
+        config.val_px,
+        config.peak_e_range,
+        config.task,
+        seed=config.seed + VAL_SEED_OFFSET,
+        held_out=False,
+    )
     return x, t, np.ones(len(x), np.float32)
 
 
@@ -223,9 +235,9 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
     import torch
     from tqdm.auto import tqdm
 
-    from livedenoise.training.losses import LOSSES
     from livedenoise.inference.modelio import ModelCard, load_model
     from livedenoise.inference.nets import build_network
+    from livedenoise.training.losses import LOSSES
     from livedenoise.training.synthetic import SyntheticPatches
 
     t0 = time.perf_counter()
@@ -236,7 +248,9 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
     if config.init:
         module, init_card = load_model(config.init)
         if init_card.architecture != config.architecture:
-            raise ValueError(f"--init model is a {init_card.architecture}, but --arch is {config.architecture}")
+            raise ValueError(
+                f"--init model is a {init_card.architecture}, but --arch is {config.architecture}"
+            )
         config.arch_params = dict(init_card.arch_params)
     else:
         module = build_network(config.architecture, **config.arch_params)
@@ -254,7 +268,9 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
         if config.resume and last.is_file():
             ck = torch.load(last, map_location=device, weights_only=True)
             if json.loads(ck["config"])["architecture"] != config.architecture:
-                raise ValueError(f"checkpoint {last} is for another architecture; use another --checkpoint-dir")
+                raise ValueError(
+                    f"checkpoint {last} is for another architecture; use another --checkpoint-dir"
+                )
             module.load_state_dict(ck["model"])
             module.to(memory_format=torch.channels_last)
             opt.load_state_dict(ck["optim"])
@@ -267,9 +283,11 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
     if data is None:
         stream_seed = int(np.random.SeedSequence([config.seed, start]).generate_state(1)[0] % 2**31)
         data = SyntheticPatches(config.patch, config.task, stream_seed, config.peak_e_range)
-        data_desc = (f"synthetic phantoms ({config.task}), {config.patch}px patches, "
-                     f"peak {config.peak_e_range[0]:g}-{config.peak_e_range[1]:g} e- log-uniform, "
-                     "Poisson + sCMOS read noise, seed " + str(config.seed))  # fmt: skip
+        data_desc = (
+            f"synthetic phantoms ({config.task}), {config.patch}px patches, "
+            f"peak {config.peak_e_range[0]:g}-{config.peak_e_range[1]:g} e- log-uniform, "
+            "Poisson + sCMOS read noise, seed " + str(config.seed)
+        )
     else:
         data_desc = getattr(data, "description", type(data).__name__)
     vx, vt, vr = _default_val(config) if val_data is None else val_data
@@ -290,8 +308,14 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
 
     module.train()
     stream = batches(data, config.batch)
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=f"train {config.architecture}",
-               unit="step", dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=config.steps,
+        initial=start,
+        disable=not progress,
+        desc=f"train {config.architecture}",
+        unit="step",
+        dynamic_ncols=True,
+    )
     running, n_run = 0.0, 0
     step = start
     while step < config.steps:
@@ -321,22 +345,37 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
             bar.set_postfix(loss=f"{running / n_run:.4g}")
         if step % config.epoch_steps == 0 or step == config.steps:
             vloss, vpsnr, vraw = validate()
-            rec = {"step": step, "train_loss": running / max(n_run, 1), "val_loss": vloss, "val_psnr_db": vpsnr,
-                   "val_raw_psnr_db": vraw, "lr": lr_at(config, step - 1),
-                   "time_s": time.perf_counter() - t0}  # fmt: skip
+            rec = {
+                "step": step,
+                "train_loss": running / max(n_run, 1),
+                "val_loss": vloss,
+                "val_psnr_db": vpsnr,
+                "val_raw_psnr_db": vraw,
+                "lr": lr_at(config, step - 1),
+                "time_s": time.perf_counter() - t0,
+            }
             history.append(rec)
             running, n_run = 0.0, 0
-            bar.write(f"step {step}: train {rec['train_loss']:.4g}  val {vloss:.4g}  "
-                      f"PSNR {vpsnr:.2f} dB (raw {vraw:.2f})")  # fmt: skip
+            bar.write(
+                f"step {step}: train {rec['train_loss']:.4g}  val {vloss:.4g}  "
+                f"PSNR {vpsnr:.2f} dB (raw {vraw:.2f})"
+            )
             log.info("step %s: val loss %.4g, PSNR %.2f dB (raw %.2f)", step, vloss, vpsnr, vraw)
             if vloss < best[0]:
                 best = (vloss, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}, step)
             if ckpt_dir is not None:
                 from livedenoise._atomic import atomic_path
 
-                ck = {"model": module.state_dict(), "optim": opt.state_dict(), "step": step,
-                      "history": json.dumps(history), "config": json.dumps(config.to_dict()),
-                      "best_loss": best[0], "best_model": best[1], "best_step": best[2]}  # fmt: skip
+                ck = {
+                    "model": module.state_dict(),
+                    "optim": opt.state_dict(),
+                    "step": step,
+                    "history": json.dumps(history),
+                    "config": json.dumps(config.to_dict()),
+                    "best_loss": best[0],
+                    "best_model": best[1],
+                    "best_step": best[2],
+                }
                 with atomic_path(ckpt_dir / "last.pt", "checkpoint") as tmp:
                     torch.save(ck, tmp)
     bar.close()

@@ -71,7 +71,9 @@ def request(
     try:
         reply = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ValueError(f"{endpoint} answered with something that is not JSON ({exc}); is it a livedenoise daemon?") from exc
+        raise ValueError(
+            f"{endpoint} answered with something that is not JSON ({exc}); is it a livedenoise daemon?"
+        ) from exc
     if not isinstance(reply, dict):
         raise ValueError(f"{endpoint} answered with a JSON {type(reply).__name__}, expected an object")
     return reply

@@ -77,7 +77,9 @@ class ControlServer:
         try:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-            self.endpoint = bind_server(sock, endpoint, security=security, context=self._ctx, option="--control")
+            self.endpoint = bind_server(
+                sock, endpoint, security=security, context=self._ctx, option="--control"
+            )
         except BaseException:
             sock.close(0)
             raise
@@ -165,11 +167,14 @@ class ControlServer:
         except (UnicodeDecodeError, ValueError) as exc:
             return {"ok": False, "error": f"request is not UTF-8 JSON ({exc}); {example}"}
         if not isinstance(request, dict):
-            return {"ok": False, "error": f"request must be a JSON object, got {type(request).__name__}; {example}"}
+            return {
+                "ok": False,
+                "error": f"request must be a JSON object, got {type(request).__name__}; {example}",
+            }
         handlers = self._handlers
         cmd = request.get("cmd")
         if not isinstance(cmd, str) or cmd not in handlers:
-            what = "has no \"cmd\"" if "cmd" not in request else f"names unknown cmd {cmd!r}"
+            what = 'has no "cmd"' if "cmd" not in request else f"names unknown cmd {cmd!r}"
             return {"ok": False, "error": f"request {what}; known commands: {', '.join(sorted(handlers))}"}
         try:
             result = handlers[cmd](request)

@@ -28,9 +28,21 @@ TOPICS = ("raw", "denoised", "truth")
 UNITS = {"raw": "adu", "denoised": "photoelectrons", "truth": "photoelectrons"}
 DTYPES = {"raw": np.dtype("<u2"), "denoised": np.dtype("<f4"), "truth": np.dtype("<f4")}
 REQUIRED = (
-    "protocol", "stream", "frame", "seq", "shape", "dtype", "units", "exposure_ms",
-    "t_acquired", "t_published", "dropped", "camera", "model", "calibration",
-)  # fmt: skip
+    "protocol",
+    "stream",
+    "frame",
+    "seq",
+    "shape",
+    "dtype",
+    "units",
+    "exposure_ms",
+    "t_acquired",
+    "t_published",
+    "dropped",
+    "camera",
+    "model",
+    "calibration",
+)
 
 
 class ProtocolError(ValueError):
@@ -114,7 +126,9 @@ def decode(frames: list[bytes] | list[Any], *, copy: bool = True) -> tuple[str, 
     buf = memoryview(getattr(payload, "buffer", payload))
     expected = math.prod(shape) * dtype.itemsize
     if buf.nbytes != expected:
-        raise ProtocolError(f"payload is {buf.nbytes} bytes, shape {list(shape)} {dtype.str} needs {expected}")
+        raise ProtocolError(
+            f"payload is {buf.nbytes} bytes, shape {list(shape)} {dtype.str} needs {expected}"
+        )
     arr = np.frombuffer(buf, dtype=dtype).reshape(shape)
     if copy:
         arr = arr.copy()

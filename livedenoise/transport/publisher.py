@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from livedenoise.transport.security import ServerSecurity, bind_server, check_bind, release_server
 from livedenoise.transport.protocol import TOPICS, encode_header, make_header
+from livedenoise.transport.security import ServerSecurity, bind_server, check_bind, release_server
 
 __all__ = ["Publisher"]
 
@@ -46,7 +46,9 @@ class _BufferPool:
 
     def acquire(self, shape: tuple[int, ...], dtype: np.dtype) -> list[Any] | None:
         # forget buffers of another shape (ROI change) once ZeroMQ has released them
-        self.entries = [e for e in self.entries if (e[0].shape == shape and e[0].dtype == dtype) or not _done(e)]
+        self.entries = [
+            e for e in self.entries if (e[0].shape == shape and e[0].dtype == dtype) or not _done(e)
+        ]
         for e in self.entries:
             if e[0].shape == shape and e[0].dtype == dtype and _done(e):
                 return e
@@ -226,10 +228,19 @@ class Publisher:
             raise RuntimeError("publish() on a closed Publisher")
         array = np.asarray(array)
         header = make_header(
-            topic, frame=frame, seq=self._seq.get(topic, 0), array=array, exposure_ms=exposure_ms,
-            t_acquired=t_acquired, t_published=0.0, dropped=dropped, camera=camera, model=model,
-            calibration=calibration, **extra,
-        )  # fmt: skip
+            topic,
+            frame=frame,
+            seq=self._seq.get(topic, 0),
+            array=array,
+            exposure_ms=exposure_ms,
+            t_acquired=t_acquired,
+            t_published=0.0,
+            dropped=dropped,
+            camera=camera,
+            model=model,
+            calibration=calibration,
+            **extra,
+        )
         self._seq[topic] += 1
         if not self.has_subscribers(topic):
             self._skipped[topic] += 1

@@ -40,9 +40,9 @@ __all__ = [
     "create_client_keys",
     "ensure_server_keys",
     "is_loopback",
+    "release_server",
     "secure_client",
     "secure_server",
-    "release_server",
 ]
 
 log = logging.getLogger("livedenoise")
@@ -128,7 +128,10 @@ def ensure_server_keys(key_dir: str | os.PathLike[str]) -> tuple[bytes, bytes]:
 
 
 def create_client_keys(
-    key_dir: str | os.PathLike[str], name: str = "viewer", *, authorize_in: str | os.PathLike[str] | None = None
+    key_dir: str | os.PathLike[str],
+    name: str = "viewer",
+    *,
+    authorize_in: str | os.PathLike[str] | None = None,
 ) -> tuple[Path, Path]:
     """Create a client key pair ``NAME.key`` / ``NAME.key_secret`` (0600) in ``key_dir``.
 
@@ -146,7 +149,9 @@ def create_client_keys(
     (public_file, secret_file)
     """
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name == SERVER_NAME:
-        raise SecurityError(f"client key name must be letters, digits, '_', '.', '-' and not {SERVER_NAME!r}; got {name!r}")
+        raise SecurityError(
+            f"client key name must be letters, digits, '_', '.', '-' and not {SERVER_NAME!r}; got {name!r}"
+        )
     key_dir = Path(key_dir)
     key_dir.mkdir(parents=True, exist_ok=True)
     if (key_dir / f"{name}.key_secret").exists():
@@ -162,7 +167,7 @@ def authorize_client(server_key_dir: str | os.PathLike[str], public_file: str | 
     import zmq.auth
 
     public_file = Path(public_file)
-    public, secret = zmq.auth.load_certificate(public_file)  # raises ValueError on a bad file
+    _public, secret = zmq.auth.load_certificate(public_file)  # raises ValueError on a bad file
     if secret:
         raise SecurityError(f"{public_file} contains a secret key; authorise the public .key file instead")
     dest_dir = Path(server_key_dir) / AUTHORIZED
@@ -232,12 +237,17 @@ def secure_server(socket: Any, security: ServerSecurity) -> None:
             auth.start()
             entry = _authenticators[id(ctx)] = [auth, 0, set()]
         if domain not in entry[2]:
-            entry[0].configure_curve_callback(domain=domain, credentials_provider=_AuthorizedFolder(authorized))
+            entry[0].configure_curve_callback(
+                domain=domain, credentials_provider=_AuthorizedFolder(authorized)
+            )
             entry[2].add(domain)
         entry[1] += 1
     n = len(list(authorized.glob("*.key")))
     if n == 0:
-        log.warning("no client is authorised in %s: nobody can connect until a public .key file is put there", authorized)
+        log.warning(
+            "no client is authorised in %s: nobody can connect until a public .key file is put there",
+            authorized,
+        )
     socket.curve_secretkey = secret
     socket.curve_publickey = public
     socket.curve_server = True
@@ -273,7 +283,9 @@ def secure_client(socket: Any, security: ClientSecurity) -> None:
     socket.curve_serverkey = server_public
 
 
-def bind_server(socket: Any, endpoint: str, *, security: ServerSecurity | None, context: Any, option: str) -> str:
+def bind_server(
+    socket: Any, endpoint: str, *, security: ServerSecurity | None, context: Any, option: str
+) -> str:
     """Prepare a server socket (IPv6 where the endpoint asks, CURVE when ``security``) and bind it.
 
     Returns the endpoint actually bound. On failure the CURVE authenticator taken for this

@@ -13,7 +13,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["BACKENDS", "Engine", "EngineUnavailable", "PassthroughEngine", "available_backends", "make_engine"]
+__all__ = [
+    "BACKENDS",
+    "Engine",
+    "EngineUnavailable",
+    "PassthroughEngine",
+    "available_backends",
+    "make_engine",
+]
 
 log = logging.getLogger("livedenoise")
 

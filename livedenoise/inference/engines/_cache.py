@@ -216,7 +216,7 @@ class EngineCache:
         if path is not None:
             try:
                 loaded = load(path)
-            except Exception as exc:  # noqa: BLE001 - any load failure means a damaged entry
+            except Exception as exc:
                 log.warning("cached engine %s failed to load (%s); removing it and rebuilding", path, exc)
                 self.remove(key)
             else:

@@ -125,16 +125,25 @@ def export_module_onnx(
         # The TorchScript exporter announces its own deprecation (torch >= 2.9) with these two
         # DeprecationWarnings. The replacement needs onnxscript, which livedenoise does not
         # depend on (see the module docstring); silence exactly these two messages, nothing else.
-        warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript-based ONNX export",
-                                category=DeprecationWarning)  # fmt: skip
-        warnings.filterwarnings("ignore", message=r"The feature will be removed\. Please remove usage of this function",
-                                category=DeprecationWarning)  # fmt: skip
+        warnings.filterwarnings(
+            "ignore",
+            message=r"You are using the legacy TorchScript-based ONNX export",
+            category=DeprecationWarning,
+        )
+        warnings.filterwarnings(
+            "ignore",
+            message=r"The feature will be removed\. Please remove usage of this function",
+            category=DeprecationWarning,
+        )
         # The networks' input check and their pad-to-multiple branch turn traced sizes into
         # Python booleans; the tracer warns that those branches are frozen. They are frozen the
         # right way because the dummy input needs padding (the pad amounts themselves stay
         # dynamic); tests/test_onnx.py checks sizes that need padding and sizes that do not.
-        warnings.filterwarnings("ignore", message=r"Converting a tensor to a Python boolean might cause the trace",
-                                category=torch.jit.TracerWarning)  # fmt: skip
+        warnings.filterwarnings(
+            "ignore",
+            message=r"Converting a tensor to a Python boolean might cause the trace",
+            category=torch.jit.TracerWarning,
+        )
         with torch.inference_mode(False), torch.no_grad():
             torch.onnx.export(
                 module,
@@ -221,7 +230,7 @@ def read_onnx_metadata(source: str | os.PathLike[str] | bytes) -> dict[str, Any]
     meta: dict[str, Any] = {}
     for entry in proto.metadata_props:
         if entry.key.startswith(META_PREFIX):
-            meta[entry.key[len(META_PREFIX):]] = entry.value
+            meta[entry.key[len(META_PREFIX) :]] = entry.value
     if "model_card" in meta:
         meta["model_card"] = json.loads(meta["model_card"])
     return meta
@@ -250,15 +259,23 @@ class OnnxRuntimeEngine:
             import onnx  # noqa: F401
             import onnxruntime as ort
         except ImportError as exc:
-            return False, f"{exc.name or exc} is not installed; pip install -e \".[onnx]\""
+            return False, f'{exc.name or exc} is not installed; pip install -e ".[onnx]"'
         present = [p for p in ort.get_available_providers() if p in PROVIDERS.values()]
         return True, f"onnxruntime {ort.__version__} with {', '.join(present)}"
 
-    def __init__(self, model: str | os.PathLike[str] | None = None, *, providers: Any = None,
-                 threads: int | None = None, **options: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        providers: Any = None,
+        threads: int | None = None,
+        **options: Any,
+    ) -> None:
         if options:
-            raise TypeError(f"unknown onnxruntime engine option(s): {', '.join(sorted(options))}; "
-                            "expected providers=, threads=")  # fmt: skip
+            raise TypeError(
+                f"unknown onnxruntime engine option(s): {', '.join(sorted(options))}; "
+                "expected providers=, threads="
+            )
         ok, why = self.available()
         if not ok:
             from livedenoise.inference.engines import EngineUnavailable
@@ -269,7 +286,9 @@ class OnnxRuntimeEngine:
         if model is not None and str(model).endswith(".onnx"):
             path = Path(model)
             if not path.is_file():
-                raise FileNotFoundError(f"ONNX model {path} does not exist; write it with `livedenoise export`")
+                raise FileNotFoundError(
+                    f"ONNX model {path} does not exist; write it with `livedenoise export`"
+                )
             data = path.read_bytes()
         else:
             from livedenoise.inference.modelio import load_model
@@ -278,11 +297,16 @@ class OnnxRuntimeEngine:
             data = export_module_onnx(module, None, card=card)
         meta = read_onnx_metadata(data)
         if meta.get("units") != "photoelectrons":
-            raise ValueError(f"{model} is not a livedenoise export (no livedenoise metadata); "
-                             "export it with `livedenoise export --format onnx`")  # fmt: skip
+            raise ValueError(
+                f"{model} is not a livedenoise export (no livedenoise metadata); "
+                "export it with `livedenoise export --format onnx`"
+            )
         self.model_id: str | None = meta.get("model_id") or None
-        self._fixed_shape = None if meta.get("shape", "dynamic") == "dynamic" else \
-            tuple(int(s) for s in meta["shape"].split("x"))  # fmt: skip
+        self._fixed_shape = (
+            None
+            if meta.get("shape", "dynamic") == "dynamic"
+            else tuple(int(s) for s in meta["shape"].split("x"))
+        )
         self.providers = self._resolve_providers(providers, ort.get_available_providers())
         so = ort.SessionOptions()
         if threads is not None:
@@ -317,8 +341,10 @@ class OnnxRuntimeEngine:
         h, w = (int(s) for s in shape)
         if self._fixed_shape is not None and (h, w) != self._fixed_shape:
             fh, fw = self._fixed_shape
-            raise ValueError(f"this ONNX model was exported for {fh}x{fw} frames but the frames are {h}x{w}; "
-                             "export it again without --shape (dynamic) or with this shape")  # fmt: skip
+            raise ValueError(
+                f"this ONNX model was exported for {fh}x{fw} frames but the frames are {h}x{w}; "
+                "export it again without --shape (dynamic) or with this shape"
+            )
         self._shape = (h, w)
         warm = np.zeros((h, w), np.float32)
         self.restore(warm, np.empty_like(warm))
@@ -328,8 +354,10 @@ class OnnxRuntimeEngine:
         if self._shape is None:
             raise RuntimeError("call prepare(shape) before restore()")
         if frame_e.shape != self._shape or out.shape != self._shape:
-            raise ValueError(f"frame {frame_e.shape} / out {out.shape} do not match the prepared shape "
-                             f"{self._shape}; call prepare() with the new shape first")  # fmt: skip
+            raise ValueError(
+                f"frame {frame_e.shape} / out {out.shape} do not match the prepared shape "
+                f"{self._shape}; call prepare() with the new shape first"
+            )
         if out.dtype != np.float32 or not out.flags.c_contiguous:
             raise ValueError("out must be a C-contiguous float32 array")
         x = np.ascontiguousarray(frame_e, dtype=np.float32).reshape(1, 1, *self._shape)
@@ -343,15 +371,18 @@ class OnnxRuntimeEngine:
             io_.clear_binding_inputs()
             io_.clear_binding_outputs()
         if not np.isfinite(out).all():
-            raise FloatingPointError(f"onnxruntime produced non-finite values for model {self.model_id}; "
-                                     "frame not restored")  # fmt: skip
+            raise FloatingPointError(
+                f"onnxruntime produced non-finite values for model {self.model_id}; frame not restored"
+            )
         return out
 
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.name,
-            "device": "cuda" if "CUDAExecutionProvider" in self.providers[:1]
-            or "TensorrtExecutionProvider" in self.providers[:1] else "cpu",
+            "device": "cuda"
+            if "CUDAExecutionProvider" in self.providers[:1]
+            or "TensorrtExecutionProvider" in self.providers[:1]
+            else "cpu",
             "providers": list(self.providers),
             "model": self.model_id,
             "precision": "float32",

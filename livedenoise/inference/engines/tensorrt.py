@@ -20,6 +20,7 @@ network; TensorRT engines are built for batch 1, so micro-batches are batches of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -29,7 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from livedenoise.inference.engines.torch_cuda import TOLERANCE, TorchCUDAEngine, relative_error, synthetic_frame
+from livedenoise.inference.engines.torch_cuda import (
+    TOLERANCE,
+    TorchCUDAEngine,
+    relative_error,
+    synthetic_frame,
+)
 
 __all__ = ["TensorRTEngine", "model_sha256", "state_dict_sha256"]
 
@@ -66,7 +72,10 @@ def model_sha256(module: Any, card: Any = None) -> str:
     if isinstance(card, dict):
         arch = {"architecture": card.get("architecture"), "arch_params": card.get("arch_params")}
     else:
-        arch = {"architecture": getattr(card, "architecture", None), "arch_params": getattr(card, "arch_params", None)}
+        arch = {
+            "architecture": getattr(card, "architecture", None),
+            "arch_params": getattr(card, "arch_params", None),
+        }
     h = hashlib.sha256()
     h.update(state_dict_sha256(module).encode())
     h.update(f"{type(module).__module__}.{type(module).__qualname__}\n{module!r}\n".encode())
@@ -130,8 +139,14 @@ def _compile(module: Any, example: Any, precision: str) -> Any:
     params = inspect.signature(torch_tensorrt.compile).parameters
     spec = [torch_tensorrt.Input(shape=tuple(example.shape), dtype=example.dtype)]
     inputs_kw = {"arg_inputs": spec} if "arg_inputs" in params else {"inputs": spec}
-    return torch_tensorrt.compile(module, ir="dynamo", min_block_size=1, device=example.device,
-                                  **inputs_kw, **_precision_kwargs(precision))  # fmt: skip
+    return torch_tensorrt.compile(
+        module,
+        ir="dynamo",
+        min_block_size=1,
+        device=example.device,
+        **inputs_kw,
+        **_precision_kwargs(precision),
+    )
 
 
 def _save(compiled: Any, path: Path, example: Any) -> None:
@@ -207,8 +222,16 @@ class TensorRTEngine(TorchCUDAEngine):
             return False, f"{exc.name or 'torch-tensorrt'} is not installed: {INSTALL}"
         return True, f"TensorRT {trt_v}, torch-tensorrt {tt_v} on {why}"
 
-    def __init__(self, model: Any = None, *, precision: str = "auto", cache_dir: Any = None,
-                 fallback: bool = True, device: str | None = None, card: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: Any = None,
+        *,
+        precision: str = "auto",
+        cache_dir: Any = None,
+        fallback: bool = True,
+        device: str | None = None,
+        card: Any = None,
+    ) -> None:
         from livedenoise.inference.engines._cache import EngineCache
 
         if precision not in ("auto", *PRECISIONS):
@@ -235,7 +258,9 @@ class TensorRTEngine(TorchCUDAEngine):
             gpu, cap = torch.cuda.get_device_name(self.device), torch.cuda.get_device_capability(self.device)
         else:
             gpu, cap = "cpu", (0, 0)
-        return CacheKey(self.model_sha256, (1, 1, *shape), self.trt_precision, trt_v, tt_v, gpu, cap, __version__)
+        return CacheKey(
+            self.model_sha256, (1, 1, *shape), self.trt_precision, trt_v, tt_v, gpu, cap, __version__
+        )
 
     def prepare(self, shape: tuple[int, int]) -> None:
         """Load or compile the TensorRT engine for ``shape``; on failure, the CUDA engine."""
@@ -244,10 +269,12 @@ class TensorRTEngine(TorchCUDAEngine):
         if self.fallback_reason is None:
             try:
                 self._prepare_trt((h, w))
-            except Exception as exc:  # noqa: BLE001 - any build failure means: use the CUDA engine
+            except Exception as exc:
                 self._trt = None
-                msg = (f"TensorRT engine for {self.model_id} at {h}x{w} {self.trt_precision} failed: "
-                       f"{type(exc).__name__}: {exc}")  # fmt: skip
+                msg = (
+                    f"TensorRT engine for {self.model_id} at {h}x{w} {self.trt_precision} failed: "
+                    f"{type(exc).__name__}: {exc}"
+                )
                 if not self.fallback:
                     from livedenoise.inference.engines import EngineUnavailable
 
@@ -303,8 +330,10 @@ class TensorRTEngine(TorchCUDAEngine):
         err = float("inf") if bool(bad.any()) else relative_error(y.cpu().numpy()[0, 0], ref)
         self.validation_error[f"tensorrt-{self.trt_precision}"] = err
         if not err <= TOLERANCE[self.trt_precision]:
-            raise ValueError(f"compiled engine differs from fp32 PyTorch by {err:.2e} of the output range "
-                             f"(tolerance {TOLERANCE[self.trt_precision]:.0e})")  # fmt: skip
+            raise ValueError(
+                f"compiled engine differs from fp32 PyTorch by {err:.2e} of the output range "
+                f"(tolerance {TOLERANCE[self.trt_precision]:.0e})"
+            )
 
     def _choose_precision(self, shape: tuple[int, int]) -> str:
         if self._trt is not None:
@@ -321,12 +350,14 @@ class TensorRTEngine(TorchCUDAEngine):
         d = super().describe()
         d["requested"] = "tensorrt"
         if self._trt is not None:
-            d.update(backend="tensorrt", precision=self.trt_precision, from_cache=self.from_cache,
-                     cache=str(self.cache.root))  # fmt: skip
-            try:
+            d.update(
+                backend="tensorrt",
+                precision=self.trt_precision,
+                from_cache=self.from_cache,
+                cache=str(self.cache.root),
+            )
+            with contextlib.suppress(ImportError):
                 d["tensorrt"], d["torch_tensorrt"] = _trt_versions()
-            except ImportError:
-                pass
         if self.fallback_reason:
             d["fallback_reason"] = self.fallback_reason
         return d

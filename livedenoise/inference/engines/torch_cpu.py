@@ -67,7 +67,9 @@ class TorchCPUEngine:
             return False, f"PyTorch is not installed ({exc})"
         return True, f"PyTorch {torch.__version__} on {torch.get_num_threads()} CPU threads"
 
-    def __init__(self, model: str | None = None, precision: str = "auto", threads: int | None = None, **_: Any):
+    def __init__(
+        self, model: str | None = None, precision: str = "auto", threads: int | None = None, **_: Any
+    ):
         import torch
 
         from livedenoise.inference.modelio import load_model
@@ -128,11 +130,18 @@ class TorchCPUEngine:
         y32, y16 = self._run(self._fp32, x), self._run(bf16, x)
         dpsnr = max(abs(psnr_db(a, r) - psnr_db(b, r)) for a, b, r in zip(y32, y16, t))
         mean_err = max(abs(float(b.mean()) / max(float(a.mean()), 1e-9) - 1) for a, b in zip(y32, y16))
-        self.validation = {"max_psnr_diff_db": round(dpsnr, 4), "max_mean_rel_err": round(mean_err, 5),
-                           "frames": "3 synthetic 128x128 at 5, 30, 300 e- peak"}  # fmt: skip
-        if not (np.isfinite(y16).all() and dpsnr <= BF16_MAX_PSNR_DIFF_DB and mean_err <= BF16_MAX_MEAN_REL_ERR):
-            self.precision_reason = (f"bf16 failed validation (PSNR diff {dpsnr:.3f} dB > {BF16_MAX_PSNR_DIFF_DB} "
-                                     f"or mean error {mean_err:.4f} > {BF16_MAX_MEAN_REL_ERR}); fp32")  # fmt: skip
+        self.validation = {
+            "max_psnr_diff_db": round(dpsnr, 4),
+            "max_mean_rel_err": round(mean_err, 5),
+            "frames": "3 synthetic 128x128 at 5, 30, 300 e- peak",
+        }
+        if not (
+            np.isfinite(y16).all() and dpsnr <= BF16_MAX_PSNR_DIFF_DB and mean_err <= BF16_MAX_MEAN_REL_ERR
+        ):
+            self.precision_reason = (
+                f"bf16 failed validation (PSNR diff {dpsnr:.3f} dB > {BF16_MAX_PSNR_DIFF_DB} "
+                f"or mean error {mean_err:.4f} > {BF16_MAX_MEAN_REL_ERR}); fp32"
+            )
             if self.requested_precision == "bf16":
                 log.warning("model %s: %s", self.model_id, self.precision_reason)
             return
@@ -141,13 +150,16 @@ class TorchCPUEngine:
             t32, t16 = self._time_pair(self._fp32, bf16, frame)
             self.validation.update({"fp32_ms": round(t32 * 1e3, 1), "bf16_ms": round(t16 * 1e3, 1)})
             if t16 >= t32:
-                self.precision_reason = f"bf16 validated but not faster ({t16 * 1e3:.1f} vs {t32 * 1e3:.1f} ms); fp32"
+                self.precision_reason = (
+                    f"bf16 validated but not faster ({t16 * 1e3:.1f} vs {t32 * 1e3:.1f} ms); fp32"
+                )
                 return
         self._bf16 = bf16
         self._module = bf16
         self.precision = "bf16"
-        self.precision_reason = (f"bf16 validated against fp32 (PSNR diff {dpsnr:.3f} dB, mean error "
-                                 f"{mean_err:.4f})")  # fmt: skip
+        self.precision_reason = (
+            f"bf16 validated against fp32 (PSNR diff {dpsnr:.3f} dB, mean error {mean_err:.4f})"
+        )
 
     def _time_pair(self, a, b, frame: np.ndarray, n: int = 5) -> tuple[float, float]:
         """Best-of-n time of two modules, interleaved so that a load change hits both alike."""
@@ -197,8 +209,11 @@ class TorchCPUEngine:
             top = float(buf[finite].max()) if finite.any() else 0.0
             np.nan_to_num(buf, copy=False, nan=0.0, posinf=top, neginf=0.0)
             if self.nonfinite_frames == 1 or self.nonfinite_frames % 1000 == 0:
-                log.warning("cpu engine: %d non-finite input pixels replaced (%d frames so far)", bad,
-                            self.nonfinite_frames)  # fmt: skip
+                log.warning(
+                    "cpu engine: %d non-finite input pixels replaced (%d frames so far)",
+                    bad,
+                    self.nonfinite_frames,
+                )
         with torch.inference_mode():
             y = self._module(self._in_t)
         res = torch.from_numpy(out)

@@ -120,16 +120,29 @@ class TorchCUDAEngine:
                 why += f"; torch {torch.__version__} is a CPU-only build: install a CUDA build of torch"
             return False, why
         cap = torch.cuda.get_device_capability(0)
-        return True, (f"{torch.cuda.get_device_name(0)} (compute capability {cap[0]}.{cap[1]}), "
-                      f"torch {torch.__version__}, CUDA {torch.version.cuda}")  # fmt: skip
+        return True, (
+            f"{torch.cuda.get_device_name(0)} (compute capability {cap[0]}.{cap[1]}), "
+            f"torch {torch.__version__}, CUDA {torch.version.cuda}"
+        )
 
-    def __init__(self, model: Any = None, *, precision: str = "auto", device: str | None = None,
-                 cuda_graphs: bool = True, max_batch: int = 4, card: Any = None, **options: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: Any = None,
+        *,
+        precision: str = "auto",
+        device: str | None = None,
+        cuda_graphs: bool = True,
+        max_batch: int = 4,
+        card: Any = None,
+        **options: Any,
+    ) -> None:
         import torch
 
         if options:
-            raise TypeError(f"unknown cuda engine option(s): {', '.join(sorted(options))}; "
-                            "expected precision=, device=, cuda_graphs=, max_batch=")  # fmt: skip
+            raise TypeError(
+                f"unknown cuda engine option(s): {', '.join(sorted(options))}; "
+                "expected precision=, device=, cuda_graphs=, max_batch="
+            )
         if precision not in ("auto", *AUTO_PRECISIONS):
             raise ValueError(f"precision must be auto, fp16, bf16 or fp32, not {precision!r}")
         if int(max_batch) < 1:
@@ -146,7 +159,9 @@ class TorchCUDAEngine:
             raise ValueError(f"device must be cuda[:N] or cpu, not {device!r}")
         if isinstance(model, torch.nn.Module):
             module = model
-            self.model_id: str | None = (card or {}).get("id") if isinstance(card, dict) else getattr(card, "id", None)
+            self.model_id: str | None = (
+                (card or {}).get("id") if isinstance(card, dict) else getattr(card, "id", None)
+            )
         else:
             from livedenoise.inference.modelio import load_model
 
@@ -183,7 +198,9 @@ class TorchCUDAEngine:
         import torch
 
         dt = self._amp_dtype(precision)
-        with torch.autocast(self.device.type, dtype=dt or torch.float32, enabled=dt is not None, cache_enabled=False):
+        with torch.autocast(
+            self.device.type, dtype=dt or torch.float32, enabled=dt is not None, cache_enabled=False
+        ):
             y = self._module(x)
         return self._finish(x, y.float())
 
@@ -255,8 +272,15 @@ class TorchCUDAEngine:
             self._graph(1)
         warm = np.zeros((h, w), np.float32)
         self.restore(warm, np.empty_like(warm))
-        log.info("cuda engine ready: %s on %s, %dx%d, %s%s", self.model_id, self.device, h, w, self.precision,
-                 ", CUDA graphs" if self.cuda_graphs else "")  # fmt: skip
+        log.info(
+            "cuda engine ready: %s on %s, %dx%d, %s%s",
+            self.model_id,
+            self.device,
+            h,
+            w,
+            self.precision,
+            ", CUDA graphs" if self.cuda_graphs else "",
+        )
 
     def _choose_precision(self, shape: tuple[int, int]) -> str:
         import torch
@@ -267,10 +291,14 @@ class TorchCUDAEngine:
         with torch.inference_mode():
             ref = self._forward(x, "fp32")[0].cpu().numpy()[0, 0]
             if not np.isfinite(ref).all():
-                raise FloatingPointError(f"model {self.model_id} gives non-finite values in fp32 on a synthetic "
-                                         f"{shape[0]}x{shape[1]} frame (0 to {self._validated_peak_e:.0f} e-); "
-                                         "the model file is damaged or unsuitable")  # fmt: skip
-            candidates = AUTO_PRECISIONS if self.requested_precision == "auto" else (self.requested_precision,)
+                raise FloatingPointError(
+                    f"model {self.model_id} gives non-finite values in fp32 on a synthetic "
+                    f"{shape[0]}x{shape[1]} frame (0 to {self._validated_peak_e:.0f} e-); "
+                    "the model file is damaged or unsuitable"
+                )
+            candidates = (
+                AUTO_PRECISIONS if self.requested_precision == "auto" else (self.requested_precision,)
+            )
             for p in candidates:
                 if p == "bf16" and self._cuda and torch.cuda.get_device_capability(self.device)[0] < 8:
                     # bf16 runs natively from compute capability 8.0 (Ampere); before that
@@ -287,10 +315,14 @@ class TorchCUDAEngine:
                 if err <= TOLERANCE[p]:
                     log.info("cuda engine: %s validated against fp32 (max error %.2e of the range)", p, err)
                     return p
-                log.info("cuda engine: %s rejected (max error %.2e of the range > %.0e)", p, err, TOLERANCE[p])
-        raise ValueError(f"precision {self.requested_precision} differs from fp32 by {self.validation_error} "
-                         f"(relative to the output range; tolerances {TOLERANCE}) on a synthetic frame; "
-                         "choose precision='auto' or 'fp32'")  # fmt: skip
+                log.info(
+                    "cuda engine: %s rejected (max error %.2e of the range > %.0e)", p, err, TOLERANCE[p]
+                )
+        raise ValueError(
+            f"precision {self.requested_precision} differs from fp32 by {self.validation_error} "
+            f"(relative to the output range; tolerances {TOLERANCE}) on a synthetic frame; "
+            "choose precision='auto' or 'fp32'"
+        )
 
     def _graph(self, b: int) -> tuple[Any, Any, Any, Any]:
         """(graph, static input, static output, static not-finite flags) for batch size ``b``."""
@@ -335,8 +367,10 @@ class TorchCUDAEngine:
             raise ValueError(f"{len(frames)} frames but {len(outs)} output arrays")
         for f, o in zip(frames, outs):
             if f.shape != self._shape or o.shape != self._shape:
-                raise ValueError(f"frame {f.shape} / out {o.shape} do not match the prepared shape {self._shape}; "
-                                 "call prepare() with the new shape first")  # fmt: skip
+                raise ValueError(
+                    f"frame {f.shape} / out {o.shape} do not match the prepared shape {self._shape}; "
+                    "call prepare() with the new shape first"
+                )
             if o.dtype != np.float32:
                 raise ValueError(f"out must be float32, got {o.dtype}")
         chunks = [(i, min(i + self.max_batch, len(frames))) for i in range(0, len(frames), self.max_batch)]
@@ -353,9 +387,11 @@ class TorchCUDAEngine:
         if bad_frames:
             bad_frames = [i for i in bad_frames if not self._restore_fp32(frames[i], outs[i])]
         if bad_frames:
-            raise FloatingPointError(f"the network produced non-finite values for frame(s) {bad_frames} of "
-                                     f"{len(frames)} ({self.model_id}, {self.precision}, also in fp32); "
-                                     "not restored")  # fmt: skip
+            raise FloatingPointError(
+                f"the network produced non-finite values for frame(s) {bad_frames} of "
+                f"{len(frames)} ({self.model_id}, {self.precision}, also in fp32); "
+                "not restored"
+            )
         return outs
 
     def _restore_fp32(self, frame: np.ndarray, out: np.ndarray) -> bool:
@@ -364,12 +400,17 @@ class TorchCUDAEngine:
 
         if not self._warned_fp32:
             self._warned_fp32 = True
-            log.warning("cuda engine: a frame (max %.0f e-) was out of the range validated for %s (%.0f e-) or "
-                        "gave non-finite values; such frames are restored in fp32 (slower)",
-                        float(np.nanmax(frame)) if np.isfinite(frame).any() else float("nan"),
-                        self.precision, self._input_limit_e)  # fmt: skip
+            log.warning(
+                "cuda engine: a frame (max %.0f e-) was out of the range validated for %s (%.0f e-) or "
+                "gave non-finite values; such frames are restored in fp32 (slower)",
+                float(np.nanmax(frame)) if np.isfinite(frame).any() else float("nan"),
+                self.precision,
+                self._input_limit_e,
+            )
         with self._stream(self._compute), torch.inference_mode():
-            x = torch.from_numpy(np.array(frame, dtype=np.float32)).to(self.device)  # a copy: frame may be read-only
+            x = torch.from_numpy(np.array(frame, dtype=np.float32)).to(
+                self.device
+            )  # a copy: frame may be read-only
             y, _ = TorchCUDAEngine._forward(self, x.reshape(1, 1, *x.shape), "fp32")
             y_host = y.cpu().numpy()[0, 0]  # waits for the compute stream
         if not np.isfinite(y_host).all():
@@ -416,7 +457,9 @@ class TorchCUDAEngine:
                 s_in.copy_(dev_in)
                 graph.replay()
             else:
-                s_out, s_bad = self._forward(dev_in.contiguous(memory_format=torch.channels_last), self.precision)
+                s_out, s_bad = self._forward(
+                    dev_in.contiguous(memory_format=torch.channels_last), self.precision
+                )
             self._dev_out[slot][:b].copy_(s_out)
             self._dev_bad[slot][:b].copy_(s_bad)
             ev["compute"][slot].record()
@@ -471,8 +514,9 @@ class TorchCUDAEngine:
             self.__dict__.pop(attr, None)
 
 
-def bench_engine(engine: Any, shape: tuple[int, int], n: int = 100, *, warmup: int = 5,
-                 batch: int = 1, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def bench_engine(
+    engine: Any, shape: tuple[int, int], n: int = 100, *, warmup: int = 5, batch: int = 1, seed: int = 0
+) -> dict[str, Any]:
     """Time ``engine`` on synthetic frames: frames/s and per-frame latency percentiles.
 
     Parameters
@@ -536,8 +580,10 @@ def _main(argv: list[str] | None = None) -> int:
     import argparse
     import json
 
-    p = argparse.ArgumentParser(prog="python -m livedenoise.inference.engines.torch_cuda",
-                                description="Benchmark a restoration engine on synthetic frames.")  # fmt: skip
+    p = argparse.ArgumentParser(
+        prog="python -m livedenoise.inference.engines.torch_cuda",
+        description="Benchmark a restoration engine on synthetic frames.",
+    )
     p.add_argument("--bench", action="store_true", help="run the benchmark (the only action)")
     p.add_argument("--engine", default="cuda", help="engine name (cuda, tensorrt, cpu, onnxruntime, auto)")
     p.add_argument("--model", default=None, help="model id or file (default: the default model)")

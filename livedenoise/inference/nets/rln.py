@@ -86,7 +86,9 @@ class _Projection(nn.Module):
         super().__init__()
         last = "softplus" if mean else activation
         self.layers = nn.Sequential(
-            _conv_bn(cin, width, k, activation), _conv_bn(width, width, k, activation), _conv_bn(width, width, k, last)
+            _conv_bn(cin, width, k, activation),
+            _conv_bn(width, width, k, activation),
+            _conv_bn(width, width, k, last),
         )
         self.mean = mean
 
@@ -127,7 +129,9 @@ class RLN(nn.Module):
         if kernel % 2 == 0 or kernel < 1:
             raise ValueError(f"kernel must be a positive odd number, got {kernel}")
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown RLN activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
+            raise ValueError(
+                f"unknown RLN activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}"
+            )
         self.activation = activation
         k, act = kernel, activation
         # estimation branch (half resolution)
