@@ -28,7 +28,7 @@ from scipy import ndimage
 from scipy.signal import lfilter
 from scipy.special import erf
 
-from livedenoise.training.psf import airy_psf, airy_sigma_px, convolve_fft
+from livedenoise.imaging.psf import airy_psf, airy_sigma_px, convolve_fft
 
 __all__ = ["SCENES", "BeadsScene", "CellsScene", "FlatScene", "make_scene"]
 

@@ -49,6 +49,7 @@ from pymmcore_plus import Keyword as KW
 from pymmcore_plus.experimental.unicore import CameraDevice, pymm_property
 
 from livedenoise.acquisition.core import new_unicore
+from livedenoise.calibration.maps import Calibration
 
 from . import config_path
 from ._replay import ReplayCamera
@@ -393,7 +394,6 @@ class SimSCMOSCamera(CameraDevice):
         on top of it (a dark-frame calibration folds that into its offset, as on a real
         camera).
         """
-        from livedenoise.calibration.maps import Calibration
 
         sensor = self._ready()
         if self._calibration is None:

@@ -2,7 +2,7 @@
 
 Run on a GPU machine with ``python -m pytest tests/test_gpu.py -v`` (TensorRT tests also need
 ``pip install -e ".[gpu]"``; they skip with the reason when torch-tensorrt is missing).
-Tolerance: the engines' own precision check, ``TOLERANCE`` in ``livedenoise.inference.engines.torch_cuda``
+Tolerance: the engines' own precision check, ``TOLERANCE`` in ``livedenoise.inference.engines.validation``
 (max |gpu - cpu fp32| <= 1e-2 of the output range for fp16, 3e-2 for bf16). An engine that runs
 "fp32" is held to the fp16 tolerance against the CPU: on Ampere and newer GPUs cuDNN runs fp32
 convolutions in TF32 unless ``torch.backends.cudnn.allow_tf32`` is turned off.
@@ -17,13 +17,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from livedenoise.inference.engines.torch_cuda import (
-    TOLERANCE,
-    TorchCUDAEngine,
-    bench_engine,
-    relative_error,
-    synthetic_frame,
-)
+from livedenoise.app.bench import bench_engine
+from livedenoise.inference.engines.torch_cuda import TorchCUDAEngine
+from livedenoise.inference.engines.validation import TOLERANCE, relative_error, synthetic_frame
 
 pytestmark = pytest.mark.gpu
 

@@ -52,9 +52,9 @@ def _restore(module, x: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    from livedenoise.imaging.synthetic import make_eval_set
+    from livedenoise.metrics import kolmogorov_distance, nrmse, psnr, ssim
     from livedenoise.training.baselines import gat_nlm
-    from livedenoise.training.metrics import kolmogorov_distance, nrmse, psnr, ssim
-    from livedenoise.training.synthetic import make_eval_set
     from livedenoise.training.train import TrainConfig, train
 
     command = "python tools/ablation_poisson_mse.py " + " ".join(sys.argv[1:] if argv is None else argv)

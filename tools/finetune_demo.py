@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     from livedenoise.calibration.maps import PhotonConverter
     from livedenoise.drivers.simcam import load_sim_core
     from livedenoise.inference.modelio import load_model
+    from livedenoise.metrics import psnr
     from livedenoise.training.finetune import FinetuneConfig, finetune
-    from livedenoise.training.metrics import psnr
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -155,7 +155,7 @@ def train(model_id: str) -> None:
 def measure_quality(module) -> dict:
     import numpy as np
 
-    from livedenoise.training.synthetic import make_eval_set
+    from livedenoise.imaging.synthetic import make_eval_set
     from livedenoise.training.train import evaluate_psnr
 
     per_peak = {}
@@ -169,7 +169,7 @@ def measure_quality(module) -> dict:
     band = [v for k, v in per_peak.items() if 5 <= float(k) <= 100]
     return {
         "set": (
-            f"held-out synthetic (livedenoise.training.synthetic.make_eval_set, held_out mix, seed {EVAL_SEED}+i), "
+            f"held-out synthetic (livedenoise.imaging.synthetic.make_eval_set, held_out mix, seed {EVAL_SEED}+i), "
             f"{EVAL_FRAMES_PER_PEAK} frames of {EVAL_SIZE}x{EVAL_SIZE} per peak level; "
             "PSNR vs the noise-free expected image, data range = max - min"
         ),

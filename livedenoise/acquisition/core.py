@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from livedenoise.drivers import DRIVERS_DIR
+
 __all__ = ["needs_device_adapters", "new_unicore"]
 
 # a line that loads a C++ device adapter ("Device,Label,Library,Name"); "#py pyDevice,..."
@@ -28,6 +30,5 @@ def new_unicore(config_text: str | None = None) -> Any:
 
     if needs_device_adapters(config_text):
         return UniMMCore()
-    from livedenoise.drivers import DRIVERS_DIR
 
     return UniMMCore(mm_path=str(DRIVERS_DIR))

@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from livedenoise.acquisition.collect import CollectCancelled, collect_pairs, parse_positions, validate_request
+from livedenoise.acquisition.pairs import PairsError
+
 __all__ = ["JobContext", "JobManager", "install_pair_commands"]
 
 log = logging.getLogger("livedenoise")
@@ -248,7 +251,6 @@ def _collect_job(
     calibration: Any,
     calibration_file: str | None,
 ) -> dict[str, Any]:
-    from livedenoise.acquisition.collect import CollectCancelled, collect_pairs
 
     def daemon_stopped() -> bool:
         return not getattr(pipeline, "running", True)
@@ -319,8 +321,6 @@ def install_pair_commands(
     calibration_file : path-like, optional
         The calibration TIFF to copy into datasets (default: the calibration's ``path``).
     """
-    from livedenoise.acquisition.collect import parse_positions, validate_request
-    from livedenoise.acquisition.pairs import PairsError
 
     def collect_pairs(req: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(req) - _COLLECT_KEYS)

@@ -28,11 +28,29 @@ from typing import Any
 
 import numpy as np
 
+from livedenoise.acquisition.core import new_unicore
 from livedenoise.calibration.maps import Calibration
+from livedenoise.drivers.simcam import ReplayCamera
+from livedenoise.inference.engines import make_engine
+from livedenoise.inference.engines.validation import synthetic_frame
 from livedenoise.live.config import PipelineConfig
+from livedenoise.live.memory import keep_freed_memory
+from livedenoise.live.pipeline import Pipeline
+from livedenoise.live.sources import CoreSource
 from livedenoise.live.stats import STAGES
+from livedenoise.transport.publisher import Publisher
+from livedenoise.transport.subscriber import Subscriber
 
-__all__ = ["BenchResult", "bench_pipeline", "machine_description", "markdown_table", "run_bench"]
+__all__ = [
+    "BenchResult",
+    "bench_engine",
+    "bench_pipeline",
+    "engine_table",
+    "machine_description",
+    "markdown_table",
+    "run_bench",
+    "run_engine_bench",
+]
 
 
 @dataclass
@@ -115,8 +133,6 @@ def _frames(size: int, n: int, rng: np.random.Generator, offset_adu: float, gain
 
 
 def _replay_core(stack: np.ndarray, camera_fps: float) -> tuple[Any, Any]:
-    from livedenoise.acquisition.core import new_unicore
-    from livedenoise.drivers.simcam import ReplayCamera
 
     core = new_unicore()
     cam = ReplayCamera()
@@ -134,8 +150,6 @@ class _SubscriberThread(threading.Thread):
     def __init__(self, endpoint: str, topics: tuple[str, ...] = ("raw", "denoised")) -> None:
         super().__init__(name="bench-subscriber", daemon=True)
         import zmq
-
-        from livedenoise.transport.subscriber import Subscriber
 
         # its own context, hence its own I/O thread, as a subscriber in another program has
         self.context = zmq.Context()
@@ -294,10 +308,6 @@ def bench_pipeline(
     """
     if subscriber not in ("thread", "process"):
         raise ValueError(f"subscriber must be 'thread' or 'process', got {subscriber!r}")
-    from livedenoise.live.memory import keep_freed_memory
-    from livedenoise.live.pipeline import Pipeline
-    from livedenoise.live.sources import CoreSource
-    from livedenoise.transport.publisher import Publisher
 
     keep_freed_memory()  # as the daemon and `livedenoise subscribe` do
 
@@ -404,7 +414,6 @@ def run_bench(
     progress: Any = None,
 ) -> dict[str, Any]:
     """Benchmark every (engine, size); returns ``{"machine": ..., "results": [...]}``."""
-    from livedenoise.inference.engines import make_engine
 
     results = []
     for kind in engines:
@@ -463,4 +472,113 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['cores']} total), Python {m['python']}, "
         f"numpy {m['numpy']}, pyzmq {m.get('pyzmq')}, torch {m.get('torch')}, {m['platform']}"
     )
+    return "\n".join(lines)
+
+
+def bench_engine(
+    engine: Any, shape: tuple[int, int], n: int = 100, *, warmup: int = 5, batch: int = 1, seed: int = 0
+) -> dict[str, Any]:
+    """Time ``engine`` on synthetic frames: frames/s and per-frame latency percentiles.
+
+    Parameters
+    ----------
+    engine : Engine
+        Any engine; ``prepare(shape)`` is called here.
+    shape : (H, W)
+    n : int
+        Timed frames (after ``warmup`` untimed ones).
+    batch : int
+        Frames per call: 1 calls ``restore``; more calls ``restore_many`` when the engine
+        has it (throughput when behind), latency is then per call.
+
+    Returns
+    -------
+    dict
+        ``fps``, ``latency_ms_p50``, ``latency_ms_p99``, ``n``, ``shape``, ``batch``, and the
+        engine's ``describe()``.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    engine.prepare(shape)
+    alloc = getattr(engine, "pinned_empty", None)
+    frames = []
+    for k in range(max(batch, 2)):
+        f = alloc(shape) if alloc else np.empty(shape, np.float32)
+        f[...] = synthetic_frame(shape, seed=seed + k, peak_e=2000.0)
+        frames.append(f)
+    outs = [np.empty(shape, np.float32) for _ in range(batch)]
+    many = getattr(engine, "restore_many", None) if batch > 1 else None
+
+    def call(k: int) -> None:
+        if many is not None:
+            many(frames[:batch], outs)
+        else:
+            engine.restore(frames[k % len(frames)], outs[0])
+
+    for k in range(warmup):
+        call(k)
+    calls = max(1, n // batch)
+    lat = np.empty(calls)
+    t0 = time.perf_counter()
+    for k in range(calls):
+        t = time.perf_counter()
+        call(k)
+        lat[k] = time.perf_counter() - t
+    total = time.perf_counter() - t0
+    done = calls * (batch if many is not None else 1)
+    return {
+        "fps": done / total,
+        "latency_ms_p50": float(np.percentile(lat, 50) * 1e3),
+        "latency_ms_p99": float(np.percentile(lat, 99) * 1e3),
+        "n": done,
+        "shape": list(shape),
+        "batch": batch if many is not None else 1,
+        "engine": engine.describe(),
+    }
+
+
+def run_engine_bench(
+    engines: tuple[str, ...],
+    shapes: tuple[tuple[int, int], ...],
+    *,
+    model: str | None = None,
+    n: int = 200,
+    batch: int = 1,
+    precision: str | None = None,
+    progress: Any = None,
+) -> dict[str, Any]:
+    """The engine alone on synthetic frames, for every (engine, shape).
+
+    Returns ``{"machine": ..., "engine_results": [...]}`` (see :func:`bench_engine`).
+    """
+    opts = {"precision": precision} if precision else {}
+    results = []
+    for kind in engines:
+        engine = make_engine(kind, model=None if kind == "passthrough" else model, **opts)
+        try:
+            for shape in shapes:
+                if progress is not None:
+                    progress(f"bench: engine {kind} alone at {shape[0]}x{shape[1]}, {n} frames ...")
+                results.append(bench_engine(engine, shape, n, batch=batch))
+        finally:
+            engine.close()
+    return {"machine": machine_description(), "engine_results": results}
+
+
+def engine_table(report: dict[str, Any]) -> str:
+    """An engine-only report as Markdown: one row per (engine, shape), then the machine."""
+    lines = [
+        "| engine | model | precision | frame | batch | frames/s | latency p50 / p99 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["engine_results"]:
+        d = r["engine"]
+        lines.append(
+            f"| {d.get('backend')} | {d.get('model')} | {d.get('precision')} | "
+            f"{r['shape'][0]}x{r['shape'][1]} | {r['batch']} | {r['fps']:.1f} | "
+            f"{r['latency_ms_p50']:.2f} / {r['latency_ms_p99']:.2f} |"
+        )
+    m = report["machine"]
+    lines.append("")
+    lines.append("Machine: " + ", ".join(f"{k} {v}" for k, v in m.items()))
     return "\n".join(lines)

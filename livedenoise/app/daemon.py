@@ -13,27 +13,107 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
+from livedenoise.acquisition.jobs import JobManager, install_pair_commands
 from livedenoise.calibration.maps import Calibration
+from livedenoise.inference.engines import Engine, EngineUnavailable, PassthroughEngine, make_engine
 from livedenoise.live.config import PipelineConfig
-from livedenoise.live.pipeline import Pipeline, server_security
+from livedenoise.live.memory import keep_freed_memory
+from livedenoise.live.pipeline import Pipeline, PipelineError
+from livedenoise.live.sources import CoreSource, FrameSource
 from livedenoise.live.stats import format_line, format_summary
+from livedenoise.metrics import psnr
+from livedenoise.transport.control import ControlServer
+from livedenoise.transport.publisher import Publisher
+from livedenoise.transport.security import ServerSecurity, ensure_server_keys
 
-__all__ = ["QualitySampler", "choose_engine", "run_live"]
+__all__ = [
+    "QualitySampler",
+    "choose_engine",
+    "control_handlers",
+    "run_live",
+    "serve_control",
+    "server_security",
+    "set_model",
+]
 
 log = logging.getLogger("livedenoise")
 
+Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
-def choose_engine(kind: str | None, model: str | None, *, fallback: bool, out: TextIO | None = None) -> Any:
+
+def server_security(config: PipelineConfig) -> ServerSecurity | None:
+    """CURVE keys for the sockets when ``allow_remote`` is set, else None (loopback only)."""
+    if not config.allow_remote:
+        return None
+    if not config.security_dir:
+        raise PipelineError(
+            "allow_remote needs security_dir (--keys DIR): the folder of the CURVE keys that protect "
+            "the sockets; clients need a key pair authorised there"
+        )
+    ensure_server_keys(config.security_dir)
+    return ServerSecurity(Path(config.security_dir), allow_remote=True)
+
+
+def set_model(pipeline: Pipeline, name: str | None) -> dict[str, Any]:
+    """Load model ``name`` on the pipeline's current backend and swap it in between frames."""
+    engine = make_engine(pipeline.engine.name, model=name)
+    pipeline.set_engine(engine)
+    return engine.describe()
+
+
+def control_handlers(pipeline: Pipeline) -> dict[str, Handler]:
+    """Control-socket handlers of a pipeline: ``status``, ``stop``, ``set_model``."""
+
+    def status(req: dict[str, Any]) -> dict[str, Any]:
+        return pipeline.status()
+
+    def stop(req: dict[str, Any]) -> dict[str, Any]:
+        # answer first; the CLI (or whoever waits on wait()) does the joining
+        pipeline.request_stop()
+        return {"state": "stopping"}
+
+    def set_model_handler(req: dict[str, Any]) -> dict[str, Any]:
+        name = req.get("model")
+        if name is not None and not isinstance(name, str):
+            return {"ok": False, "error": f"'model' must be a model id or path string, got {name!r}"}
+        try:
+            described = set_model(pipeline, name)
+        except Exception as exc:
+            return {"ok": False, "error": f"cannot load model {name!r}: {exc}"}
+        return {"engine": described}
+
+    return {"status": status, "stop": stop, "set_model": set_model_handler}
+
+
+def serve_control(
+    pipeline: Pipeline, endpoint: str | None = None, security: ServerSecurity | None = None
+) -> ControlServer:
+    """Bind the control socket of ``pipeline`` and start answering (closed by ``pipeline.close()``).
+
+    Later wiring adds commands with the server's ``register`` (``collect_pairs``, ``job``).
+    """
+    server = ControlServer(
+        endpoint or pipeline.config.control_endpoint, control_handlers(pipeline), security=security
+    )
+    server.start()
+    pipeline.control = server
+    pipeline.control_endpoint = server.endpoint
+    return server
+
+
+def choose_engine(
+    kind: str | None, model: str | None, *, fallback: bool, out: TextIO | None = None
+) -> Engine:
     """Make the engine asked for; with ``fallback``, fall back to passthrough with a message.
 
     ``kind=None`` means ``cpu`` (the default live model on the CPU).
     """
-    from livedenoise.inference.engines import EngineUnavailable, PassthroughEngine, make_engine
-
     try:
         return make_engine(kind or "cpu", model=model)
     except (EngineUnavailable, ImportError, FileNotFoundError, ValueError) as exc:
@@ -56,8 +136,6 @@ class QualitySampler:
     """
 
     def __init__(self, interval_s: float = 0.5) -> None:
-        from livedenoise.training.metrics import psnr
-
         self._psnr = psnr
         self.interval_s = interval_s
         self._last = 0.0
@@ -77,7 +155,7 @@ class QualitySampler:
         self.samples += 1
 
 
-def _engine_phrase(engine: Any) -> str:
+def _engine_phrase(engine: Engine) -> str:
     """``cpu: rln-denoise-v2 (bf16)`` from an engine's description."""
     d = engine.describe()
     model = d.get("model") or "no model"
@@ -85,22 +163,18 @@ def _engine_phrase(engine: Any) -> str:
     return f"{d.get('backend', getattr(engine, 'name', '?'))}: {model}{precision}"
 
 
-def _install_jobs(server: Any, pipeline: Pipeline, source: Any) -> Any:
+def _install_jobs(server: ControlServer, pipeline: Pipeline, source: FrameSource) -> JobManager | None:
     """Add the ``collect_pairs`` and ``job`` control commands when the daemon owns the core."""
-    from livedenoise.live.sources import CoreSource
-
     if not isinstance(source, CoreSource):
         return None  # attached to another program's core: collecting pairs would take it over
-    from livedenoise.acquisition.jobs import JobManager, install_pair_commands
-
     jobs = JobManager()
     install_pair_commands(server, pipeline, source.core, jobs)
     return jobs
 
 
 def run_live(
-    source: Any,
-    engine: Any,
+    source: FrameSource,
+    engine: Engine,
     calibration: Calibration,
     config: PipelineConfig,
     *,
@@ -112,9 +186,6 @@ def run_live(
 
     0: stopped normally; 1: the pipeline failed (the summary says why).
     """
-    from livedenoise.live.memory import keep_freed_memory
-    from livedenoise.transport.publisher import Publisher
-
     keep_freed_memory()  # copying sends reuse heap memory (see livedenoise.live.memory)
     out = out or sys.stdout
     security = server_security(config)
@@ -124,7 +195,7 @@ def run_live(
     jobs = None
     try:
         pipeline = Pipeline(source, engine, publisher, calibration, config, observer=sampler)
-        server = pipeline.serve_control(config.control_endpoint, security=security)
+        server = serve_control(pipeline, config.control_endpoint, security=security)
         jobs = _install_jobs(server, pipeline, source)
         pipeline.start()
         print(

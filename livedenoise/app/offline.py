@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from livedenoise import __version__
 from livedenoise._atomic import atomic_path, check_writable_dir
 from livedenoise.calibration.maps import Calibration, CalibrationError, PhotonConverter
+from livedenoise.inference.tiling import TiledRestorer
 
 if TYPE_CHECKING:  # pragma: no cover
     from livedenoise.inference.engines import Engine
@@ -185,8 +187,6 @@ def denoise_array(
 
     from tqdm import tqdm
 
-    from livedenoise.inference.tiling import TiledRestorer
-
     validate_raw(raw)
     stack = raw if raw.ndim == 3 else raw[None]
     t_frames, h, w = stack.shape
@@ -258,8 +258,6 @@ def denoise_file(
     ``raw``: the already read and validated input stack (saves reading it twice).
     """
     import tifffile
-
-    from livedenoise import __version__
 
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.exists() and output_path.is_dir():

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from livedenoise._atomic import check_writable_dir
+from livedenoise.acquisition.core import new_unicore
 from livedenoise.calibration.fit import (
     CalibrationFit,
     LevelStats,
@@ -28,7 +30,9 @@ from livedenoise.calibration.fit import (
     check_level_counts,
     fit_calibration,
 )
-from livedenoise.calibration.maps import CalibrationError
+from livedenoise.calibration.maps import CalibrationError, write_calibration
+from livedenoise.calibration.report import write_report
+from livedenoise.drivers.simcam import load_sim_core
 
 __all__ = ["CameraSettings", "LiveOptions", "calibrate_live", "calibrate_live_config"]
 
@@ -391,8 +395,6 @@ def calibrate_live(
         No camera or shutter, camera busy, 8-bit camera, too little or too much light;
         the camera settings are restored in every case.
     """
-    from livedenoise._atomic import check_writable_dir
-    from livedenoise.calibration.maps import write_calibration
 
     opts = options or LiveOptions()
     for target, what in ((output, "calibration"), (report, "report")):
@@ -481,8 +483,6 @@ def calibrate_live(
     if output is not None:
         write_calibration(output, fit.calibration)
     if report is not None:
-        from livedenoise.calibration.report import write_report
-
         write_report(fit, report)
     return fit
 
@@ -496,12 +496,8 @@ def _loaded_core(config: str | os.PathLike[str] | None, seed: int) -> Iterator[A
         raise CalibrationError(f"configuration {path} does not exist")
     try:
         if "SimSCMOSCamera" in path.read_text(errors="replace"):
-            from livedenoise.drivers.simcam import load_sim_core
-
             core, _ = load_sim_core(str(path), seed=seed)
         else:
-            from livedenoise.acquisition.core import new_unicore
-
             core = new_unicore(path.read_text(errors="replace"))
             core.loadSystemConfiguration(str(path))
     except (RuntimeError, ValueError, OSError) as exc:

@@ -1,8 +1,10 @@
 """The ``livedenoise`` command: parses, sets up logging, calls the library.
 
 Each sub-command is a module in this package with ``HELP`` (one line),
-``add_arguments(parser)`` and ``run(args) -> int``. Command modules import only the
-standard library at module level; heavy imports happen inside ``run``.
+``add_arguments(parser)`` and ``run(args) -> int``. Command modules import livedenoise's own
+modules at the top (they are light: none imports torch or pyzmq at module level); heavy
+third-party packages load inside ``run``. Only this package uses argparse: it turns the
+options into plain arguments of the library's functions.
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ import sys
 from importlib import import_module
 from types import ModuleType
 
-__all__ = ["COMMANDS", "main"]
+from livedenoise import __version__
+from livedenoise.calibration.maps import CalibrationError
+from livedenoise.cli._args import CLIError
+from livedenoise.inference.engines import EngineUnavailable
+
+__all__ = ["COMMANDS", "CLIError", "main"]
 
 # command name -> module in livedenoise.cli (order = order in --help)
 COMMANDS: dict[str, str] = {
@@ -38,16 +45,11 @@ from another terminal with `livedenoise subscribe`. Every command has --help.
 """
 
 
-class CLIError(Exception):
-    """An error the user can act on; printed without a traceback, exit status 2."""
-
-
 def _load(name: str) -> ModuleType:
     return import_module(f"livedenoise.cli.{COMMANDS[name]}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from livedenoise import __version__
 
     parser = argparse.ArgumentParser(
         prog="livedenoise",
@@ -113,8 +115,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_user_error(exc: BaseException) -> bool:
     """Errors whose message is the whole story (bad input, missing file, busy port...)."""
-    from livedenoise.calibration.maps import CalibrationError
-    from livedenoise.inference.engines import EngineUnavailable
 
     # ImportError: an optional extra is missing; the message names the pip command
     user = (

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["roi"]
+__all__ = ["CLIError", "roi"]
+
+
+class CLIError(Exception):
+    """An error the user can act on; printed without a traceback, exit status 2."""
 
 
 def roi(text: str) -> tuple[int, int, int, int]:

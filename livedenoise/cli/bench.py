@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Any
+
+from livedenoise._atomic import atomic_path
+from livedenoise.app.bench import engine_table, markdown_table, run_bench, run_engine_bench
+from livedenoise.cli._args import CLIError
+from livedenoise.inference.engines import available_backends
 
 HELP = "measure the live pipeline (each stage and end to end) at 512² and 2048²"
 DESCRIPTION = """\
@@ -20,6 +27,8 @@ Examples:
   livedenoise bench --size 2048 --subscriber process    # the subscriber in its own process
   livedenoise bench --size 2048 --topics raw,denoised   # both streams: twice the traffic
   livedenoise bench --json bench.json
+  livedenoise bench --engine-only --engine cuda --engine tensorrt --size 512 --size 2048
+                                                     # the engine alone on synthetic frames
 """
 
 
@@ -27,8 +36,6 @@ def _engines(asked: list[str]) -> tuple[str, ...]:
     """Expand ``all`` to every backend available here; say why the others are not."""
     if "all" not in asked:
         return tuple(dict.fromkeys(asked))
-    from livedenoise.inference.engines import available_backends
-
     out = [e for e in asked if e != "all"]
     for name, (ok, why) in available_backends().items():
         if ok:
@@ -86,17 +93,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default), or `livedenoise subscribe` in a separate process, as a viewer would be",
     )
     p.add_argument(
+        "--engine-only",
+        action="store_true",
+        help="time the engine alone on synthetic frames (no camera, ring or sockets): frames/s and "
+        "latency p50/p99 per call",
+    )
+    p.add_argument(
+        "-n", type=int, default=200, help="--engine-only: timed frames per size (default %(default)s)"
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="--engine-only: frames per call (restore_many when > 1; default %(default)s)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp16", "bf16", "fp32"),
+        default=None,
+        help="--engine-only: engine precision (default: the engine's own choice)",
+    )
+    p.add_argument(
         "--json", metavar="OUT.json", default=None, help="also write the full report as JSON ('-' = stdout)"
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from livedenoise._atomic import atomic_path
-    from livedenoise.app.bench import markdown_table, run_bench
-    from livedenoise.cli import CLIError
-
     sizes = tuple(args.size or (512, 2048))
     if any(s < 16 or s > 8192 for s in sizes):
         raise CLIError(f"--size must be 16 to 8192 pixels, got {list(sizes)}")
@@ -108,6 +130,19 @@ def run(args: argparse.Namespace) -> int:
     if not topics or any(t not in ("raw", "denoised") for t in topics):
         raise CLIError(f"--topics must be raw and/or denoised, got {args.topics!r}")
     engines = _engines(args.engine or ["passthrough"])
+    if args.engine_only:
+        if args.n < 1 or args.batch < 1:
+            raise CLIError(f"-n and --batch must be >= 1, got {args.n} and {args.batch}")
+        report = run_engine_bench(
+            engines,
+            tuple((s, s) for s in sizes),
+            model=args.model,
+            n=args.n,
+            batch=args.batch,
+            precision=args.precision,
+            progress=lambda m: print(m, file=sys.stderr),
+        )
+        return _emit(report, engine_table(report), args.json)
     report = run_bench(
         sizes,
         engines,
@@ -120,11 +155,15 @@ def run(args: argparse.Namespace) -> int:
         subscriber=args.subscriber,
         progress=lambda m: print(m, file=sys.stderr),
     )
-    if args.json == "-":
+    return _emit(report, markdown_table(report), args.json)
+
+
+def _emit(report: dict[str, Any], table: str, json_out: str | None) -> int:
+    if json_out == "-":
         print(json.dumps(report, indent=2))
         return 0
-    print(markdown_table(report))
-    if args.json:
-        with atomic_path(args.json, "benchmark report") as tmp, open(tmp, "w") as fh:
+    print(table)
+    if json_out:
+        with atomic_path(json_out, "benchmark report") as tmp, open(tmp, "w") as fh:
             json.dump(report, fh, indent=2)
     return 0

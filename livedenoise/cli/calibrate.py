@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from livedenoise.calibration.files import calibrate_files
+from livedenoise.calibration.live import LiveOptions, calibrate_live_config
+from livedenoise.cli import CLIError
 from livedenoise.cli._args import roi
 
 HELP = "measure the camera's per-pixel offset, gain and read noise (photon transfer)"
@@ -108,7 +111,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from livedenoise.cli import CLIError
 
     progress = sys.stderr.isatty() and not getattr(args, "quiet", False)
     if args.live:
@@ -116,7 +118,6 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(
                 "--live acquires its own frames: drop --dark/--flat (or drop --live to use the files)"
             )
-        from livedenoise.calibration.live import LiveOptions, calibrate_live_config
 
         signal = args.signal_e or [15.0, 1500.0]
         if len(signal) != 2 or not 0 < signal[0] < signal[1]:
@@ -152,7 +153,6 @@ def run(args: argparse.Namespace) -> int:
             )
         if args.roi or args.property or args.light_property:
             raise CLIError("--roi, --property and --light-property are for --live")
-        from livedenoise.calibration.fit import calibrate_files
 
         fit = calibrate_files(
             args.dark,

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from livedenoise.acquisition.collect import collect_pairs, parse_positions, validate_request
+from livedenoise.acquisition.pairs import PairsError
+from livedenoise.calibration.maps import read_calibration
+from livedenoise.cli import CLIError
 from livedenoise.cli._args import roi
+from livedenoise.drivers.simcam import load_sim_core
+from livedenoise.live.sources import load_core
 
 HELP = "acquire short/long exposure pairs of the sample at hand (a dataset for fine-tuning)"
 
@@ -72,8 +78,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from livedenoise.acquisition.pairs import PairsError
-    from livedenoise.cli import CLIError
 
     try:
         return _run(args)
@@ -84,9 +88,6 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import sys
 
-    from livedenoise.acquisition.collect import collect_pairs, parse_positions, validate_request
-    from livedenoise.cli import CLIError
-
     # arguments first: nothing is loaded or written for a bad request
     req = validate_request(args.short_ms, args.long_ms, args.pairs, args.output, args.shorts_per_pair)
     if args.config and not args.calibration:
@@ -96,15 +97,10 @@ def _run(args: argparse.Namespace) -> int:
         )
     calibration_file = None
     if args.config:
-        from livedenoise.calibration.maps import read_calibration
-        from livedenoise.live.sources import load_core
-
         calibration = read_calibration(args.calibration)
         calibration_file = args.calibration
         core = load_core(args.config)
     else:
-        from livedenoise.drivers.simcam import load_sim_core
-
         if args.calibration:
             raise CLIError("--calibration is for --config; the simulated camera records its true calibration")
         core, camera = load_sim_core(sensor_shape=(args.sensor, args.sensor), seed=args.seed)

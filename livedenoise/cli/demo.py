@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from livedenoise.app.daemon import choose_engine, run_live
+from livedenoise.calibration.maps import read_calibration
+from livedenoise.cli import CLIError
+from livedenoise.drivers.simcam import load_sim_core
+from livedenoise.live.config import PipelineConfig
+from livedenoise.live.sources import CoreSource
+
 HELP = "simulated sCMOS camera -> photoelectrons -> restoration -> ZeroMQ, with live statistics"
 DESCRIPTION = """\
 Runs the whole live pipeline on the simulated sCMOS camera (drivers/simcam.cfg): every frame
@@ -64,15 +71,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from livedenoise.app.daemon import choose_engine, run_live
-    from livedenoise.cli import CLIError
-    from livedenoise.live.config import PipelineConfig
-
-    try:
-        from livedenoise.drivers.simcam import load_sim_core
-    except ImportError as exc:
-        raise CLIError(f"the simulated camera is not available ({exc}); reinstall livedenoise") from exc
-
     config = PipelineConfig(
         ring_slots=args.ring_slots,
         ring_policy=args.ring_policy,
@@ -97,14 +95,10 @@ def run(args: argparse.Namespace) -> int:
     core.setExposure(args.exposure_ms)
 
     if args.calibration:
-        from livedenoise.calibration.maps import read_calibration
-
         calibration = read_calibration(args.calibration)
     else:
         calibration = camera.true_calibration()
     engine = choose_engine(args.engine, args.model, fallback=args.engine is None and args.model is None)
-
-    from livedenoise.live.sources import CoreSource
 
     source = CoreSource(core, truth=camera.truth, poll_interval_ms=config.poll_interval_ms)
     return run_live(source, engine, calibration, config, seconds=args.seconds, quality=True)

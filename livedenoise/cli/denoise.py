@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from livedenoise._atomic import check_writable_dir
+from livedenoise.app.offline import denoise_file, match_calibration, read_raw_stack
+from livedenoise.calibration.maps import Calibration, read_calibration
+from livedenoise.cli import CLIError
+from livedenoise.inference.engines import make_engine
+
 HELP = "restore a uint16 TIFF (2D or T×Y×X) to float32 photoelectrons with a model"
 DESCRIPTION = """\
 Restore raw camera frames saved as a TIFF (uint16 ADU, one frame or a (T, Y, X) stack).
@@ -68,8 +74,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _calibration(args: argparse.Namespace) -> tuple[object | None, str]:
-    from livedenoise.calibration.maps import read_calibration
-    from livedenoise.cli import CLIError
 
     if args.no_calibration:
         if args.calibration:
@@ -92,12 +96,6 @@ def _calibration(args: argparse.Namespace) -> tuple[object | None, str]:
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
-
-    from livedenoise._atomic import check_writable_dir
-    from livedenoise.app.offline import denoise_file, match_calibration, read_raw_stack
-    from livedenoise.calibration.maps import Calibration
-    from livedenoise.cli import CLIError
-    from livedenoise.inference.engines import make_engine
 
     if args.binning < 1:
         raise CLIError(f"--binning must be >= 1, got {args.binning}")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from livedenoise._atomic import atomic_path, check_writable_dir
+from livedenoise.training.baselines import tune
+from livedenoise.training.evaluate import EvalConfig, evaluate, format_markdown, tuning_set
+
 HELP = "measure PSNR/SSIM/NRMSE of the models and classical baselines on held-out synthetic frames"
 DESCRIPTION = """\
 Restore a held-out synthetic set (its own seed, structure mix and photon levels, never
@@ -60,15 +64,11 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from livedenoise._atomic import atomic_path, check_writable_dir
-
     if args.json:
         out = Path(args.json)
         check_writable_dir(out.parent if str(out.parent) else Path("."), "JSON results")
     if args.tune_baselines:
         return _tune(args)
-
-    from livedenoise.training.evaluate import EvalConfig, evaluate, format_markdown
 
     models = None if args.models is None else ([] if args.models == ["none"] else args.models)
     baselines = None if args.baselines is None else ([] if args.baselines == ["none"] else args.baselines)
@@ -98,9 +98,6 @@ def run(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     import json
 
-    from livedenoise.training.baselines import tune
-    from livedenoise.training.evaluate import tuning_set
-
     default = ["rl", "gat-nlm-rl"] if args.task == "deconvolve" else ["nlm", "gat-nlm", "tv", "gat-tv"]
     methods = args.baselines or default
     samples = tuning_set(n=max(args.n, 8), size=args.size, task=args.task)
@@ -109,8 +106,6 @@ def _tune(args: argparse.Namespace) -> int:
         scores = ", ".join(f"{v}: {s:.2f}" for v, s in r["scores"].items())
         print(f"{m}: best {r['param']} = {r['best']}   (mean PSNR dB: {scores})")
     if args.json:
-        from livedenoise._atomic import atomic_path
-
         with atomic_path(args.json, "JSON results") as tmp:
             tmp.write_text(
                 json.dumps(

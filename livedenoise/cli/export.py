@@ -6,6 +6,9 @@ import argparse
 import re
 import sys
 
+from livedenoise.cli import CLIError
+from livedenoise.inference.engines.onnx import DEFAULT_OPSET, export_onnx, read_onnx_metadata
+
 HELP = "export a model to ONNX (the graph TensorRT and onnxruntime build from)"
 DESCRIPTION = """\
 Export a restoration network to an ONNX file: input `x`, output `y`, float32 (N, 1, H, W)
@@ -51,9 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
-
-    from livedenoise.cli import CLIError
-    from livedenoise.inference.engines.onnx import DEFAULT_OPSET, export_onnx, read_onnx_metadata
 
     out = Path(args.output)
     if out.exists() and not args.force:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from livedenoise.inference.modelio import DEFAULT_MODEL, list_models, load_model, model_dirs
+
 HELP = "list installed restoration models (id, architecture, task, quality, speed)"
 DESCRIPTION = """\
 List the models livedenoise can load: the shipped ones and those in the folders named by
@@ -41,8 +43,6 @@ def _speed(card) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import json
-
-    from livedenoise.inference.modelio import DEFAULT_MODEL, list_models, load_model, model_dirs
 
     cards = list_models()
     if args.json:

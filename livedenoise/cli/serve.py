@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from livedenoise.app.daemon import choose_engine, run_live
+from livedenoise.calibration.maps import Calibration, read_calibration
+from livedenoise.cli import CLIError
+from livedenoise.drivers.simcam import python_device
+from livedenoise.live.config import PipelineConfig
+from livedenoise.live.sources import CoreSource, check_pixel_type, load_core
+
 HELP = "run the live daemon on a Micro-Manager configuration (.cfg)"
 DESCRIPTION = """\
 Loads a Micro-Manager configuration, runs continuous acquisition on its camera and
@@ -66,7 +73,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace) -> object:
     """The PipelineConfig from --settings and the options given (options win)."""
-    from livedenoise.live.config import PipelineConfig
 
     base = PipelineConfig.from_toml(args.settings) if args.settings else None
     changes = {
@@ -92,10 +98,6 @@ def build_config(args: argparse.Namespace) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    from livedenoise.app.daemon import choose_engine, run_live
-    from livedenoise.calibration.maps import Calibration, read_calibration
-    from livedenoise.cli import CLIError
-    from livedenoise.live.sources import CoreSource, check_pixel_type, load_core
 
     config = build_config(args)
     core = load_core(args.config)
@@ -103,8 +105,6 @@ def run(args: argparse.Namespace) -> int:
     camera_label = core.getCameraDevice()
     sim = None
     if getattr(core, "isPyDevice", lambda label: False)(camera_label):
-        from livedenoise.drivers.simcam import python_device
-
         sim = python_device(core, camera_label)
     truth = None
     if config.calibration_path:

@@ -9,6 +9,12 @@ import sys
 import time
 from typing import Any
 
+from livedenoise._atomic import atomic_path
+from livedenoise.cli import CLIError
+from livedenoise.transport.protocol import TOPICS
+from livedenoise.transport.security import ClientSecurity
+from livedenoise.transport.subscriber import Subscriber, keep_freed_memory
+
 HELP = "receive the live stream: per-topic fps, seq gaps, latency; --save records a TIFF"
 DESCRIPTION = """\
 Connect to a livedenoise publisher (the `demo` or `serve` command) and print, once a
@@ -56,8 +62,6 @@ class _NothingRecorded(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
-    from livedenoise.cli import CLIError
-    from livedenoise.transport.protocol import TOPICS
 
     topics = [t.strip() for t in args.topics.split(",") if t.strip()]
     bad = [t for t in topics if t not in TOPICS]
@@ -77,19 +81,13 @@ def run(args: argparse.Namespace) -> int:
         )
     security = None
     if args.key:
-        from livedenoise.transport.security import ClientSecurity
-
         security = ClientSecurity(args.key, args.server_key)
-
-    from livedenoise.transport.subscriber import Subscriber, keep_freed_memory
 
     keep_freed_memory()  # libzmq's receive buffers are reused instead of mapped afresh per frame
     with Subscriber(args.endpoint, topics, security=security) as sub:
         if not args.save:
             return _finish(sub, args, _loop(sub, args, None))
         import tifffile
-
-        from livedenoise._atomic import atomic_path
 
         try:
             with atomic_path(args.save, "recording") as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tw:

@@ -6,6 +6,12 @@ import argparse
 import json
 import shlex
 
+from livedenoise._atomic import check_writable_dir
+from livedenoise.cli.collect_pairs import add_finetune_arguments
+from livedenoise.inference.modelio import save_model
+from livedenoise.training.finetune import run_pairs
+from livedenoise.training.train import TrainConfig, train
+
 HELP = "train a restoration network (RLN or RESUNET) on synthetic phantoms"
 DESCRIPTION = """\
 Train a network on synthetic photon-limited frames (phantoms of dots, rings, filaments,
@@ -82,7 +88,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--id", help="model id in the card (default: the output file's name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     # fine-tuning on a paired dataset (--pairs DATASET; livedenoise.training.finetune, issue 5)
-    from livedenoise.cli.collect_pairs import add_finetune_arguments
 
     add_finetune_arguments(p)
 
@@ -132,14 +137,8 @@ def canonical_command(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.pairs:  # fine-tuning on a paired dataset (livedenoise.training.finetune, issue 5)
-        from livedenoise.training.finetune import run_pairs
-
         return run_pairs(args)
     from pathlib import Path
-
-    from livedenoise._atomic import check_writable_dir
-    from livedenoise.inference.modelio import save_model
-    from livedenoise.training.train import TrainConfig, train
 
     out = Path(args.output)
     if out.suffix != ".pt":

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from livedenoise._atomic import atomic_path
+from livedenoise.inference.nets import ARCHITECTURES, build_network
+from livedenoise.models import MODELS_DIR
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -96,7 +98,6 @@ class ModelCard:
 
 def model_dirs() -> list[Path]:
     """Folders searched for model ids: ``$LIVEDENOISE_MODELS`` entries, then the shipped folder."""
-    from livedenoise.models import MODELS_DIR
 
     extra = [Path(p) for p in os.environ.get("LIVEDENOISE_MODELS", "").split(os.pathsep) if p]
     return [*extra, Path(MODELS_DIR)]
@@ -150,7 +151,6 @@ def _sha256(path: Path) -> str:
 
 
 def _check_card(card: ModelCard) -> None:
-    from livedenoise.inference.nets import ARCHITECTURES
 
     if card.architecture not in ARCHITECTURES:
         raise ModelError(
@@ -185,8 +185,6 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, *, map_locati
         weights that do not fit the architecture in the card.
     """
     import torch
-
-    from livedenoise.inference.nets import build_network
 
     weights = resolve_model(name_or_path)
     card = read_card(weights)

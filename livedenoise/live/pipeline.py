@@ -38,7 +38,7 @@ from livedenoise.live.ringbuffer import RingBuffer
 from livedenoise.live.sources import FrameInfo, FrameSource, Roi, SourceError
 from livedenoise.live.stats import PipelineStats
 
-__all__ = ["Pipeline", "PipelineError", "server_security"]
+__all__ = ["Pipeline", "PipelineError"]
 
 log = logging.getLogger("livedenoise")
 
@@ -47,23 +47,6 @@ Observer = Callable[[int, np.ndarray, np.ndarray, "np.ndarray | None"], None]
 
 class PipelineError(ValueError):
     """The pipeline cannot run (calibration does not fit the camera, ...)."""
-
-
-def server_security(config: PipelineConfig) -> Any:
-    """CURVE keys for the sockets when ``allow_remote`` is set, else None (loopback only)."""
-    if not config.allow_remote:
-        return None
-    from pathlib import Path
-
-    from livedenoise.transport.security import ServerSecurity, ensure_server_keys
-
-    if not config.security_dir:
-        raise PipelineError(
-            "allow_remote needs security_dir (--keys DIR): the folder of the CURVE keys that protect "
-            "the sockets; clients need a key pair authorised there"
-        )
-    ensure_server_keys(config.security_dir)
-    return ServerSecurity(Path(config.security_dir), allow_remote=True)
 
 
 class Pipeline:
@@ -172,20 +155,6 @@ class Pipeline:
         if self.state != "failed":
             self._set_state("stopped")
 
-    def serve_control(self, endpoint: str | None = None, security: Any = None) -> Any:
-        """Bind the control socket (``status``, ``stop``, ``set_model``) and start answering.
-
-        Returns the :class:`livedenoise.transport.control.ControlServer`; later helpers add commands
-        with its ``register``. It is closed by :meth:`close`.
-        """
-        from livedenoise.transport.control import ControlServer
-
-        server = ControlServer(endpoint or self.config.control_endpoint, self.handlers(), security=security)
-        server.start()
-        self.control = server
-        self.control_endpoint = server.endpoint
-        return server
-
     def close(self) -> None:
         """Stop, then close the control socket, the engine, the source and the publisher."""
         self.stop()
@@ -232,14 +201,6 @@ class Pipeline:
             self._pending_engine = engine
         if not self._threads:
             self._swap_engine(None)
-
-    def set_model(self, name: str | None) -> dict[str, Any]:
-        """Load model ``name`` on the current backend and swap it in between frames."""
-        from livedenoise.inference.engines import make_engine
-
-        engine = make_engine(self.engine.name, model=name)
-        self.set_engine(engine)
-        return engine.describe()
 
     def _swap_engine(self, shape: tuple[int, int] | None) -> None:
         with self._engine_lock:
@@ -537,28 +498,9 @@ class Pipeline:
             "calibration": {"id": cal.id, "source": cal.meta.get("source"), "path": cal.meta.get("path")},
         }
 
-    def handlers(self) -> dict[str, Callable[[dict[str, Any]], dict[str, Any]]]:
-        """Control-socket handlers: ``status``, ``stop``, ``set_model``."""
-
-        def status(req: dict[str, Any]) -> dict[str, Any]:
-            return self.status()
-
-        def stop(req: dict[str, Any]) -> dict[str, Any]:
-            # answer first; the CLI (or whoever waits on wait()) does the joining
-            self._stop.set()
-            return {"state": "stopping"}
-
-        def set_model(req: dict[str, Any]) -> dict[str, Any]:
-            name = req.get("model")
-            if name is not None and not isinstance(name, str):
-                return {"ok": False, "error": f"'model' must be a model id or path string, got {name!r}"}
-            try:
-                described = self.set_model(name)
-            except Exception as exc:
-                return {"ok": False, "error": f"cannot load model {name!r}: {exc}"}
-            return {"engine": described}
-
-        return {"status": status, "stop": stop, "set_model": set_model}
+    def request_stop(self) -> None:
+        """Ask the pipeline to stop; whoever waits on :meth:`wait` does the joining."""
+        self._stop.set()
 
 
 class _Sink:

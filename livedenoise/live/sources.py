@@ -47,6 +47,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from livedenoise.acquisition.core import new_unicore
 from livedenoise.live.memory import prefault
 
 __all__ = ["AttachedSource", "CoreSource", "FrameInfo", "FrameSource", "SourceError", "load_core"]
@@ -109,7 +110,6 @@ class FrameSource(Protocol):
 
 def load_core(config: str | Path) -> Any:
     """A ``UniMMCore`` with ``config`` loaded (``#py`` Python devices allowed)."""
-    from livedenoise.acquisition.core import new_unicore
 
     path = Path(config)
     if not path.is_file():

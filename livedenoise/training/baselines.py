@@ -37,6 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from livedenoise.imaging.psf import convolve_fft
+from livedenoise.metrics import psnr
+
 __all__ = [
     "BASELINES",
     "available_baselines",
@@ -279,8 +282,6 @@ def richardson_lucy(
     scale = max(float(f.mean()), 1e-6)  # RL starts from 0.5 everywhere: work near unit scale
     out = _rl(f / scale, psf, num_iter=n, clip=False) * scale
     if target_psf is not None:
-        from livedenoise.training.psf import convolve_fft
-
         out = convolve_fft(out.astype(np.float32), np.asarray(target_psf, np.float32))
     return np.maximum(out, 0).astype(np.float32)
 
@@ -369,7 +370,6 @@ def tune(
     dict
         ``{method: {"param": name, "best": value, "scores": {value: mean PSNR}}}``.
     """
-    from livedenoise.training.metrics import psnr
 
     samples = list(samples)
     result: dict[str, dict[str, Any]] = {}

@@ -1,10 +1,10 @@
 """Measured quality: shipped models against classical baselines on held-out synthetic frames.
 
-The evaluation set comes from :func:`livedenoise.training.synthetic.make_eval_set` with
+The evaluation set comes from :func:`livedenoise.imaging.synthetic.make_eval_set` with
 ``held_out=True``: its own seed range, another mix of structures than training, and
 fixed photon levels (bins at 5, 10, 20, 50 and 100 e- peak, plus a 1-10 e- bin). Every
 method restores the *same* photoelectron frames; PSNR, SSIM, NRMSE and the Kolmogorov
-distance are taken against the noise-free target (:mod:`livedenoise.training.metrics`).
+distance are taken against the noise-free target (:mod:`livedenoise.metrics`).
 Timings are the median and the best wall time per frame of the evaluation's frame size
 (on a shared machine the best is closer to the method's own cost).
 
@@ -22,7 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from livedenoise.training import metrics
+from livedenoise import metrics
+from livedenoise.imaging.psf import airy_psf, gaussian_psf
+from livedenoise.imaging.synthetic import make_eval_set
+from livedenoise.inference.engines import make_engine
+from livedenoise.inference.modelio import list_models
+from livedenoise.training.baselines import available_baselines, run_baseline
 
 __all__ = ["DEFAULT_BINS", "EvalConfig", "evaluate", "format_markdown", "make_bins", "tuning_set"]
 
@@ -94,7 +99,6 @@ class EvalConfig:
 
 def make_bins(cfg: EvalConfig) -> list[tuple[str, np.ndarray, np.ndarray, list[dict[str, Any]]]]:
     """The held-out frames of every bin: ``(label, inputs, targets, params)``."""
-    from livedenoise.training.synthetic import make_eval_set
 
     out = []
     for i, (label, rng_e) in enumerate(cfg.bins):
@@ -105,7 +109,6 @@ def make_bins(cfg: EvalConfig) -> list[tuple[str, np.ndarray, np.ndarray, list[d
 
 def tuning_set(n: int = 12, size: int = 256, task: str = "denoise", peak_e_range=(5.0, 100.0)) -> list[tuple]:
     """Frames for tuning the baselines' parameters (seed :data:`TUNING_SEED`, not evaluated on)."""
-    from livedenoise.training.synthetic import make_eval_set
 
     xs, ts, ps = make_eval_set(n, size, peak_e_range, task, seed=TUNING_SEED, held_out=True)
     return [(x, t, p["read_var_e2"], _psfs(p, task)) for x, t, p in zip(xs, ts, ps)]
@@ -113,7 +116,6 @@ def tuning_set(n: int = 12, size: int = 256, task: str = "denoise", peak_e_range
 
 def _psfs(p: dict[str, Any], task: str) -> dict[str, np.ndarray] | None:
     """The frame's true PSF and (deconvolve task) the narrower PSF of the target."""
-    from livedenoise.training.psf import airy_psf, gaussian_psf
 
     if task != "deconvolve":
         return None
@@ -130,12 +132,9 @@ def _score(est: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 def _model_methods(cfg: EvalConfig) -> list[tuple[str, Any]]:
     """``[(label, engine)]`` for the models to evaluate."""
-    from livedenoise.inference.engines import make_engine
 
     ids = cfg.models
     if ids is None:
-        from livedenoise.inference.modelio import list_models
-
         ids = [c.id for c in list_models() if getattr(c, "task", "denoise") == cfg.task]
         if not ids:
             log.warning("no installed %s model: evaluating baselines only", cfg.task)
@@ -148,7 +147,6 @@ def _model_methods(cfg: EvalConfig) -> list[tuple[str, Any]]:
 
 
 def _baseline_methods(cfg: EvalConfig) -> list[str]:
-    from livedenoise.training.baselines import available_baselines
 
     avail = available_baselines(cfg.task)
     if cfg.baselines is None:
@@ -177,8 +175,6 @@ def evaluate(cfg: EvalConfig, progress: bool | None = None) -> dict[str, Any]:
         (means over the 5-100 e- bins per method) and ``target`` (best model vs GAT+NLM and TV).
     """
     from tqdm import tqdm
-
-    from livedenoise.training.baselines import run_baseline
 
     t_start = time.perf_counter()
     baselines = _baseline_methods(cfg)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from livedenoise.acquisition.pairs import PairDataset, PairsError
+from livedenoise.inference.modelio import load_model, save_model
 
 __all__ = ["FinetuneConfig", "PairPatches", "evaluate_pairs", "finetune", "load_pairs", "split_pairs"]
 
@@ -288,7 +289,6 @@ def finetune(
     """
     import torch
 
-    from livedenoise.inference.modelio import load_model, save_model
     from livedenoise.training.losses import poisson_loss
 
     cfg = config or FinetuneConfig()

@@ -15,7 +15,7 @@ A training source is any iterable of ``(input_e, target_e, ratio)``:
 
 Patches within one batch must share a shape (crop them to ``config.patch`` in the
 source). The iterable is consumed as long as training runs; a finite one is restarted
-(``iter`` again) when exhausted. :class:`livedenoise.training.synthetic.SyntheticPatches` is the
+(``iter`` again) when exhausted. :class:`livedenoise.imaging.synthetic.SyntheticPatches` is the
 default source; paired acquisitions slot in by yielding the same triples. Validation
 data is a tuple ``(inputs, targets, ratios)`` of arrays ``(N, H, W)``, ``(N, H, W)``,
 ``(N,)``; by default a fixed synthetic set separate from the training stream.
@@ -34,6 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from livedenoise._atomic import atomic_path
+from livedenoise.imaging.synthetic import TASKS, SyntheticPatches, make_eval_set
+from livedenoise.inference.modelio import ModelCard, load_model
+from livedenoise.inference.nets import ARCHITECTURES, build_network
 
 __all__ = ["TrainConfig", "batches", "evaluate_psnr", "psnr_db", "train"]
 
@@ -90,9 +95,7 @@ class TrainConfig:
     command: str = ""
 
     def __post_init__(self) -> None:
-        from livedenoise.inference.nets import ARCHITECTURES
         from livedenoise.training.losses import LOSSES
-        from livedenoise.training.synthetic import TASKS
 
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.architecture!r}; expected one of {ARCHITECTURES}")
@@ -197,7 +200,6 @@ def _device(name: str):
 
 
 def _default_val(config: TrainConfig):
-    from livedenoise.training.synthetic import make_eval_set
 
     x, t, _ = make_eval_set(
         config.val_size,
@@ -235,10 +237,7 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
     import torch
     from tqdm.auto import tqdm
 
-    from livedenoise.inference.modelio import ModelCard, load_model
-    from livedenoise.inference.nets import build_network
     from livedenoise.training.losses import LOSSES
-    from livedenoise.training.synthetic import SyntheticPatches
 
     t0 = time.perf_counter()
     if config.threads:
@@ -364,8 +363,6 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
             if vloss < best[0]:
                 best = (vloss, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}, step)
             if ckpt_dir is not None:
-                from livedenoise._atomic import atomic_path
-
                 ck = {
                     "model": module.state_dict(),
                     "optim": opt.state_dict(),

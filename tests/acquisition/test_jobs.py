@@ -9,6 +9,7 @@ import pytest
 
 from livedenoise.acquisition.jobs import JobManager, install_pair_commands
 from livedenoise.acquisition.pairs import PairDataset
+from livedenoise.app.daemon import control_handlers
 from livedenoise.transport.client import request
 from livedenoise.transport.control import ControlServer
 
@@ -86,7 +87,7 @@ def daemon(tmp_path):
     pipe = Pipeline(CoreSource(core), PassthroughEngine(), publisher, camera.true_calibration())
     frames = []
     pipe.events.frameAcquired.connect(lambda frame, t: frames.append(frame))
-    server = ControlServer("tcp://127.0.0.1:*", handlers=pipe.handlers())
+    server = ControlServer("tcp://127.0.0.1:*", handlers=control_handlers(pipe))
     jm = JobManager()
     install_pair_commands(server, pipe, core, jm)
     server.start()

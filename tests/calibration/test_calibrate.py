@@ -8,12 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from livedenoise.calibration.fit import (
-    MomentAccumulator,
-    calibrate_files,
-    fit_calibration,
-    stats_from_frames,
-)
+from livedenoise.calibration.files import calibrate_files
+from livedenoise.calibration.fit import MomentAccumulator, fit_calibration, stats_from_frames
 from livedenoise.calibration.maps import CalibrationError, read_calibration
 from livedenoise.cli import main
 
@@ -242,7 +238,7 @@ def test_no_partial_file_when_interrupted_or_failing(stacks, monkeypatch):
     out = tmp / "cal.tif"
     out.write_bytes(b"previous calibration")
 
-    import livedenoise.calibration.fit as mod
+    import livedenoise.calibration.files as mod
 
     calls = {"n": 0}
     real_add = MomentAccumulator.add

@@ -130,7 +130,7 @@ def _frames_with_truth(core, cam, n=6):
 
 def test_fitted_maps_restore_as_well_as_true_maps(accuracy):
     from livedenoise.inference.engines import make_engine
-    from livedenoise.training.metrics import psnr
+    from livedenoise.metrics import psnr
 
     core, cam, fit, _, _ = accuracy
     raws, truths = _frames_with_truth(core, cam)

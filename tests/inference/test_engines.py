@@ -14,17 +14,20 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from livedenoise.inference.engines import Engine, EngineUnavailable, available_backends, make_engine
+from livedenoise.app.bench import bench_engine
+from livedenoise.inference.engines import (
+    Engine,
+    EngineUnavailable,
+    available_backends,
+    make_engine,
+    validation,
+)
 from livedenoise.inference.engines import tensorrt as trt_mod
 from livedenoise.inference.engines._cache import CacheKey, EngineCache, default_cache_dir
+from livedenoise.inference.engines._cuda import NO_CUDA, CudaEngine
 from livedenoise.inference.engines.tensorrt import TensorRTEngine, model_sha256, state_dict_sha256
-from livedenoise.inference.engines.torch_cuda import (
-    NO_CUDA,
-    TorchCUDAEngine,
-    bench_engine,
-    relative_error,
-    synthetic_frame,
-)
+from livedenoise.inference.engines.torch_cuda import TorchCUDAEngine
+from livedenoise.inference.engines.validation import relative_error, synthetic_frame
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a CUDA device")
 
@@ -205,7 +208,7 @@ def test_gpu_engines_raise_with_the_reason(kind):
 
 
 def test_tensorrt_reason_names_the_install_line(monkeypatch):
-    monkeypatch.setattr(TorchCUDAEngine, "available", classmethod(lambda cls: (True, "a fake GPU")))
+    monkeypatch.setattr(CudaEngine, "available", classmethod(lambda cls: (True, "a fake GPU")))
 
     def missing():
         raise ModuleNotFoundError("No module named 'torch_tensorrt'", name="torch_tensorrt")
@@ -579,9 +582,7 @@ def test_shape_checks_and_reprepare():
 
 
 def test_explicit_precision_that_fails_validation_raises(monkeypatch):
-    from livedenoise.inference.engines import torch_cuda
-
-    monkeypatch.setitem(torch_cuda.TOLERANCE, "bf16", 1e-12)
+    monkeypatch.setitem(validation.TOLERANCE, "bf16", 1e-12)
     engine = TorchCUDAEngine(_rln(), device="cpu", card={"id": "x"}, precision="bf16")
     with pytest.raises(ValueError, match="precision bf16 differs from fp32"):
         engine.prepare((24, 24))
@@ -613,9 +614,7 @@ def test_bench_engine_reports_rates():
 
 
 def test_frame_beyond_the_fp16_validated_range_is_restored_in_fp32(monkeypatch, caplog):
-    from livedenoise.inference.engines import torch_cuda
-
-    monkeypatch.setitem(torch_cuda.TOLERANCE, "fp16", 1.0)  # take fp16 whatever its accuracy on this CPU
+    monkeypatch.setitem(validation.TOLERANCE, "fp16", 1.0)  # take fp16 whatever its accuracy on this CPU
     net = _rln()
     engine = TorchCUDAEngine(net, device="cpu", card={"id": "x"}, precision="fp16", max_batch=2)
     engine.prepare((32, 32))

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from livedenoise.imaging.synthetic import make_eval_set
 from livedenoise.inference.modelio import (
     DEFAULT_MODEL,
     ModelCard,
@@ -16,7 +17,6 @@ from livedenoise.inference.modelio import (
     save_model,
 )
 from livedenoise.inference.nets import build_network
-from livedenoise.training.synthetic import make_eval_set
 from livedenoise.training.train import psnr_db
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from _pipeline_helpers import SlowEngine, fake_core, livedenoise_threads, sim_core, wait_for
 
+from livedenoise.app.daemon import serve_control
 from livedenoise.calibration.maps import Calibration
 from livedenoise.inference.engines import PassthroughEngine
 from livedenoise.live.config import ConfigError, PipelineConfig
@@ -262,7 +263,7 @@ def test_control_socket_status_model_swap_and_stop() -> None:
     core, cam = sim_core(64, exposure_ms=3.0)
     first = SlowEngine(delay_s=0.0, model_id="first")
     with Rig(core, first, cam.true_calibration()) as rig:
-        server = rig.pipe.serve_control("tcp://127.0.0.1:*")
+        server = serve_control(rig.pipe, "tcp://127.0.0.1:*")
         assert wait_for(lambda: rig.rx.count("denoised") >= 3)
         reply = request(server.endpoint, {"cmd": "status"})
         assert reply["ok"] and reply["state"] == "running" and reply["model"] == "first"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from livedenoise.imaging.psf import convolve_fft, gaussian_psf
+from livedenoise.imaging.synthetic import make_eval_set
+from livedenoise.metrics import psnr
 from livedenoise.training import baselines
-from livedenoise.training.metrics import psnr
-from livedenoise.training.psf import convolve_fft, gaussian_psf
-from livedenoise.training.synthetic import make_eval_set
 
 
 @pytest.mark.parametrize("read_var", [0.0, 2.0])

@@ -28,6 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from livedenoise import __version__
+from livedenoise._atomic import atomic_path, check_writable_dir
+from livedenoise.inference.engines import EngineUnavailable
+from livedenoise.inference.modelio import load_model
+
 __all__ = ["DEFAULT_OPSET", "OnnxRuntimeEngine", "export_module_onnx", "export_onnx", "read_onnx_metadata"]
 
 log = logging.getLogger("livedenoise")
@@ -106,12 +111,8 @@ def export_module_onnx(
     import onnx
     import torch
 
-    from livedenoise import __version__
-
     hw = _check_shape(shape)
     if out_path is not None:  # fail before the export, not after it
-        from livedenoise._atomic import check_writable_dir
-
         check_writable_dir(Path(out_path).parent if str(Path(out_path).parent) else Path("."), "ONNX model")
     module = module.eval().float().cpu()
     # trace at a size that is not a multiple of the networks' internal padding, so the
@@ -178,8 +179,6 @@ def export_module_onnx(
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     if out_path is not None:
-        from livedenoise._atomic import atomic_path
-
         with atomic_path(out_path, "ONNX model") as tmp:
             tmp.write_bytes(data)
         log.info("wrote %s (%d bytes, opset %d, shape %s)", out_path, len(data), opset, meta["shape"])
@@ -215,7 +214,6 @@ def export_onnx(
     --------
     >>> export_onnx("rln-denoise-v1", "rln.onnx", shape=(512, 512))  # doctest: +SKIP
     """
-    from livedenoise.inference.modelio import load_model
 
     module, card = load_model(model, map_location="cpu")
     export_module_onnx(module, out_path, shape=shape, opset=opset, card=card)
@@ -278,8 +276,6 @@ class OnnxRuntimeEngine:
             )
         ok, why = self.available()
         if not ok:
-            from livedenoise.inference.engines import EngineUnavailable
-
             raise EngineUnavailable(why)
         import onnxruntime as ort
 
@@ -291,8 +287,6 @@ class OnnxRuntimeEngine:
                 )
             data = path.read_bytes()
         else:
-            from livedenoise.inference.modelio import load_model
-
             module, card = load_model(model, map_location="cpu")
             data = export_module_onnx(module, None, card=card)
         meta = read_onnx_metadata(data)

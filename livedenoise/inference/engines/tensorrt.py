@@ -30,12 +30,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from livedenoise.inference.engines.torch_cuda import (
-    TOLERANCE,
-    TorchCUDAEngine,
-    relative_error,
-    synthetic_frame,
-)
+from livedenoise import __version__
+from livedenoise.inference.engines import EngineUnavailable
+from livedenoise.inference.engines._cache import CacheKey, EngineCache
+from livedenoise.inference.engines._cuda import CudaEngine
+from livedenoise.inference.engines.validation import TOLERANCE, relative_error, synthetic_frame
 
 __all__ = ["TensorRTEngine", "model_sha256", "state_dict_sha256"]
 
@@ -191,13 +190,13 @@ class _Heartbeat:
         self._thread.join(timeout=1.0)
 
 
-class TensorRTEngine(TorchCUDAEngine):
+class TensorRTEngine(CudaEngine):
     """The Engine protocol over a torch-tensorrt compiled network (CUDA engine on failure).
 
     Parameters
     ----------
     model : str, path, torch.nn.Module or None
-        As for :class:`~livedenoise.inference.engines.torch_cuda.TorchCUDAEngine`.
+        As for :class:`~livedenoise.inference.engines._cuda.CudaEngine`.
     precision : {"auto", "fp16", "bf16", "fp32"}
         ``auto`` = fp16. The compiled engine must match fp32 within ``TOLERANCE``.
     cache_dir : path, optional
@@ -213,7 +212,7 @@ class TensorRTEngine(TorchCUDAEngine):
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
-        ok, why = TorchCUDAEngine.available()
+        ok, why = CudaEngine.available()
         if not ok:
             return False, why
         try:
@@ -232,7 +231,6 @@ class TensorRTEngine(TorchCUDAEngine):
         device: str | None = None,
         card: Any = None,
     ) -> None:
-        from livedenoise.inference.engines._cache import EngineCache
 
         if precision not in ("auto", *PRECISIONS):
             raise ValueError(f"precision must be auto, fp16, bf16 or fp32, not {precision!r}")
@@ -249,9 +247,6 @@ class TensorRTEngine(TorchCUDAEngine):
     def cache_key(self, shape: tuple[int, int]) -> Any:
         """The :class:`~livedenoise.inference.engines._cache.CacheKey` of this model at ``shape`` here."""
         import torch
-
-        from livedenoise import __version__
-        from livedenoise.inference.engines._cache import CacheKey
 
         trt_v, tt_v = _trt_versions()
         if self._cuda:
@@ -276,8 +271,6 @@ class TensorRTEngine(TorchCUDAEngine):
                     f"{type(exc).__name__}: {exc}"
                 )
                 if not self.fallback:
-                    from livedenoise.inference.engines import EngineUnavailable
-
                     raise EngineUnavailable(msg + "; use --engine cuda") from exc
                 log.error("%s; running the PyTorch CUDA engine instead (run with -vv for details)", msg)
                 log.debug("TensorRT failure", exc_info=True)
@@ -325,7 +318,7 @@ class TensorRTEngine(TorchCUDAEngine):
         self._validated_peak_e = float(frame.max())
         x = torch.from_numpy(frame).to(self.device).reshape(1, 1, *shape)
         with torch.inference_mode():
-            ref = TorchCUDAEngine._forward(self, x, "fp32")[0].cpu().numpy()[0, 0]
+            ref = CudaEngine._forward(self, x, "fp32")[0].cpu().numpy()[0, 0]
             y, bad = self._forward(x, self.trt_precision)
         err = float("inf") if bool(bad.any()) else relative_error(y.cpu().numpy()[0, 0], ref)
         self.validation_error[f"tensorrt-{self.trt_precision}"] = err

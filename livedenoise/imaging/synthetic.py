@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from livedenoise.training.psf import airy_psf, airy_sigma_px, convolve_fft, gaussian_psf
+from livedenoise.imaging.psf import airy_psf, airy_sigma_px, convolve_fft, gaussian_psf
 
 __all__ = [
     "EVAL_SEED_OFFSET",

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from livedenoise.training.synthetic import (
+from livedenoise.imaging.synthetic import (
     SyntheticPatches,
     add_noise,
     make_eval_set,
