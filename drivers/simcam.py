@@ -35,7 +35,6 @@ import atexit
 import gc
 import logging
 import math
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -48,7 +47,7 @@ import numpy as np
 from pymmcore_plus import Keyword as KW
 from pymmcore_plus.experimental.unicore import CameraDevice, pymm_property
 
-from livedenoise.acquisition.core import new_unicore
+from livedenoise.acquisition.core import load_core
 from livedenoise.calibration.maps import Calibration
 
 from . import config_path
@@ -67,6 +66,7 @@ __all__ = [
     "SimShutter",
     "load_sim_core",
     "python_device",
+    "simulated_camera_label",
 ]
 
 log = logging.getLogger("livedenoise")
@@ -542,6 +542,15 @@ def python_device(core: UniMMCore, label: str) -> Any:
     return core._pydevices[label]
 
 
+def simulated_camera_label(config: str | Path) -> str | None:
+    """The label of the :class:`SimSCMOSCamera` a configuration loads, or None if it loads none."""
+    for line in Path(config).read_text(errors="replace").splitlines():
+        parts = [p.strip() for p in line.removeprefix("#py ").split(",")]
+        if len(parts) == 4 and parts[0] == "pyDevice" and parts[3] == SimSCMOSCamera.__name__:
+            return parts[1]
+    return None
+
+
 def load_sim_core(
     config: str | Path | None = None,
     *,
@@ -571,12 +580,7 @@ def load_sim_core(
     if not path.is_file():
         raise FileNotFoundError(f"configuration {path} does not exist")
     lines = path.read_text().splitlines()
-    cam_label = None
-    for line in lines:
-        parts = [p.strip() for p in line.removeprefix("#py ").split(",")]
-        if len(parts) == 4 and parts[0] == "pyDevice" and parts[3] == SimSCMOSCamera.__name__:
-            cam_label = parts[1]
-            break
+    cam_label = simulated_camera_label(path)
     if cam_label is None:
         raise ValueError(
             f"{path} loads no {SimSCMOSCamera.__name__} (expected a line "
@@ -594,11 +598,7 @@ def load_sim_core(
     if init is None:
         raise ValueError(f"{path} has no 'Property,Core,Initialize,1' line")
     text = "\n".join([*lines[:init], *extra, *lines[init:]]) + "\n"
-    core = new_unicore(text)
-    with tempfile.TemporaryDirectory(prefix="livedenoise-cfg-") as tmp:
-        cfg = Path(tmp) / path.name
-        cfg.write_text(text)
-        core.loadSystemConfiguration(cfg)
+    core = load_core(path, text=text)
     camera = python_device(core, cam_label)
     state = camera._initialized_
     if state is not True:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from livedenoise.acquisition.core import CoreSettings
 from livedenoise.acquisition.pairs import PairsError, PairWriter, QualityThresholds
 from livedenoise.calibration.maps import Calibration
 
@@ -336,35 +337,6 @@ def _on_frame(run: _Run, core: Any, img: np.ndarray, event: Any, meta: Mapping[s
         core.mda.cancel()
 
 
-def _user_state(core: Any) -> dict[str, Any]:
-    state: dict[str, Any] = {"exposure": core.getExposure(), "autoshutter": core.getAutoShutter()}
-    with contextlib.suppress(Exception):
-        state["shutter_open"] = core.getShutterOpen()
-    if core.getXYStageDevice():
-        state["xy"] = tuple(core.getXYPosition())
-    if core.getFocusDevice():
-        state["z"] = core.getPosition()
-    return state
-
-
-def _restore(core: Any, state: Mapping[str, Any]) -> None:
-    steps = [("exposure", lambda: core.setExposure(state["exposure"]))]
-    if "xy" in state:
-        steps.append(("XY position", lambda: core.setXYPosition(*state["xy"])))
-    if "z" in state:
-        steps.append(("Z position", lambda: core.setPosition(state["z"])))
-    steps.append(("auto-shutter", lambda: core.setAutoShutter(state["autoshutter"])))
-    if "shutter_open" in state and not state["autoshutter"]:
-        steps.append(("shutter", lambda: core.setShutterOpen(state["shutter_open"])))
-    for what, fn in steps:
-        try:
-            fn()
-        except Exception as exc:  # restore the rest even if one fails
-            log.error("could not restore the %s after collecting pairs: %s", what, exc)
-    with contextlib.suppress(Exception):
-        core.waitForSystem()
-
-
 def _free_bytes(path: Path) -> int:
     p = path
     while not p.exists():
@@ -450,11 +422,11 @@ def collect_pairs(
             f"not enough disk space for {req.pairs} pairs of {w}×{h}: need about {need / 1e6:.1f} MB, "
             f"{free / 1e6:.1f} MB free at {req.output}; free space or collect fewer pairs"
         )
-    state = _user_state(core)
+    settings = CoreSettings(core, what="collect-pairs")
     here = {
-        "x": state["xy"][0] if "xy" in state else None,
-        "y": state["xy"][1] if "xy" in state else None,
-        "z": state.get("z"),
+        "x": settings.xy[0] if settings.xy is not None else None,
+        "y": settings.xy[1] if settings.xy is not None else None,
+        "z": settings.z,
     }
     run = _Run(
         req,
@@ -486,7 +458,7 @@ def collect_pairs(
         req.shorts_per_pair,
         req.output,
     )
-    if state["autoshutter"] and not core.getShutterDevice():
+    if settings.auto_shutter and not core.getShutterDevice():
         core.setAutoShutter(False)  # MDA would try to close a shutter that is not there
     core.mda.events.frameReady.connect(on_frame)
     thread = threading.Thread(target=worker, name="livedenoise-collect", daemon=True)
@@ -506,7 +478,7 @@ def collect_pairs(
             raise
     finally:
         core.mda.events.frameReady.disconnect(on_frame)
-        _restore(core, state)
+        settings.restore()
     run.incomplete += len(run.frames)
     if run.error is not None:
         raise run.error

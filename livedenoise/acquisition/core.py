@@ -1,13 +1,25 @@
-"""Making Micro-Manager cores."""
+"""Making Micro-Manager cores: the one place livedenoise loads a configuration (``.cfg``)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import re
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from livedenoise.drivers import DRIVERS_DIR
 
-__all__ = ["needs_device_adapters", "new_unicore"]
+__all__ = ["CoreError", "CoreSettings", "load_core", "needs_device_adapters", "new_unicore"]
+
+log = logging.getLogger("livedenoise")
+
+
+class CoreError(ValueError):
+    """A Micro-Manager configuration cannot be loaded; the message says why and what to do."""
+
 
 # a line that loads a C++ device adapter ("Device,Label,Library,Name"); "#py pyDevice,..."
 # lines load Python devices and need no Micro-Manager installation
@@ -32,3 +44,125 @@ def new_unicore(config_text: str | None = None) -> Any:
         return UniMMCore()
 
     return UniMMCore(mm_path=str(DRIVERS_DIR))
+
+
+def load_core(config: str | os.PathLike[str], *, text: str | None = None) -> Any:
+    """A ``UniMMCore`` with the configuration ``config`` loaded and a camera set.
+
+    Parameters
+    ----------
+    config : path
+        A Micro-Manager configuration file (``#py pyDevice`` lines load Python devices).
+    text : str, optional
+        Load this text instead of the file's own (the simulator adds pre-init properties);
+        relative paths in it resolve as for ``config``.
+
+    Raises
+    ------
+    CoreError
+        The file does not exist, does not load, or sets no camera.
+    """
+    path = Path(config)
+    if text is None and not path.is_file():
+        raise CoreError(f"Micro-Manager configuration {path} does not exist")
+    core = new_unicore(path.read_text(errors="replace") if text is None else text)
+    try:
+        if text is None:
+            core.loadSystemConfiguration(str(path))
+        else:
+            with tempfile.TemporaryDirectory(prefix="livedenoise-cfg-") as tmp:
+                cfg = Path(tmp) / path.name
+                cfg.write_text(text)
+                core.loadSystemConfiguration(str(cfg))
+    except Exception as exc:
+        raise CoreError(f"cannot load Micro-Manager configuration {path}: {exc}") from exc
+    if not core.getCameraDevice():
+        raise CoreError(
+            f"{path} defines no camera (Core-Camera is empty); add one and set it as the core camera"
+        )
+    return core
+
+
+class CoreSettings:
+    """Remember the user's microscope settings and put every one back (a context manager).
+
+    Remembered: exposure, auto-shutter, shutter state, ROI, XY and Z position, and every
+    property changed through :meth:`set_property` (binning first, since the ROI is in binned
+    pixels). On restore each setting is put back even if another fails; failures are logged
+    together with ``what`` (e.g. ``"calibrate"``). pymmcore-plus's ``setContext`` covers the
+    simple getters and setters but stops at the first setter that raises and does not unpack
+    the XY position or the ROI, so this class does the restoring itself.
+    """
+
+    def __init__(self, core: Any, what: str = "livedenoise") -> None:
+        self.core = core
+        self.what = what
+        self.camera = core.getCameraDevice()
+        if not self.camera:
+            raise CoreError(
+                "no camera in this configuration (Core-Camera is empty); load a configuration with a camera"
+            )
+        self.shutter = core.getShutterDevice()
+        self.exposure_ms = core.getExposure()
+        self.auto_shutter = core.getAutoShutter()
+        self.shutter_open: bool | None = None
+        with contextlib.suppress(Exception):
+            self.shutter_open = bool(core.getShutterOpen()) if self.shutter else None
+        self.roi = tuple(core.getROI())
+        self.xy = tuple(core.getXYPosition()) if core.getXYStageDevice() else None
+        self.z = core.getPosition() if core.getFocusDevice() else None
+        self._props: dict[tuple[str, str], str] = {}
+
+    def set_property(self, device: str, prop: str, value: Any) -> None:
+        """Set a device property, remembering its first value for :meth:`restore`."""
+        core = self.core
+        if not core.hasProperty(device, prop):
+            raise CoreError(
+                f"device {device!r} has no property {prop!r}; its properties are: "
+                + ", ".join(core.getDevicePropertyNames(device))
+            )
+        key = (device, prop)
+        old = core.getProperty(device, prop)
+        core.setProperty(device, prop, value)
+        self._props.setdefault(key, old)
+
+    def restore(self) -> None:
+        """Put everything back; a setting that cannot be restored is logged, the rest still are."""
+        core = self.core
+        errors = []
+
+        def attempt(what: str, fn: Any, *a: Any) -> None:
+            try:
+                fn(*a)
+            except Exception as exc:  # keep restoring the rest; report at the end
+                errors.append(f"{what}: {exc}")
+
+        with contextlib.suppress(Exception):
+            if core.isSequenceRunning():
+                core.stopSequenceAcquisition()
+        binning = (self.camera, "Binning")
+        if binning in self._props:  # binning first: the ROI is in binned pixels
+            attempt("binning", core.setProperty, *binning, self._props.pop(binning))
+        for (dev, prop), value in reversed(list(self._props.items())):
+            attempt(f"{dev}.{prop}", core.setProperty, dev, prop, value)
+        self._props.clear()
+        if tuple(core.getROI()) != self.roi:
+            attempt("ROI", core.setROI, *self.roi)
+        attempt("exposure", core.setExposure, self.exposure_ms)
+        if self.xy is not None:
+            attempt("XY position", core.setXYPosition, *self.xy)
+        if self.z is not None:
+            attempt("Z position", core.setPosition, self.z)
+        if self.shutter and self.shutter_open is not None:
+            attempt("shutter", core.setShutterOpen, self.shutter_open)
+        attempt("auto-shutter", core.setAutoShutter, self.auto_shutter)
+        with contextlib.suppress(Exception):
+            core.waitForSystem()
+        if errors:
+            log.error("%s: could not restore some microscope settings: %s", self.what, "; ".join(errors))
+
+    def __enter__(self) -> CoreSettings:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()

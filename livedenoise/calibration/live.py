@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from livedenoise._atomic import check_writable_dir
-from livedenoise.acquisition.core import new_unicore
+from livedenoise.acquisition.core import CoreSettings, load_core
 from livedenoise.calibration.fit import (
     CalibrationFit,
     LevelStats,
@@ -32,9 +32,9 @@ from livedenoise.calibration.fit import (
 )
 from livedenoise.calibration.maps import CalibrationError, write_calibration
 from livedenoise.calibration.report import write_report
-from livedenoise.drivers.simcam import load_sim_core
+from livedenoise.drivers.simcam import load_sim_core, simulated_camera_label
 
-__all__ = ["CameraSettings", "LiveOptions", "calibrate_live", "calibrate_live_config"]
+__all__ = ["LiveOptions", "calibrate_live", "calibrate_live_config"]
 
 log = logging.getLogger("livedenoise")
 
@@ -88,74 +88,6 @@ class LiveOptions:
     max_saturated_fraction: float = 1e-3
     min_signal_e: float = 5.0
     frame_timeout_s: float = 10.0
-
-
-class CameraSettings:
-    """Remember a core's camera settings and put them back (a context manager).
-
-    Use :meth:`set_property` for every property change so that it is restored.
-    """
-
-    def __init__(self, core: Any) -> None:
-        self.core = core
-        self.camera = core.getCameraDevice()
-        if not self.camera:
-            raise CalibrationError(
-                "no camera in this configuration (Core-Camera is empty); load a configuration with a camera"
-            )
-        self.shutter = core.getShutterDevice()
-        self.exposure_ms = core.getExposure()
-        self.auto_shutter = core.getAutoShutter()
-        self.shutter_open = core.getShutterOpen() if self.shutter else None
-        self.roi = tuple(core.getROI())
-        self._props: dict[tuple[str, str], str] = {}
-
-    def set_property(self, device: str, prop: str, value: Any) -> None:
-        core = self.core
-        if not core.hasProperty(device, prop):
-            raise CalibrationError(
-                f"device {device!r} has no property {prop!r}; its properties are: "
-                + ", ".join(core.getDevicePropertyNames(device))
-            )
-        key = (device, prop)
-        old = core.getProperty(device, prop)
-        core.setProperty(device, prop, value)
-        self._props.setdefault(key, old)
-
-    def restore(self) -> None:
-        core = self.core
-        errors = []
-
-        def attempt(what: str, fn: Any, *a: Any) -> None:
-            try:
-                fn(*a)
-            except Exception as exc:  # keep restoring the rest; report at the end
-                errors.append(f"{what}: {exc}")
-
-        with contextlib.suppress(Exception):
-            if core.isSequenceRunning():
-                core.stopSequenceAcquisition()
-        binning = (self.camera, "Binning")
-        if binning in self._props:  # binning first: the ROI is in binned pixels
-            attempt("binning", core.setProperty, *binning, self._props.pop(binning))
-        for (dev, prop), value in reversed(list(self._props.items())):
-            attempt(f"{dev}.{prop}", core.setProperty, dev, prop, value)
-        self._props.clear()
-        x, y, w, h = self.roi
-        if tuple(core.getROI()) != self.roi:
-            attempt("ROI", core.setROI, x, y, w, h)
-        attempt("exposure", core.setExposure, self.exposure_ms)
-        if self.shutter:
-            attempt("shutter", core.setShutterOpen, bool(self.shutter_open))
-        attempt("auto-shutter", core.setAutoShutter, self.auto_shutter)
-        if errors:
-            log.error("calibrate: could not restore some camera settings: %s", "; ".join(errors))
-
-    def __enter__(self) -> CameraSettings:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.restore()
 
 
 def _binning(value: str) -> int:
@@ -219,7 +151,7 @@ def _stats(core: Any, n: int, label: str, sat: float, bar: Any, opts: LiveOption
 class _Knob:
     """The light control of the sweep: the exposure, or a property (signal ∝ value assumed)."""
 
-    def __init__(self, core: Any, settings: CameraSettings, opts: LiveOptions) -> None:
+    def __init__(self, core: Any, settings: CoreSettings, opts: LiveOptions) -> None:
         self.core, self.settings, self.opts = core, settings, opts
         self.prop = opts.light_property
         if self.prop:
@@ -414,7 +346,7 @@ def calibrate_live(
 
     from tqdm import tqdm
 
-    with CameraSettings(core) as st:
+    with CoreSettings(core, what="calibrate") as st:
         cam = st.camera
         if not st.shutter:
             raise CalibrationError(
@@ -495,11 +427,10 @@ def _loaded_core(config: str | os.PathLike[str] | None, seed: int) -> Iterator[A
     if not path.is_file():
         raise CalibrationError(f"configuration {path} does not exist")
     try:
-        if "SimSCMOSCamera" in path.read_text(errors="replace"):
+        if simulated_camera_label(path) is not None:  # the simulator takes the seed before it starts
             core, _ = load_sim_core(str(path), seed=seed)
         else:
-            core = new_unicore(path.read_text(errors="replace"))
-            core.loadSystemConfiguration(str(path))
+            core = load_core(path)
     except (RuntimeError, ValueError, OSError) as exc:
         raise CalibrationError(f"could not load the configuration {path}: {exc}") from exc
     try:

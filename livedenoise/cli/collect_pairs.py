@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 from livedenoise.acquisition.collect import collect_pairs, parse_positions, validate_request
+from livedenoise.acquisition.core import load_core
 from livedenoise.acquisition.pairs import PairsError
 from livedenoise.calibration.maps import read_calibration
 from livedenoise.cli import CLIError
 from livedenoise.cli._args import roi
 from livedenoise.drivers.simcam import load_sim_core
-from livedenoise.live.sources import load_core
 
 HELP = "acquire short/long exposure pairs of the sample at hand (a dataset for fine-tuning)"
 

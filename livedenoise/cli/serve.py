@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from livedenoise.acquisition.core import load_core
 from livedenoise.app.daemon import choose_engine, run_live
 from livedenoise.calibration.maps import Calibration, read_calibration
 from livedenoise.cli import CLIError
 from livedenoise.drivers.simcam import python_device
 from livedenoise.live.config import PipelineConfig
-from livedenoise.live.sources import CoreSource, check_pixel_type, load_core
+from livedenoise.live.sources import CoreSource, check_pixel_type
 
 HELP = "run the live daemon on a Micro-Manager configuration (.cfg)"
 DESCRIPTION = """\

@@ -42,15 +42,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
-from livedenoise.acquisition.core import new_unicore
 from livedenoise.live.memory import prefault
 
-__all__ = ["AttachedSource", "CoreSource", "FrameInfo", "FrameSource", "SourceError", "load_core"]
+__all__ = ["AttachedSource", "CoreSource", "FrameInfo", "FrameSource", "SourceError"]
 
 log = logging.getLogger("livedenoise")
 
@@ -106,24 +104,6 @@ class FrameSource(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
-
-
-def load_core(config: str | Path) -> Any:
-    """A ``UniMMCore`` with ``config`` loaded (``#py`` Python devices allowed)."""
-
-    path = Path(config)
-    if not path.is_file():
-        raise FileNotFoundError(f"Micro-Manager configuration {path} does not exist")
-    core = new_unicore(path.read_text(errors="replace"))
-    try:
-        core.loadSystemConfiguration(str(path))
-    except Exception as exc:
-        raise SourceError(f"cannot load Micro-Manager configuration {path}: {exc}") from exc
-    if not core.getCameraDevice():
-        raise SourceError(
-            f"{path} defines no camera (Core-Camera is empty); add one and set it as the core camera"
-        )
-    return core
 
 
 def _int(value: Any, default: int) -> int:
@@ -184,10 +164,8 @@ class CoreSource:
 
     Parameters
     ----------
-    core : CMMCorePlus or UniMMCore, optional
-        A ready core; or give ``config`` to load one.
-    config : path, optional
-        Micro-Manager configuration file (``.cfg``).
+    core : CMMCorePlus or UniMMCore
+        A ready core (:func:`livedenoise.acquisition.core.load_core` loads one from a ``.cfg``).
     truth : callable, optional
         ``truth(truth_id) -> array or None``: the simulator's noise-free image
         (``SimSCMOSCamera.truth``), published as topic ``truth`` by the demo.
@@ -199,17 +177,12 @@ class CoreSource:
 
     def __init__(
         self,
-        core: Any = None,
+        core: Any,
         *,
-        config: str | Path | None = None,
         truth: Callable[[int], np.ndarray | None] | None = None,
         poll_interval_ms: float = 0.5,
         interval_ms: float = 0.0,
     ) -> None:
-        if core is None:
-            if config is None:
-                raise ValueError("CoreSource needs a core or a configuration file (config=...)")
-            core = load_core(config)
         self.core = core
         self.camera: str | None = core.getCameraDevice() or None
         self._truth = truth
