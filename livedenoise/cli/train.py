@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+from typing import Any
 
 from livedenoise._atomic import check_writable_dir
-from livedenoise.cli.collect_pairs import add_finetune_arguments
+from livedenoise.cli._args import CLIError
 from livedenoise.inference.modelio import save_model
-from livedenoise.training.finetune import run_pairs
+from livedenoise.training.finetune import FinetuneConfig, finetune
 from livedenoise.training.train import TrainConfig, train
 
 HELP = "train a restoration network (RLN or RESUNET) on synthetic phantoms"
@@ -137,7 +138,7 @@ def canonical_command(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.pairs:  # fine-tuning on a paired dataset (livedenoise.training.finetune, issue 5)
-        return run_pairs(args)
+        return _run_pairs(args)
     from pathlib import Path
 
     out = Path(args.output)
@@ -172,5 +173,93 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"saved {out} ({card.parameters} parameters, {card.training['time_s']:.0f} s): validation PSNR "
         f"{v.get('psnr_db')} dB, raw {v.get('raw_psnr_db')} dB"
+    )
+    return 0
+
+
+def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
+    """Add ``--pairs DATASET`` and the fine-tuning options to the ``train`` parser.
+
+    Call it after the parser's own ``--steps/--batch/--patch/--lr``: their defaults are
+    remembered, so that ``--pairs`` uses fine-tuning defaults unless the user changed them.
+    """
+    p.set_defaults(_train_defaults={n: p.get_default(n) for n in ("steps", "batch", "patch", "lr")})
+    g = p.add_argument_group(
+        "fine-tuning on a paired dataset",
+        "livedenoise train --pairs DATASET --init rln-denoise-v1 -o rln-mysample: the short exposures are "
+        "inputs, the long ones targets (Poisson loss with the exposure ratio); whole pairs are held out "
+        "for validation, training stops early when they stop improving (fine-tuning defaults: "
+        "400 steps, batch 8, patch 64, lr 3e-4, unless given)",
+    )
+    g.add_argument("--pairs", metavar="DATASET", help="paired dataset from `livedenoise collect-pairs`")
+    g.add_argument(
+        "--include-flagged",
+        action="store_true",
+        help="also train on pairs flagged by the quality checks (motion, saturation, bleaching)",
+    )
+    g.add_argument(
+        "--val-fraction",
+        type=float,
+        default=FinetuneConfig.val_fraction,
+        help=f"fraction of pairs held out (default {FinetuneConfig.val_fraction})",
+    )
+    g.add_argument(
+        "--patience",
+        type=int,
+        default=FinetuneConfig.patience,
+        help=f"held-out evaluations without improvement before stopping (default {FinetuneConfig.patience})",
+    )
+
+
+def _run_pairs(args: argparse.Namespace) -> int:
+    """Run ``livedenoise train --pairs DATASET --init MODEL -o NEW_MODEL`` (returns the exit status).
+
+    Reads ``args.pairs``, ``args.init``, ``args.output`` and, when the parser has them,
+    ``steps``, ``batch``, ``patch``, ``lr``, ``seed``, ``id``, ``threads``,
+    ``include_flagged``, ``val_fraction``, ``patience``.
+    """
+    defaults = FinetuneConfig()
+    output = getattr(args, "output", None)
+    if not output:
+        raise CLIError("--pairs needs -o NEW_MODEL (where to write the fine-tuned model)")
+
+    def pick(name: str, default: Any) -> Any:
+        v = getattr(args, name, None)
+        return default if v is None else v
+
+    # the synthetic-training defaults of `train` (thousands of steps, lr 2e-3) are not
+    # fine-tuning ones: use ours unless the user changed them on the command line
+    train_defaults = getattr(args, "_train_defaults", None) or {}
+
+    def tuned(name: str) -> Any:
+        v = getattr(args, name, None)
+        return getattr(defaults, name) if v is None or v == train_defaults.get(name) else v
+
+    cfg = FinetuneConfig(
+        steps=int(tuned("steps")),
+        batch=int(tuned("batch")),
+        patch=int(tuned("patch")),
+        lr=float(tuned("lr")),
+        val_fraction=float(pick("val_fraction", defaults.val_fraction)),
+        patience=int(pick("patience", defaults.patience)),
+        include_flagged=bool(getattr(args, "include_flagged", False)),
+        seed=int(pick("seed", defaults.seed)),
+        threads=getattr(args, "threads", None),
+    )
+    progress = not getattr(args, "no_progress", False)
+    _, card, history = finetune(
+        args.pairs,
+        getattr(args, "init", None),
+        output,
+        cfg,
+        model_id=getattr(args, "id", None),
+        progress=progress,
+    )
+    h = card.quality["heldout_pairs"]
+    print(
+        f"fine-tuned {card.training['init_model']['id']} on {len(card.training['dataset']['train_pairs'])} pairs "
+        f"({h['before']['pairs']} held out) in {history['steps']} steps: held-out Poisson deviance "
+        f"{h['before']['poisson_deviance']:.4f} -> {h['after']['poisson_deviance']:.4f}, PSNR vs long/r "
+        f"{h['before']['psnr_db']:.2f} -> {h['after']['psnr_db']:.2f} dB; saved {card.path}"
     )
     return 0
