@@ -52,8 +52,8 @@ def _restore(module, x: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    from livedenoise.imaging.metrics import kolmogorov_distance, nrmse, psnr, ssim
     from livedenoise.imaging.synthetic import make_eval_set
-    from livedenoise.metrics import kolmogorov_distance, nrmse, psnr, ssim
     from livedenoise.training.baselines import gat_nlm
     from livedenoise.training.train import TrainConfig, train
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nPoisson - MSE (dB): " + ", ".join(f"{lab} e-: {g:+.2f}" for lab, g in gain.items()))
     print(f"command: {command}")
     if args.json:
-        from livedenoise._atomic import atomic_path
+        from livedenoise.util.atomic import atomic_path
 
         with atomic_path(args.json, "ablation results") as tmp:
             tmp.write_text(

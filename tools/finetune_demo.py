@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     from livedenoise.acquisition.collect import collect_pairs
     from livedenoise.calibration.maps import PhotonConverter
     from livedenoise.drivers.simcam import load_sim_core
+    from livedenoise.imaging.metrics import psnr
     from livedenoise.inference.modelio import load_model
-    from livedenoise.metrics import psnr
     from livedenoise.training.finetune import FinetuneConfig, finetune
 
     torch.set_num_threads(args.threads)

@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from livedenoise._atomic import atomic_path, check_writable_dir
-from livedenoise._jsonutil import json_default
 from livedenoise.acquisition.registration import phase_shift, registration_confidence
 from livedenoise.calibration.maps import Calibration, PhotonConverter, read_calibration, write_calibration
+from livedenoise.util.atomic import atomic_path, check_writable_dir
+from livedenoise.util.jsonutil import json_default
 
 __all__ = [
     "FORMAT_VERSION",

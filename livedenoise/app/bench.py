@@ -34,12 +34,12 @@ from livedenoise.drivers.simcam import ReplayCamera
 from livedenoise.inference.engines import make_engine
 from livedenoise.inference.engines.validation import synthetic_frame
 from livedenoise.live.config import PipelineConfig
-from livedenoise.live.memory import keep_freed_memory
 from livedenoise.live.pipeline import Pipeline
 from livedenoise.live.sources import CoreSource
 from livedenoise.live.stats import STAGES
 from livedenoise.transport.publisher import Publisher
 from livedenoise.transport.subscriber import Subscriber
+from livedenoise.util.memory import keep_freed_memory
 
 __all__ = [
     "BenchResult",

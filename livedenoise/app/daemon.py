@@ -21,16 +21,16 @@ import numpy as np
 
 from livedenoise.acquisition.jobs import JobManager, install_pair_commands
 from livedenoise.calibration.maps import Calibration
+from livedenoise.imaging.metrics import psnr
 from livedenoise.inference.engines import Engine, EngineUnavailable, PassthroughEngine, make_engine
 from livedenoise.live.config import PipelineConfig
-from livedenoise.live.memory import keep_freed_memory
 from livedenoise.live.pipeline import Pipeline, PipelineError
 from livedenoise.live.sources import CoreSource, FrameSource
 from livedenoise.live.stats import format_line, format_summary
-from livedenoise.metrics import psnr
 from livedenoise.transport.control import ControlServer
 from livedenoise.transport.publisher import Publisher
 from livedenoise.transport.security import ServerSecurity, ensure_server_keys
+from livedenoise.util.memory import keep_freed_memory
 
 __all__ = [
     "QualitySampler",
@@ -186,7 +186,7 @@ def run_live(
 
     0: stopped normally; 1: the pipeline failed (the summary says why).
     """
-    keep_freed_memory()  # copying sends reuse heap memory (see livedenoise.live.memory)
+    keep_freed_memory()  # copying sends reuse heap memory (see livedenoise.util.memory)
     out = out or sys.stdout
     security = server_security(config)
     sampler = QualitySampler() if quality else None

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from livedenoise import __version__
-from livedenoise._atomic import atomic_path, check_writable_dir
 from livedenoise.calibration.maps import Calibration, CalibrationError, PhotonConverter
 from livedenoise.inference.tiling import TiledRestorer
+from livedenoise.util.atomic import atomic_path, check_writable_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from livedenoise.inference.engines import Engine

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from livedenoise._atomic import check_writable_dir
 from livedenoise.calibration.fit import (
     CalibrationFit,
     LevelStats,
@@ -26,6 +25,7 @@ from livedenoise.calibration.fit import (
 )
 from livedenoise.calibration.maps import CalibrationError, write_calibration
 from livedenoise.calibration.report import write_report
+from livedenoise.util.atomic import check_writable_dir
 
 __all__ = ["StackInfo", "accumulate_tiff", "calibrate_files", "stack_info"]
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from livedenoise._atomic import check_writable_dir
 from livedenoise.acquisition.core import CoreSettings, load_core
 from livedenoise.calibration.fit import (
     CalibrationFit,
@@ -33,6 +32,7 @@ from livedenoise.calibration.fit import (
 from livedenoise.calibration.maps import CalibrationError, write_calibration
 from livedenoise.calibration.report import write_report
 from livedenoise.drivers.simcam import load_sim_core, simulated_camera_label
+from livedenoise.util.atomic import check_writable_dir
 
 __all__ = ["LiveOptions", "calibrate_live", "calibrate_live_config"]
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from livedenoise._atomic import atomic_path
-from livedenoise._jsonutil import json_default
+from livedenoise.util.atomic import atomic_path
+from livedenoise.util.jsonutil import json_default
 
 __all__ = [
     "PAGES",

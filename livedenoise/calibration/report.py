@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from livedenoise._atomic import atomic_path
 from livedenoise.calibration.fit import CalibrationFit
+from livedenoise.util.atomic import atomic_path
 
 __all__ = ["write_report"]
 

@@ -7,10 +7,10 @@ import json
 import sys
 from typing import Any
 
-from livedenoise._atomic import atomic_path
 from livedenoise.app.bench import engine_table, markdown_table, run_bench, run_engine_bench
 from livedenoise.cli._args import CLIError
 from livedenoise.inference.engines import available_backends
+from livedenoise.util.atomic import atomic_path
 
 HELP = "measure the live pipeline (each stage and end to end) at 512² and 2048²"
 DESCRIPTION = """\

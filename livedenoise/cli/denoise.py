@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from livedenoise._atomic import check_writable_dir
 from livedenoise.app.offline import denoise_file, match_calibration, read_raw_stack
 from livedenoise.calibration.maps import Calibration, read_calibration
 from livedenoise.cli import CLIError
 from livedenoise.inference.engines import make_engine
+from livedenoise.util.atomic import check_writable_dir
 
 HELP = "restore a uint16 TIFF (2D or T×Y×X) to float32 photoelectrons with a model"
 DESCRIPTION = """\

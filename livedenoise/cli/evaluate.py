@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from livedenoise._atomic import atomic_path, check_writable_dir
 from livedenoise.training.baselines import tune
 from livedenoise.training.evaluate import EvalConfig, evaluate, format_markdown, tuning_set
+from livedenoise.util.atomic import atomic_path, check_writable_dir
 
 HELP = "measure PSNR/SSIM/NRMSE of the models and classical baselines on held-out synthetic frames"
 DESCRIPTION = """\

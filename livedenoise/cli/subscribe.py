@@ -9,11 +9,11 @@ import sys
 import time
 from typing import Any
 
-from livedenoise._atomic import atomic_path
 from livedenoise.cli import CLIError
 from livedenoise.transport.protocol import TOPICS
 from livedenoise.transport.security import ClientSecurity
 from livedenoise.transport.subscriber import Subscriber, keep_freed_memory
+from livedenoise.util.atomic import atomic_path
 
 HELP = "receive the live stream: per-topic fps, seq gaps, latency; --save records a TIFF"
 DESCRIPTION = """\

@@ -7,11 +7,11 @@ import json
 import shlex
 from typing import Any
 
-from livedenoise._atomic import check_writable_dir
 from livedenoise.cli._args import CLIError
 from livedenoise.inference.modelio import save_model
 from livedenoise.training.finetune import FinetuneConfig, finetune
 from livedenoise.training.train import TrainConfig, train
+from livedenoise.util.atomic import check_writable_dir
 
 HELP = "train a restoration network (RLN or RESUNET) on synthetic phantoms"
 DESCRIPTION = """\

@@ -26,9 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from livedenoise._atomic import atomic_path
 from livedenoise.inference.nets import ARCHITECTURES, build_network
 from livedenoise.models import MODELS_DIR
+from livedenoise.util.atomic import atomic_path
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -14,18 +14,14 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RING_POLICIES", "ConfigError", "PipelineConfig"]
+from livedenoise.live.types import RingPolicy
+from livedenoise.util.endpoints import is_loopback
 
-RING_POLICIES = ("drop-oldest", "block")
-LOOPBACK_PREFIXES = ("tcp://127.", "tcp://localhost:", "tcp://[::1]:", "ipc://", "inproc://")
+__all__ = ["ConfigError", "PipelineConfig"]
 
 
 class ConfigError(ValueError):
     """A configuration value outside its allowed range; the message names the field."""
-
-
-def _is_loopback(endpoint: str) -> bool:
-    return endpoint.startswith(LOOPBACK_PREFIXES)
 
 
 @dataclass(frozen=True)
@@ -70,7 +66,7 @@ class PipelineConfig:
     """
 
     ring_slots: int = 8
-    ring_policy: str = "drop-oldest"
+    ring_policy: RingPolicy = RingPolicy.DROP_OLDEST
     pub_endpoint: str = "tcp://127.0.0.1:5555"
     control_endpoint: str = "tcp://127.0.0.1:5556"
     engine: str = "auto"
@@ -89,17 +85,18 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         _int_range(self, "ring_slots", 2, 4096)
-        if self.ring_policy not in RING_POLICIES:
+        if self.ring_policy not in tuple(RingPolicy):
             raise ConfigError(
-                f"ring_policy = {self.ring_policy!r} is not allowed: expected one of {', '.join(RING_POLICIES)}"
+                f"ring_policy = {self.ring_policy!r} is not allowed: expected one of {', '.join(RingPolicy)}"
             )
+        object.__setattr__(self, "ring_policy", RingPolicy(self.ring_policy))
         for name in ("pub_endpoint", "control_endpoint"):
             value = getattr(self, name)
             if not isinstance(value, str) or "://" not in value:
                 raise ConfigError(
                     f"{name} = {value!r} is not a ZeroMQ endpoint: expected e.g. 'tcp://127.0.0.1:5555'"
                 )
-            if not self.allow_remote and not _is_loopback(value):
+            if not self.allow_remote and not is_loopback(value):
                 raise ConfigError(
                     f"{name} = {value!r} is not a loopback address; binding it exposes the microscope "
                     "to the network: use tcp://127.0.0.1:PORT, or set allow_remote (--allow-remote), "

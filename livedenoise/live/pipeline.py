@@ -35,8 +35,9 @@ from livedenoise.calibration.maps import Calibration, CalibrationError, PhotonCo
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.events import PipelineEvents
 from livedenoise.live.ringbuffer import RingBuffer
-from livedenoise.live.sources import FrameInfo, FrameSource, Roi, SourceError
+from livedenoise.live.sources import FrameInfo, FrameSource, SourceError
 from livedenoise.live.stats import PipelineStats
+from livedenoise.live.types import DropReason, PipelineState, RingPolicy, Roi
 
 __all__ = ["Pipeline", "PipelineError"]
 
@@ -55,7 +56,7 @@ class Pipeline:
     Parameters
     ----------
     source : FrameSource
-        :class:`livedenoise.live.sources.CoreSource` or :class:`~livedenoise.live.sources.AttachedSource`.
+        :class:`livedenoise.live.sources.CoreSource` or :class:`~livedenoise.live.attached.AttachedSource`.
     engine : Engine
         Restoration backend (``livedenoise.inference.engines``).
     publisher : Publisher
@@ -88,7 +89,7 @@ class Pipeline:
         self.events = events or PipelineEvents()
         self.observer = observer
         self.stats = PipelineStats(self.config.latency_samples)
-        self.state = "stopped"
+        self.state = PipelineState.STOPPED
         self.failure: str | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -108,7 +109,7 @@ class Pipeline:
 
     # -- life cycle -----------------------------------------------------------------
 
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: PipelineState) -> None:
         self.state = state
         self.events.stateChanged.emit(state)
 
@@ -116,13 +117,13 @@ class Pipeline:
         """Prepare the ring and engine for the camera's current ROI and start both threads."""
         if self._threads:
             raise RuntimeError("pipeline already started")
-        self._set_state("starting")
+        self._set_state(PipelineState.STARTING)
         try:
             roi = self.source.geometry()
             self._ring = None  # a fresh ring (a stopped one is closed)
-            self._configure(roi, (roi[3], roi[2]))
+            self._configure(roi, roi.shape)
         except BaseException:
-            self._set_state("stopped")
+            self._set_state(PipelineState.STOPPED)
             raise
         self._stop.clear()
         self.failure = None
@@ -133,15 +134,15 @@ class Pipeline:
         self._threads = [acq, work]
         work.start()
         acq.start()
-        self._set_state("running")
+        self._set_state(PipelineState.RUNNING)
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop acquisition, let the worker finish the frames already acquired, join threads."""
         if not self._threads:
             return
-        if self.state not in ("failed",):
-            self._set_state("stopping")
+        if self.state is not PipelineState.FAILED:
+            self._set_state(PipelineState.STOPPING)
         self._stop.set()
         acq, work = self._threads
         acq.join(timeout_s)
@@ -152,8 +153,8 @@ class Pipeline:
         self._threads = []
         if alive:
             log.error("threads still alive after %s s: %s", timeout_s, alive)
-        if self.state != "failed":
-            self._set_state("stopped")
+        if self.state is not PipelineState.FAILED:
+            self._set_state(PipelineState.STOPPED)
 
     def close(self) -> None:
         """Stop, then close the control socket, the engine, the source and the publisher."""
@@ -177,18 +178,18 @@ class Pipeline:
     def pause(self, timeout_s: float = 5.0) -> None:
         """Stop the camera (frames already acquired are still restored and published)."""
         self.source.pause(timeout_s)
-        self._set_state("paused")
+        self._set_state(PipelineState.PAUSED)
 
     def resume(self) -> None:
         """Restart the camera (a changed ROI/binning/exposure is picked up)."""
         self.source.resume()
-        self._set_state("running")
+        self._set_state(PipelineState.RUNNING)
 
     def _fail(self, where: str, message: str) -> None:
         log.error("%s: %s", where, message)
         self.failure = f"{where}: {message}"
         self.events.error.emit(where, message)
-        self._set_state("failed")
+        self._set_state(PipelineState.FAILED)
         self._stop.set()
         if self._ring is not None:
             self._ring.close()
@@ -220,7 +221,7 @@ class Pipeline:
 
     # -- drops ----------------------------------------------------------------------------
 
-    def _drop(self, frame: int, reason: str) -> None:
+    def _drop(self, frame: int, reason: DropReason) -> None:
         total = self.stats.add_drop(reason)
         self.events.frameDropped.emit(frame, reason, total)
 
@@ -232,17 +233,16 @@ class Pipeline:
             if cal.shape == shape:
                 return cal
             return Calibration(
-                np.full(shape, cal.offset_adu.flat[0] * roi[4] ** 2, np.float32),
+                np.full(shape, cal.offset_adu.flat[0] * roi.binning**2, np.float32),
                 np.full(shape, cal.gain_adu_per_e.flat[0], np.float32),
                 np.full(shape, cal.read_var_e2.flat[0], np.float32),
                 meta=dict(cal.meta),
             )
-        x, y, w, h, b = roi
-        if (h, w) != shape:
+        if roi.shape != shape:
             raise CalibrationError(
-                f"the camera reports ROI {w}×{h} but delivers {shape[1]}×{shape[0]} frames"
+                f"the camera reports ROI {roi.width}×{roi.height} but delivers {shape[1]}×{shape[0]} frames"
             )
-        return cal.for_roi(x, y, w, h, b)
+        return cal.for_roi(roi.x, roi.y, roi.width, roi.height, roi.binning)
 
     def _configure(self, roi: Roi, shape: tuple[int, int]) -> None:
         """Crop the calibration and (re)size the ring for frames of ``roi``."""
@@ -276,7 +276,7 @@ class Pipeline:
     def _claim(self) -> Any:
         ring = self._ring
         assert ring is not None
-        if self.config.ring_policy == "block":
+        if self.config.ring_policy is RingPolicy.BLOCK:
             slot = None
             while slot is None and not ring.closed:
                 slot = ring.claim(timeout_s=0.5)
@@ -319,7 +319,7 @@ class Pipeline:
         if raw.dtype != np.uint16 or raw.ndim != 2:
             if slot is not None:
                 ring.abort(slot)
-            self._drop(info.index, "bad-frame")
+            self._drop(info.index, DropReason.BAD_FRAME)
             self.events.error.emit(
                 "source", f"frame {info.index} is {raw.dtype} {raw.shape}, expected uint16 2D"
             )
@@ -330,18 +330,18 @@ class Pipeline:
                     self._commit_geometry_change(info.roi, raw.shape)
                 except SourceError:
                     ring.abort(slot)
-                    self._drop(info.index, "bad-frame")
+                    self._drop(info.index, DropReason.BAD_FRAME)
                     raise
             else:
                 try:
                     self._configure(info.roi, raw.shape)  # type: ignore[arg-type]
                 except (CalibrationError, TimeoutError) as exc:
-                    self._drop(info.index, "bad-frame")
+                    self._drop(info.index, DropReason.BAD_FRAME)
                     raise SourceError(str(exc)) from exc
         if slot is None:
             slot = self._claim()
             if slot is None:  # closed while waiting: the pipeline is stopping
-                self._drop(info.index, "stopped")
+                self._drop(info.index, DropReason.STOPPED)
                 return
             np.copyto(slot.raw, raw)
         t1 = time.perf_counter()
@@ -395,7 +395,7 @@ class Pipeline:
                 if self._pending_engine is not None:
                     self._swap_engine(shape)
                 if self._engine_failed:
-                    self._drop(slot.frame, "engine-error")
+                    self._drop(slot.frame, DropReason.ENGINE_ERROR)
                     continue
                 lat["queue"].add(t_get - slot.t_commit)
                 restored = None
@@ -407,7 +407,7 @@ class Pipeline:
                     failures = 0
                 except Exception as exc:
                     failures += 1
-                    self._drop(slot.frame, "engine-error")
+                    self._drop(slot.frame, DropReason.ENGINE_ERROR)
                     self.events.error.emit("engine", f"frame {slot.frame}: {exc}")
                     log.warning("engine failed on frame %s: %s", slot.frame, exc)
                     if failures >= self.config.max_engine_failures:
@@ -486,7 +486,7 @@ class Pipeline:
             "endpoints": {"pub": getattr(self.publisher, "endpoint", None), "control": self.control_endpoint},
             "camera": getattr(self.source, "camera", None),
             "source": self.source.describe(),
-            "roi": list(self._roi) if self._roi else None,
+            "roi": self._roi.as_list() if self._roi else None,
             "frames": snap["frames"],
             "fps": snap["fps"],
             "dropped": snap["dropped"],

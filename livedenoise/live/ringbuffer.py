@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from livedenoise.live.memory import prefault
+from livedenoise.live.types import DropReason, RingPolicy
+from livedenoise.util.memory import prefault
 
 __all__ = ["RingBuffer", "RingClosed", "Slot"]
 
@@ -80,7 +81,7 @@ class Slot:
         self.index = index
         self.raw = np.zeros(shape, np.uint16)
         self.e = np.zeros(shape, np.float32)
-        # resident now, not when the first frames stream in (see livedenoise.live.memory)
+        # resident now, not when the first frames stream in (see livedenoise.util.memory)
         prefault(self.raw)
         prefault(self.e)
         self.frame = -1
@@ -117,14 +118,14 @@ class RingBuffer:
         self,
         slots: int,
         shape: tuple[int, int],
-        policy: str = "drop-oldest",
-        on_drop: Callable[[int, str], Any] | None = None,
+        policy: RingPolicy | str = RingPolicy.DROP_OLDEST,
+        on_drop: Callable[[int, DropReason], Any] | None = None,
     ) -> None:
         if int(slots) < 2:
             raise ValueError(f"a ring buffer needs at least 2 slots, got {slots}")
-        if policy not in ("drop-oldest", "block"):
+        if policy not in tuple(RingPolicy):
             raise ValueError(f"ring policy must be 'drop-oldest' or 'block', got {policy!r}")
-        self.policy = policy
+        self.policy = RingPolicy(policy)
         self.on_drop = on_drop
         self._n = int(slots)
         self._cond = threading.Condition()
@@ -158,7 +159,7 @@ class RingBuffer:
             while not self._free:
                 if self._closed:
                     return None
-                if self.policy == "drop-oldest" and self._queue:
+                if self.policy is RingPolicy.DROP_OLDEST and self._queue:
                     idx = self._queue.popleft()
                     dropped_frame = self._slots[idx].frame
                     self.dropped += 1
@@ -174,7 +175,7 @@ class RingBuffer:
             self._claimed = idx
             slot = self._slots[idx]
         if dropped_frame >= 0 and self.on_drop is not None:
-            self.on_drop(dropped_frame, "ring-full")
+            self.on_drop(dropped_frame, DropReason.RING_FULL)
         return slot
 
     def commit(self, slot: Slot) -> None:

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from livedenoise.imaging.metrics import psnr
 from livedenoise.imaging.psf import convolve_fft
-from livedenoise.metrics import psnr
 
 __all__ = [
     "BASELINES",

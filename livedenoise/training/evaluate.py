@@ -4,7 +4,7 @@ The evaluation set comes from :func:`livedenoise.imaging.synthetic.make_eval_set
 ``held_out=True``: its own seed range, another mix of structures than training, and
 fixed photon levels (bins at 5, 10, 20, 50 and 100 e- peak, plus a 1-10 e- bin). Every
 method restores the *same* photoelectron frames; PSNR, SSIM, NRMSE and the Kolmogorov
-distance are taken against the noise-free target (:mod:`livedenoise.metrics`).
+distance are taken against the noise-free target (:mod:`livedenoise.imaging.metrics`).
 Timings are the median and the best wall time per frame of the evaluation's frame size
 (on a shared machine the best is closer to the method's own cost).
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from livedenoise import metrics
+from livedenoise.imaging import metrics
 from livedenoise.imaging.psf import airy_psf, gaussian_psf
 from livedenoise.imaging.synthetic import make_eval_set
 from livedenoise.inference.engines import make_engine

@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from livedenoise._atomic import atomic_path
 from livedenoise.imaging.synthetic import TASKS, SyntheticPatches, make_eval_set
 from livedenoise.inference.modelio import ModelCard, load_model
 from livedenoise.inference.nets import ARCHITECTURES, build_network
+from livedenoise.util.atomic import atomic_path
 
 __all__ = ["TrainConfig", "batches", "evaluate_psnr", "psnr_db", "train"]
 

@@ -17,8 +17,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from livedenoise._jsonutil import json_default
 from livedenoise.transport.security import ServerSecurity, bind_server, check_bind, release_server
+from livedenoise.util.jsonutil import json_default
 
 __all__ = ["ControlServer", "Handler"]
 

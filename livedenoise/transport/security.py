@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from livedenoise.util.endpoints import is_loopback
+
 __all__ = [
     "ClientSecurity",
     "SecurityError",
@@ -50,18 +52,9 @@ log = logging.getLogger("livedenoise")
 SERVER_NAME = "server"
 AUTHORIZED = "authorized"
 
-_LOOPBACK = re.compile(r"^tcp://(127(\.\d{1,3}){3}|localhost|\[::1\]|::1)(:(\d+|\*))?$", re.IGNORECASE)
-
 
 class SecurityError(ValueError):
     """A bind or connect that the security rules do not allow, or unusable keys."""
-
-
-def is_loopback(endpoint: str) -> bool:
-    """True for endpoints only this machine can reach (loopback tcp, ``ipc://``, ``inproc://``)."""
-    if endpoint.startswith(("ipc://", "inproc://")):
-        return True
-    return bool(_LOOPBACK.match(endpoint.strip()))
 
 
 @dataclass(frozen=True)

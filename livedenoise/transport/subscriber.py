@@ -24,9 +24,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from livedenoise.live.memory import keep_freed_memory
 from livedenoise.transport.protocol import TOPICS, ProtocolError, decode
 from livedenoise.transport.security import ClientSecurity, secure_client
+from livedenoise.util.memory import keep_freed_memory
 
 __all__ = ["Message", "Subscriber", "TopicStats", "keep_freed_memory"]
 

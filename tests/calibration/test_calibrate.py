@@ -9,8 +9,9 @@ import pytest
 import tifffile
 
 from livedenoise.calibration.files import calibrate_files
-from livedenoise.calibration.fit import MomentAccumulator, fit_calibration, stats_from_frames
+from livedenoise.calibration.fit import fit_calibration, stats_from_frames
 from livedenoise.calibration.maps import CalibrationError, read_calibration
+from livedenoise.calibration.moments import MomentAccumulator
 from livedenoise.cli import main
 
 SHAPE = (32, 48)

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livedenoise.calibration.fit import MomentAccumulator
 from livedenoise.calibration.live import LiveOptions, calibrate_live
 from livedenoise.calibration.maps import CalibrationError, PhotonConverter, read_calibration
+from livedenoise.calibration.moments import MomentAccumulator
 
 simcam = pytest.importorskip("livedenoise.drivers.simcam")
 
@@ -129,8 +129,8 @@ def _frames_with_truth(core, cam, n=6):
 
 
 def test_fitted_maps_restore_as_well_as_true_maps(accuracy):
+    from livedenoise.imaging.metrics import psnr
     from livedenoise.inference.engines import make_engine
-    from livedenoise.metrics import psnr
 
     core, cam, fit, _, _ = accuracy
     raws, truths = _frames_with_truth(core, cam)

@@ -307,7 +307,7 @@ def test_pause_resume_with_roi_change_keeps_numbering() -> None:
 def test_attached_pipeline_restores_another_programs_mda() -> None:
     import useq
 
-    from livedenoise.live.sources import AttachedSource
+    from livedenoise.live.attached import AttachedSource
 
     core, cam = sim_core(64, exposure_ms=2.0)
     pub = Publisher("tcp://127.0.0.1:*")

@@ -11,14 +11,15 @@ import pytest
 import useq
 from _pipeline_helpers import fake_core, running_source, sim_core, wait_for
 
+from livedenoise.live.attached import AttachedSource
 from livedenoise.live.sources import (
-    AttachedSource,
     CoreSource,
     FrameInfo,
     FrameSource,
     SourceError,
     check_pixel_type,
 )
+from livedenoise.live.types import Roi
 
 
 class Collector:
@@ -56,14 +57,14 @@ def test_core_source_delivers_every_frame_in_order() -> None:
     core.setROI(8, 16, 32, 24)
     src = CoreSource(core, truth=cam.truth)
     assert isinstance(src, FrameSource)
-    assert src.geometry() == (8, 16, 32, 24, 1)
+    assert src.geometry() == Roi(8, 16, 32, 24, 1)
     sink = Collector()
     assert _run(src, sink, lambda: len(sink) >= 30) is None
     idx = [i.index for i in sink.infos]
     assert idx == list(range(len(idx)))
     assert all(f.shape == (24, 32) and f.dtype == np.uint16 for f in sink.frames)
     info = sink.infos[0]
-    assert info.roi == (8, 16, 32, 24, 1) and info.camera == "Camera" and info.exposure_ms == 2.0
+    assert info.roi == Roi(8, 16, 32, 24, 1) and info.camera == "Camera" and info.exposure_ms == 2.0
     assert [i.truth_id for i in sink.infos[:5]] == [0, 1, 2, 3, 4]
     assert src.truth(sink.infos[-1].truth_id).shape == (24, 32)
     assert not core.isSequenceRunning()  # stopped on exit
@@ -89,11 +90,11 @@ def test_core_source_follows_roi_and_binning_changes_mid_stream() -> None:
     with running_source(src, sink):
         assert wait_for(lambda: len(sink) >= 3)
         core.setROI(4, 8, 40, 20)
-        assert wait_for(lambda: sink.infos[-1].roi == (4, 8, 40, 20, 1))
+        assert wait_for(lambda: sink.infos[-1].roi == Roi(4, 8, 40, 20, 1))
         core.setProperty("Camera", "Binning", 2)
-        assert wait_for(lambda: sink.infos[-1].roi[4] == 2)
+        assert wait_for(lambda: sink.infos[-1].roi.binning == 2)
     for f, info in zip(sink.frames, sink.infos):
-        assert f.shape == (info.roi[3], info.roi[2])
+        assert f.shape == info.roi.shape
     assert [i.index for i in sink.infos] == list(range(len(sink)))
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from livedenoise.imaging.metrics import psnr
 from livedenoise.imaging.psf import convolve_fft, gaussian_psf
 from livedenoise.imaging.synthetic import make_eval_set
-from livedenoise.metrics import psnr
 from livedenoise.training import baselines
 
 

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from livedenoise import __version__
-from livedenoise._atomic import atomic_path, check_writable_dir
 from livedenoise.inference.engines import EngineUnavailable
 from livedenoise.inference.modelio import load_model
+from livedenoise.util.atomic import atomic_path, check_writable_dir
 
 __all__ = ["DEFAULT_OPSET", "OnnxRuntimeEngine", "export_module_onnx", "export_onnx", "read_onnx_metadata"]
 

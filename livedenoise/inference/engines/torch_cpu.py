@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from livedenoise.imaging.metrics import psnr
 from livedenoise.imaging.synthetic import make_eval_set
 from livedenoise.inference.modelio import load_model
 from livedenoise.inference.nets import fuse_for_inference
-from livedenoise.metrics import psnr
 
 __all__ = ["BF16_MAX_MEAN_REL_ERR", "BF16_MAX_PSNR_DIFF_DB", "TorchCPUEngine"]
 

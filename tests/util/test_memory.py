@@ -1,4 +1,4 @@
-"""Frame buffers made resident before the live path needs them (livedenoise.live.memory)."""
+"""Frame buffers made resident before the live path needs them (livedenoise.util.memory)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from _pipeline_helpers import fake_core, running_source, wait_for
 
-from livedenoise.live import memory as _memory
 from livedenoise.live import sources
 from livedenoise.live.ringbuffer import RingBuffer
 from livedenoise.live.sources import CoreSource
+from livedenoise.util import memory as _memory
 
 
 def _resident_pages(a: np.ndarray) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from livedenoise.metrics import kolmogorov_distance, mse, nrmse, psnr, ssim
+from livedenoise.imaging.metrics import kolmogorov_distance, mse, nrmse, psnr, ssim
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Small pieces shared across subpackages: atomic file writes, JSON helpers, resident memory."""
