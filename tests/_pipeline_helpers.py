@@ -122,13 +122,32 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
     return True
 
 
+class CallbackSink:
+    """A plain ``callback(raw, info)`` as a source's sink (it never lends arrays in place)."""
+
+    def __init__(self, callback: Callable[[np.ndarray, Any], None]) -> None:
+        self.callback = callback
+
+    def __call__(self, raw: np.ndarray, info: Any) -> None:
+        self.callback(raw, info)
+
+    def reserve(self, shape: tuple[int, ...], dtype: Any) -> None:
+        return None
+
+    def unreserve(self) -> None:
+        pass
+
+
 @contextmanager
 def running_source(source: Any, sink: Any, *, raise_errors: bool = True) -> Iterator[list[BaseException]]:
     """Run ``source.run(sink, stop)`` on a thread for the ``with`` block; stop and join it after.
 
-    Yields the list of exceptions the source raised. On leaving, the thread must have
-    stopped within 5 s; with ``raise_errors`` the first exception is raised there.
+    A plain callable ``sink`` is wrapped in :class:`CallbackSink`. Yields the list of
+    exceptions the source raised. On leaving, the thread must have stopped within 5 s; with
+    ``raise_errors`` the first exception is raised there.
     """
+    if not hasattr(sink, "reserve"):
+        sink = CallbackSink(sink)
     stop = threading.Event()
     errors: list[BaseException] = []
 

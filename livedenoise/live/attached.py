@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from livedenoise.live._unicore import newest_slot_metadata
 from livedenoise.live.sources import CoreGeometry, FrameInfo, Sink, int_value, metadata_value
 from livedenoise.live.types import DropReason, Roi
 
@@ -132,13 +133,9 @@ class AttachedSource:
         UniMMCore: read from its SequenceBuffer's last slot (pymmcore-plus 0.18 internals).
         Other cores: ``getLastImageAndMD`` (copies one frame per poll).
         """
-        buf = getattr(self.core, "_seq_buffer", None)
-        slots = getattr(buf, "_slots", None)
-        if slots is not None:
-            try:
-                return int_value(metadata_value(slots[-1].metadata or {}, "ImageNumber"), -1)
-            except IndexError:
-                return -1
+        md = newest_slot_metadata(self.core)
+        if md is not None:
+            return int_value(metadata_value(md, "ImageNumber"), -1)
         try:
             _, md = self.core.getLastImageAndMD()
         except (IndexError, RuntimeError):

@@ -27,14 +27,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from livedenoise.calibration.maps import Calibration, CalibrationError, PhotonConverter
+from livedenoise.inference.engines import Engine
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.events import PipelineEvents
-from livedenoise.live.ringbuffer import RingBuffer
+from livedenoise.live.ringbuffer import RingBuffer, Slot
+from livedenoise.live.sink import FrameSink
 from livedenoise.live.sources import FrameInfo, FrameSource, SourceError
 from livedenoise.live.stats import PipelineStats
 from livedenoise.live.types import DropReason, PipelineState, RingPolicy, Roi
@@ -44,6 +46,10 @@ __all__ = ["Pipeline", "PipelineError"]
 log = logging.getLogger("livedenoise")
 
 Observer = Callable[[int, np.ndarray, np.ndarray, "np.ndarray | None"], None]
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
 
 
 class PipelineError(ValueError):
@@ -59,8 +65,9 @@ class Pipeline:
         :class:`livedenoise.live.sources.CoreSource` or :class:`~livedenoise.live.attached.AttachedSource`.
     engine : Engine
         Restoration backend (``livedenoise.inference.engines``).
-    publisher : Publisher
-        ``livedenoise.transport.publisher.Publisher`` (called from the worker thread only).
+    publisher : FrameSink
+        ``livedenoise.transport.publisher.Publisher`` or another :class:`~livedenoise.live.sink.FrameSink`
+        (called from the worker thread only).
     calibration : Calibration
         Full-sensor maps; cropped to the camera's ROI and binning as frames arrive. A
         nominal calibration (``meta["source"] == "nominal"``) is rebuilt for any shape.
@@ -74,8 +81,8 @@ class Pipeline:
     def __init__(
         self,
         source: FrameSource,
-        engine: Any,
-        publisher: Any,
+        engine: Engine,
+        publisher: FrameSink,
         calibration: Calibration,
         config: PipelineConfig | None = None,
         events: PipelineEvents | None = None,
@@ -93,19 +100,19 @@ class Pipeline:
         self.failure: str | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._pending_engine: Any = None
+        self._pending_engine: Engine | None = None
         self._engine_lock = threading.Lock()
         self._expected_index = 0
         self._roi: Roi | None = None
         self._converter: PhotonConverter | None = None
         self._cal_roi: Calibration | None = None
         self._ring: RingBuffer | None = None
-        self._reserved: Any = None
+        self._reserved: Slot | None = None
         self._t_reserve = 0.0
         self._t_start = 0.0
         self._engine_failed = False
         self.control_endpoint: str | None = None
-        self.control: Any = None
+        self.control: _Closable | None = None  # the control server the application attached
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -196,7 +203,7 @@ class Pipeline:
 
     # -- engine and model -----------------------------------------------------------------
 
-    def set_engine(self, engine: Any) -> None:
+    def set_engine(self, engine: Engine) -> None:
         """Use ``engine`` from the next frame on (the old one is closed by the worker)."""
         with self._engine_lock:
             self._pending_engine = engine
@@ -273,7 +280,7 @@ class Pipeline:
 
     # -- acquisition thread ------------------------------------------------------------------
 
-    def _claim(self) -> Any:
+    def _claim(self) -> Slot | None:
         ring = self._ring
         assert ring is not None
         if self.config.ring_policy is RingPolicy.BLOCK:
@@ -436,10 +443,9 @@ class Pipeline:
                 ring.release(slot)
 
     def _borrow(self, shape: tuple[int, ...]) -> np.ndarray | None:
-        borrow = getattr(self.publisher, "borrow", None)
-        return None if borrow is None else borrow("denoised", shape, np.float32)
+        return self.publisher.borrow("denoised", shape, np.float32)
 
-    def _publish(self, slot: Any, restored: np.ndarray | None) -> None:
+    def _publish(self, slot: Slot, restored: np.ndarray | None) -> None:
         pub = self.publisher
         model = self.engine.model_id
         cal_id = self._cal_roi.id if self._cal_roi is not None else None
@@ -483,8 +489,8 @@ class Pipeline:
             "state": self.state,
             "failure": self.failure,
             "uptime_s": round(time.time() - self._t_start, 3) if self._t_start else 0.0,
-            "endpoints": {"pub": getattr(self.publisher, "endpoint", None), "control": self.control_endpoint},
-            "camera": getattr(self.source, "camera", None),
+            "endpoints": {"pub": self.publisher.endpoint, "control": self.control_endpoint},
+            "camera": self.source.camera,
             "source": self.source.describe(),
             "roi": self._roi.as_list() if self._roi else None,
             "frames": snap["frames"],

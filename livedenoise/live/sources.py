@@ -46,6 +46,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from livedenoise.live._unicore import buffer_pool, has_python_camera, sequence_buffer, slot_spec
 from livedenoise.live.types import DropReason, Roi
 from livedenoise.util.memory import prefault
 
@@ -75,9 +76,20 @@ class FrameInfo(NamedTuple):
     missed_reason: DropReason = DropReason.CAMERA
 
 
-Sink = Callable[[np.ndarray, FrameInfo], None]
-"""``sink(raw, info)``; it may also offer ``reserve(shape, dtype) -> array | None`` and
-``unreserve()`` so that a source can pop straight into the ring (no extra copy)."""
+class Sink(Protocol):
+    """What a source hands its frames to (the pipeline's acquisition side).
+
+    ``sink(raw, info)`` takes one frame (copied before it returns). ``reserve(shape, dtype)``
+    returns the array the next frame may be written into directly (a claimed ring slot), or
+    None; ``unreserve()`` gives an unused reservation back. A source that cannot write in
+    place simply never calls them.
+    """
+
+    def __call__(self, raw: np.ndarray, info: FrameInfo) -> None: ...
+
+    def reserve(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray | None: ...
+
+    def unreserve(self) -> None: ...
 
 
 @runtime_checkable
@@ -245,9 +257,8 @@ class CoreSource:
         anything else is skipped.
         """
         core = self.core
-        seq = getattr(core, "_seq_buffer", None)
-        pool = getattr(seq, "_pool", None)
-        if not isinstance(pool, np.ndarray) or pool is self._resident_pool():
+        pool = buffer_pool(core)
+        if pool is None or pool is self._resident_pool():
             return
         try:
             frame_bytes = (
@@ -258,7 +269,7 @@ class CoreSource:
         if frame_bytes < _RESIDENT_MIN_FRAME_BYTES:
             return
         self._resident_pool = weakref.ref(pool)  # an id() could be reused by the next buffer
-        seq.clear()  # the sequence start clears it too: no frame is lost here
+        sequence_buffer(core).clear()  # the sequence start clears it too: no frame is lost here
         log.info(
             "making the core's %d MiB sequence buffer resident before the camera starts ...",
             pool.nbytes >> 20,
@@ -274,7 +285,7 @@ class CoreSource:
             except Exception as exc:  # a broken camera may also fail to stop
                 log.warning("stopping the camera's sequence failed: %s", exc)
 
-    def _pop(self, sink: Any = None) -> tuple[np.ndarray, Mapping[str, Any]] | None:
+    def _pop(self, sink: Sink | None = None) -> tuple[np.ndarray, Mapping[str, Any]] | None:
         """Pop the next frame with its metadata; None if the buffer turned out empty.
 
         If ``sink`` has ``reserve(shape, dtype) -> array | None`` (the pipeline's sink
@@ -282,19 +293,14 @@ class CoreSource:
         that array; ``sink.unreserve()`` gives the reservation back if the pop fails.
         """
         core = self.core
-        buf = getattr(core, "_seq_buffer", None)
-        if buf is not None and getattr(core, "_py_camera", lambda: None)() is not None:
+        buf = sequence_buffer(core)
+        if buf is not None and has_python_camera(core):
             # UniMMCore with a Python camera: pop straight into a reused buffer (no
-            # per-frame allocation). Relies on SequenceBuffer internals of pymmcore-plus
-            # 0.18; anything unexpected falls back to the public API below.
-            try:
-                shape = buf._slots[0].array.shape
-                dtype = buf._slots[0].array.dtype
-            except (AttributeError, IndexError):
-                shape = dtype = None
-            if shape is not None:
-                reserve = getattr(sink, "reserve", None)
-                out = reserve(shape, dtype) if reserve is not None else None
+            # per-frame allocation); see livedenoise.live._unicore.
+            spec = slot_spec(core)
+            if spec is not None:
+                shape, dtype = spec
+                out = sink.reserve(shape, dtype) if sink is not None else None
                 if out is None:
                     if self._staging is None or self._staging.shape != shape or self._staging.dtype != dtype:
                         self._staging = np.empty(shape, dtype)
@@ -302,10 +308,10 @@ class CoreSource:
                 try:
                     res = buf.pop_next(out=out)
                 except BaseException:
-                    if out is not self._staging:
+                    if out is not self._staging and sink is not None:
                         sink.unreserve()
                     raise
-                if res is None and out is not self._staging:
+                if res is None and out is not self._staging and sink is not None:
                     sink.unreserve()
                 return res
         try:
