@@ -271,17 +271,18 @@ def _events(run: _Run) -> Iterator[Any]:
         for role in roles:
             if run.cancel.is_set() or run.error is not None:
                 return
-            moves = {}
+            moves: dict[str, Any] = {}
             if run.positions:
                 moves = {"x_pos": pos["x"], "y_pos": pos["y"]}
                 if pos.get("z") is not None:
                     moves["z_pos"] = pos["z"]
-            yield useq.MDAEvent(
-                index={"p": i * len(run.positions or [0]) // req.pairs, "t": i},
-                exposure=req.short_ms if role == "short" else req.long_ms,
-                metadata={"livedenoise_pair": i, "role": role, "k": k if role == "short" else 0},
+            event: dict[str, Any] = {
+                "index": {"p": i * len(run.positions or [0]) // req.pairs, "t": i},
+                "exposure": req.short_ms if role == "short" else req.long_ms,
+                "metadata": {"livedenoise_pair": i, "role": role, "k": k if role == "short" else 0},
                 **moves,
-            )
+            }
+            yield useq.MDAEvent(**event)
             if role == "short":
                 k += 1
 

@@ -28,7 +28,7 @@ _CPP_DEVICE = re.compile(r"^\s*Device\s*,", re.MULTILINE)
 
 def needs_device_adapters(config_text: str | None) -> bool:
     """Whether a configuration loads C++ device adapters (a Micro-Manager installation)."""
-    return bool(config_text) and _CPP_DEVICE.search(config_text) is not None
+    return config_text is not None and _CPP_DEVICE.search(config_text) is not None
 
 
 def new_unicore(config_text: str | None = None) -> Any:

@@ -1,6 +1,6 @@
 """Paired short/long-exposure datasets: the folder format, its writer and reader, quality checks.
 
-A dataset is a folder (DESIGN.md, "Paired dataset")::
+A dataset is a folder (the README's "File formats")::
 
     DATASET/
       pairs.json              the index (JSON, rewritten atomically after each pair)
@@ -152,8 +152,9 @@ def check_pair(
     total_long = float(np.sum(long_e, dtype=np.float64))
     n_short = short_e.shape[0] if short_e.ndim == 3 else 1
     if total_short * n_short >= t.min_signal_e:
-        signal_ratio: float | None = total_long / total_short
-        deviation: float | None = signal_ratio / float(exposure_ratio) - 1.0
+        ratio = total_long / total_short
+        signal_ratio: float | None = ratio
+        deviation: float | None = ratio / float(exposure_ratio) - 1.0
     else:
         signal_ratio = deviation = None
     quality = {

@@ -2,7 +2,7 @@
 
 ``e = (adu - offset_adu) / gain_adu_per_e``; everything downstream is float32 e-.
 
-The calibration file (DESIGN.md) is one TIFF with three float32 pages of the full
+The calibration file (the README's "File formats") is one TIFF with three float32 pages of the full
 sensor, in order ``offset_adu``, ``gain_adu_per_e``, ``read_var_e2``; the first page's
 ImageDescription is JSON with ``"livedenoise_calibration": 1``. Maps are full-sensor;
 :meth:`Calibration.for_roi` gives the maps of a camera ROI and binning.
@@ -111,7 +111,8 @@ class Calibration:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.offset_adu.shape  # type: ignore[return-value]
+        h, w = self.offset_adu.shape
+        return (int(h), int(w))
 
     # -- constructors -----------------------------------------------------------
 
@@ -209,7 +210,7 @@ class Calibration:
 
 
 def write_calibration(path: str | os.PathLike[str], cal: Calibration, **extra_meta: Any) -> Path:
-    """Write ``cal`` as the DESIGN.md calibration TIFF, atomically.
+    """Write ``cal`` as the calibration TIFF (README, "File formats"), atomically.
 
     The file appears complete or not at all: it is written next to ``path`` under a
     temporary name, flushed, and renamed over ``path``.
@@ -240,7 +241,7 @@ def write_calibration(path: str | os.PathLike[str], cal: Calibration, **extra_me
 
 
 def read_calibration(path: str | os.PathLike[str]) -> Calibration:
-    """Read a calibration TIFF written by :func:`write_calibration` (or to DESIGN.md)."""
+    """Read a calibration TIFF written by :func:`write_calibration` (or by any program that follows the format)."""
     import tifffile
 
     path = Path(path)
@@ -252,7 +253,7 @@ def read_calibration(path: str | os.PathLike[str]) -> Calibration:
     try:
         with tifffile.TiffFile(path) as tf:
             pages = list(tf.pages)
-            desc = pages[0].description if pages else ""
+            desc = getattr(pages[0], "description", "") if pages else ""
             arrays = [p.asarray() for p in pages[:3]]
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise CalibrationError(f"{path} is not a readable TIFF ({exc})") from exc
@@ -278,7 +279,7 @@ def read_calibration(path: str | os.PathLike[str]) -> Calibration:
         if a.dtype != np.float32 or a.ndim != 2:
             raise CalibrationError(f"{path}: page {name} is {a.dtype} {a.shape}, expected 2D float32")
     meta.setdefault("path", str(path))
-    return Calibration(*arrays, meta=meta)
+    return Calibration(arrays[0], arrays[1], arrays[2], meta=meta)
 
 
 # -- conversion ---------------------------------------------------------------------

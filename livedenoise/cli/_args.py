@@ -19,4 +19,4 @@ def roi(text: str) -> tuple[int, int, int, int]:
         vals = ()
     if len(vals) != 4 or vals[2] <= 0 or vals[3] <= 0 or min(vals) < 0:
         raise argparse.ArgumentTypeError(f"expected X,Y,W,H (pixels, W and H > 0), got {text!r}")
-    return vals  # type: ignore[return-value]
+    return vals[0], vals[1], vals[2], vals[3]

@@ -73,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _calibration(args: argparse.Namespace) -> tuple[object | None, str]:
+def _calibration(args: argparse.Namespace) -> tuple[Calibration | None, str]:
 
     if args.no_calibration:
         if args.calibration:

@@ -72,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_config(args: argparse.Namespace) -> object:
+def build_config(args: argparse.Namespace) -> PipelineConfig:
     """The PipelineConfig from --settings and the options given (options win)."""
 
     base = PipelineConfig.from_toml(args.settings) if args.settings else None
@@ -114,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
         x, y, w, h = core.getROI()
         calibration = Calibration.uniform(
             (y + h, x + w),
-            offset_adu=config.nominal_offset_adu,
-            gain_adu_per_e=config.nominal_gain_adu_per_e,
+            offset_adu=float(config.nominal_offset_adu or 0.0),  # PipelineConfig requires both with
+            gain_adu_per_e=float(config.nominal_gain_adu_per_e or 1.0),  # no_calibration
             camera=camera_label,
         )
     elif sim is not None and hasattr(sim, "true_calibration"):

@@ -57,6 +57,7 @@ class AttachedSource:
         self._max_backfill = int(max_backfill)
         self._truth = truth
         self._geometry = CoreGeometry(core)
+        self._roi: Roi = self._geometry.roi()
         self._paused = threading.Event()
         self._lock = threading.Lock()  # one producer at a time: MDA thread, snap thread or poller
         self._sink: Sink | None = None
@@ -184,7 +185,9 @@ class AttachedSource:
             metadata_value(md, "Exposure-ms") or metadata_value(md, "Exposure") or self.core.getExposure()
         )
         tid = metadata_value(md, "SimFrame")
-        self._deliver(img, index, float(exposure), None if tid is None else int_value(tid, -1), "not-seen")
+        self._deliver(
+            img, index, float(exposure), None if tid is None else int_value(tid, -1), DropReason.NOT_SEEN
+        )
 
     def _on_sequence_started(self, *args: Any) -> None:
         with self._lock:

@@ -43,7 +43,7 @@ class PipelineConfig:
     model : str or None
         Model id or path (None: the engine's default model).
     calibration_path : str or None
-        Calibration TIFF (DESIGN.md format).
+        Calibration TIFF (:mod:`livedenoise.calibration.maps`).
     no_calibration : bool
         Use a uniform nominal gain/offset instead of a calibration file (real cameras only
         with this explicit choice).

@@ -341,7 +341,7 @@ class Pipeline:
                     raise
             else:
                 try:
-                    self._configure(info.roi, raw.shape)  # type: ignore[arg-type]
+                    self._configure(info.roi, raw.shape)
                 except (CalibrationError, TimeoutError) as exc:
                     self._drop(info.index, DropReason.BAD_FRAME)
                     raise SourceError(str(exc)) from exc
@@ -449,7 +449,7 @@ class Pipeline:
         pub = self.publisher
         model = self.engine.model_id
         cal_id = self._cal_roi.id if self._cal_roi is not None else None
-        common = {
+        common: dict[str, Any] = {
             "frame": slot.frame,
             "exposure_ms": slot.exposure_ms,
             "t_acquired": slot.t_acquired,

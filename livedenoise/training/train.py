@@ -137,7 +137,9 @@ def batches(source: Iterable, batch: int) -> Iterator[tuple[np.ndarray, np.ndarr
     it = iter(source)
     restarted = False
     while True:
-        xs, ts, rs = [], [], []
+        xs: list[np.ndarray] = []
+        ts: list[np.ndarray] = []
+        rs: list[float] = []
         while len(xs) < batch:
             try:
                 x, t, r = next(it)
@@ -318,10 +320,10 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
     running, n_run = 0.0, 0
     step = start
     while step < config.steps:
-        x, t, r = next(stream)
-        x = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
-        t = torch.from_numpy(t).to(device).contiguous(memory_format=torch.channels_last)
-        r = torch.from_numpy(r).to(device)
+        x_np, t_np, r_np = next(stream)
+        x = torch.from_numpy(x_np).to(device).contiguous(memory_format=torch.channels_last)
+        t = torch.from_numpy(t_np).to(device).contiguous(memory_format=torch.channels_last)
+        r = torch.from_numpy(r_np).to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(config, step)
         if config.loss == "mse_ssim" and config.architecture == "rln":

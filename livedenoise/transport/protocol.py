@@ -1,8 +1,44 @@
 """Wire format ``livedenoise/1``: three-frame ZeroMQ messages ``[topic, header, payload]``.
 
-The header is a UTF-8 JSON object (see DESIGN.md); the payload is the array's bytes in
-C order, exactly ``prod(shape) * itemsize`` long. This module builds and checks
-headers and has no ZeroMQ dependency, so any program can reuse it.
+This docstring is the protocol's reference; programs in any language rely on it. This module
+builds and checks headers and has no ZeroMQ dependency, so any Python program can reuse it.
+
+Data stream
+-----------
+A ZeroMQ PUB socket, by default ``tcp://127.0.0.1:5555`` (loopback unless the operator opts
+in to remote access, which then requires CURVE keys). Every message has exactly three frames:
+
+1. **topic**: ASCII ``raw``, ``denoised`` or ``truth`` (the simulator's noise-free expected
+   image; demo only). Subscribe by topic prefix.
+2. **header**: a UTF-8 JSON object with at least
+
+   - ``protocol``: ``"livedenoise/1"``; ``stream``: the topic as a string;
+   - ``frame``: camera frame number since acquisition start, the same for the ``raw``,
+     ``denoised`` and ``truth`` messages of one camera frame;
+   - ``seq``: per-topic message counter from 0, +1 per message (a gap means the subscriber
+     lost messages, e.g. to its own queue limit);
+   - ``shape``: ``[H, W]``; ``dtype``: NumPy dtype string (``"<u2"``, ``"<f4"``);
+     ``units``: ``"adu"`` or ``"photoelectrons"``;
+   - ``exposure_ms``; ``t_acquired`` (the frame left the core) and ``t_published`` (just
+     before sending), in seconds since the Unix epoch;
+   - ``dropped``: cumulative count of frames the daemon did not restore, up to this message;
+   - ``camera`` (device label), ``model`` (model id or null), ``calibration`` (calibration
+     id or null).
+
+   Subscribers must ignore keys they do not know: keys are added without changing the
+   protocol name.
+3. **payload**: the array's bytes in C order, exactly ``prod(shape) * itemsize`` long.
+   ``raw`` carries ``uint16`` ADU; ``denoised`` and ``truth`` carry ``float32``
+   photoelectrons of the frame's own exposure, so ``raw_e - denoised`` is pure noise.
+
+Control
+-------
+A ZeroMQ REP socket, by default ``tcp://127.0.0.1:5556``. A request is one JSON object
+``{"cmd": NAME, ...arguments}``; the reply is ``{"ok": true, ...}`` or
+``{"ok": false, "error": "what was wrong and what to do"}``. Every request gets a reply and
+the daemon keeps running. Commands: ``status``, ``set_model`` (``model``), ``collect_pairs``
+(replies with a job id at once), ``job`` (``id``), ``stop``. See
+:mod:`livedenoise.transport.control`.
 """
 
 from __future__ import annotations
@@ -26,7 +62,11 @@ __all__ = [
 PROTOCOL = "livedenoise/1"
 TOPICS = ("raw", "denoised", "truth")
 UNITS = {"raw": "adu", "denoised": "photoelectrons", "truth": "photoelectrons"}
-DTYPES = {"raw": np.dtype("<u2"), "denoised": np.dtype("<f4"), "truth": np.dtype("<f4")}
+DTYPES: dict[str, np.dtype[Any]] = {
+    "raw": np.dtype("<u2"),
+    "denoised": np.dtype("<f4"),
+    "truth": np.dtype("<f4"),
+}
 REQUIRED = (
     "protocol",
     "stream",

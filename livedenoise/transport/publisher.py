@@ -1,7 +1,7 @@
 """Publish frames as ``livedenoise/1`` messages on a ZeroMQ XPUB socket.
 
-Every message is ``[topic, header, payload]`` (see :mod:`livedenoise.transport.protocol` and
-DESIGN.md). The publisher
+Every message is ``[topic, header, payload]`` (see :mod:`livedenoise.transport.protocol`,
+the protocol's reference). The publisher
 
 - never waits for a subscriber: each subscriber has its own queue of ``sndhwm`` messages,
   and a subscriber whose queue is full loses messages (visible to it as ``seq`` gaps)
@@ -192,7 +192,8 @@ class Publisher:
         if entry is None:
             return None
         entry[1] = _LENT
-        return entry[0]
+        lent: np.ndarray = entry[0]
+        return lent
 
     def give_back(self, topic: str, array: np.ndarray) -> None:
         """Return a buffer from :meth:`borrow` that was not published."""

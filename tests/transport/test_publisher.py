@@ -14,6 +14,7 @@ import pytest
 
 zmq = pytest.importorskip("zmq")
 
+from livedenoise.transport import publisher as publisher_mod
 from livedenoise.transport.protocol import REQUIRED, encode_header, make_header
 from livedenoise.transport.publisher import Publisher
 from livedenoise.transport.security import (
@@ -256,7 +257,10 @@ def test_caller_may_overwrite_its_array_at_once(ctx, closing, shape) -> None:
         assert st["zero_copy_sends"] == st["copied_sends"] == 0
 
 
-def test_pool_exhausted_falls_back_to_copying_send(ctx, closing) -> None:
+def test_pool_exhausted_falls_back_to_copying_send(ctx, closing, monkeypatch) -> None:
+    # ZeroMQ holds each zero-copy buffer until the I/O thread has written it out; how long that
+    # takes depends on the machine's load, so hold it for certain: a tracked buffer stays busy
+    monkeypatch.setattr(publisher_mod, "_done", lambda entry: entry[1] is None)
     pub = _pub(ctx, closing, pool_size=1, sndhwm=50)
     sub = _sub(ctx, closing, pub.endpoint, ("denoised",), rcvhwm=50)  # connected, not reading yet
     _wait(lambda: pub.has_subscribers("denoised"), what="subscription")

@@ -95,7 +95,7 @@ class TorchCPUEngine:
         self._decided = precision == "fp32"
         self._shape: tuple[int, int] | None = None
         self._in_np: np.ndarray | None = None
-        self._in_t = None
+        self._in_t: Any = None
         self.nonfinite_frames = 0
         self.nonfinite_pixels = 0
         self.frames = 0
@@ -203,6 +203,7 @@ class TorchCPUEngine:
             self.prepare(frame_e.shape)
         if out.shape != frame_e.shape or out.dtype != np.float32:
             raise ValueError(f"out must be float32 {frame_e.shape}, got {out.dtype} {out.shape}")
+        assert self._in_np is not None  # prepare() made it
         buf = self._in_np[0, 0]
         np.copyto(buf, frame_e, casting="same_kind")
         finite = np.isfinite(buf)
