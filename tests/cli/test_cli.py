@@ -166,6 +166,20 @@ def test_bench_small_run_reports_every_stage(tmp_path: Path, capsys: Any) -> Non
     assert report["machine"]["cores"] >= 1
 
 
+def test_bench_engine_only_times_the_engine_alone(tmp_path: Path, capsys: Any) -> None:
+    out_json = tmp_path / "engine.json"
+    argv = ["bench", "--engine-only", "--engine", "passthrough", "--engine", "cpu", "--size", "64"]
+    rc = main([*argv, "-n", "5", "--json", str(out_json)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "| passthrough | None |" in table and "| cpu | rln-denoise-v2 |" in table and "Machine:" in table
+    report = json.loads(out_json.read_text())
+    assert [r["engine"]["backend"] for r in report["engine_results"]] == ["passthrough", "cpu"]
+    for r in report["engine_results"]:
+        assert r["shape"] == [64, 64] and r["n"] == 5 and r["fps"] > 0
+        assert r["latency_ms_min"] <= r["latency_ms_p50"] <= r["latency_ms_p99"]
+
+
 def test_bench_with_the_subscriber_in_its_own_process(tmp_path: Path, capsys: Any) -> None:
     out_json = tmp_path / "bench.json"
     rc = main(
