@@ -63,6 +63,9 @@ class PipelineConfig:
         Consecutive engine failures after which the pipeline stops (1-100000).
     latency_samples : int
         Size of each per-stage latency reservoir (64-1000000).
+    qc_stride : int
+        The trust score of each restored frame (``qc`` in the ``denoised`` header) uses every
+        ``qc_stride``-th row (1-64; 0 switches it off).
     """
 
     ring_slots: int = 8
@@ -81,6 +84,7 @@ class PipelineConfig:
     poll_interval_ms: float = 0.5
     publish_truth: bool = False
     max_engine_failures: int = 10
+    qc_stride: int = 4
     latency_samples: int = 4096
 
     def __post_init__(self) -> None:
@@ -133,6 +137,7 @@ class PipelineConfig:
         _float_range(self, "poll_interval_ms", 0.05, 100.0)
         _int_range(self, "max_engine_failures", 1, 100000)
         _int_range(self, "latency_samples", 64, 1_000_000)
+        _int_range(self, "qc_stride", 0, 64)
         for name in ("no_calibration", "allow_remote", "publish_truth"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} = {getattr(self, name)!r}: expected true or false")

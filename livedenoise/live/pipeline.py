@@ -35,6 +35,7 @@ from livedenoise.calibration.maps import Calibration, CalibrationError, PhotonCo
 from livedenoise.inference.engines import Engine
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.events import PipelineEvents
+from livedenoise.live.qc import QCSummary, frame_qc
 from livedenoise.live.ringbuffer import RingBuffer, Slot
 from livedenoise.live.sink import FrameSink
 from livedenoise.live.sources import FrameInfo, FrameSource, SourceError
@@ -96,6 +97,7 @@ class Pipeline:
         self.events = events or PipelineEvents()
         self.observer = observer
         self.stats = PipelineStats(self.config.latency_samples)
+        self.qc = QCSummary()
         self.state = PipelineState.STOPPED
         self.failure: str | None = None
         self._stop = threading.Event()
@@ -467,12 +469,24 @@ class Pipeline:
                 if truth.shape != slot.e.shape:
                     truth = None
         if restored is not None:
-            pub.publish("denoised", restored, dropped=dropped, **common)
+            qc = self._frame_qc(slot.e, restored)
+            extra: dict[str, Any] = {} if qc is None else {"qc": qc}
+            pub.publish("denoised", restored, dropped=dropped, **extra, **common)
             if truth is not None:
                 pub.publish("truth", truth, dropped=dropped, **common)
             self.stats.rates["published"].tick()
             if self.observer is not None:
                 self.observer(slot.frame, slot.e, restored, truth)
+
+    def _frame_qc(self, e: np.ndarray, restored: np.ndarray) -> dict[str, Any] | None:
+        """The frame's trust score (:mod:`livedenoise.live.qc`), or None when it is switched off."""
+        stride = self.config.qc_stride
+        cal = self._cal_roi
+        if stride == 0 or cal is None or cal.read_var_e2.shape != e.shape:
+            return None
+        qc = frame_qc(e, restored, cal.read_var_e2, stride=stride)
+        self.qc.add(qc)
+        return qc
 
     # -- status and control ----------------------------------------------------------------------
 
@@ -486,7 +500,7 @@ class Pipeline:
             engine = {"error": str(exc)}
         cal = self._cal_roi or self.calibration
         return {
-            "state": self.state,
+            "state": str(self.state),
             "failure": self.failure,
             "uptime_s": round(time.time() - self._t_start, 3) if self._t_start else 0.0,
             "endpoints": {"pub": self.publisher.endpoint, "control": self.control_endpoint},
@@ -497,8 +511,9 @@ class Pipeline:
             "fps": snap["fps"],
             "dropped": snap["dropped"],
             "drops": snap["drops"],
-            "ring": {"slots": self.config.ring_slots, "policy": self.config.ring_policy, **ring},
+            "ring": {"slots": self.config.ring_slots, "policy": str(self.config.ring_policy), **ring},
             "latency_ms": snap["latency_ms"],
+            "qc": self.qc.snapshot(),
             "model": self.engine.model_id,
             "engine": engine,
             "calibration": {"id": cal.id, "source": cal.meta.get("source"), "path": cal.meta.get("path")},

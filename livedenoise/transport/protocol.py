@@ -23,7 +23,11 @@ in to remote access, which then requires CURVE keys). Every message has exactly 
      before sending), in seconds since the Unix epoch;
    - ``dropped``: cumulative count of frames the daemon did not restore, up to this message;
    - ``camera`` (device label), ``model`` (model id or null), ``calibration`` (calibration
-     id or null).
+     id or null);
+   - on ``denoised`` only, when the daemon computes it: ``qc``, the frame's trust score
+     ``{"chi2": float, "structure": float, "ok": bool}``: the residual ``raw_e - denoised``
+     checked against the calibrated Poisson + read-noise model (``chi2`` ≈ 1 and
+     ``structure`` ≈ 0 when consistent; see :mod:`livedenoise.live.qc`).
 
    Subscribers must ignore keys they do not know: keys are added without changing the
    protocol name.
