@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "calibrate": "calibrate",
     "collect-pairs": "collect_pairs",
     "train": "train",
+    "adapt": "adapt",
     "evaluate": "evaluate",
     "models": "models",
     "export": "export",

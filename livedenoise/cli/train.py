@@ -8,6 +8,7 @@ import shlex
 from typing import Any
 
 from livedenoise.cli._args import CLIError
+from livedenoise.cli._selfsup import add_selfsup_arguments, run_selfsup
 from livedenoise.inference.modelio import save_model
 from livedenoise.training.finetune import FinetuneConfig, finetune
 from livedenoise.training.train import TrainConfig, train
@@ -29,6 +30,10 @@ Example (a quick RLN, a few minutes on a laptop CPU):
 Fine-tune on pairs of your own sample (from `livedenoise collect-pairs`):
 
   livedenoise train --pairs pairs/ --init rln-denoise-v1 -o rln-mysample.pt
+
+Learn your sample from its noisy frames alone (no pairs, no clean images):
+
+  livedenoise train --self-supervised frames.tif --calibration cal.tif --init rln-denoise-v2 -o rln-mysample.pt
 """
 
 
@@ -91,6 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # fine-tuning on a paired dataset (--pairs DATASET; livedenoise.training.finetune, issue 5)
 
     add_finetune_arguments(p)
+    add_selfsup_arguments(p)
 
 
 def canonical_command(args: argparse.Namespace) -> str:
@@ -139,6 +145,8 @@ def canonical_command(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.pairs:  # fine-tuning on a paired dataset (livedenoise.training.finetune, issue 5)
         return _run_pairs(args)
+    if args.self_supervised:  # learn the sample from its noisy frames (livedenoise.training.selfsup)
+        return run_selfsup(args)
     from pathlib import Path
 
     out = Path(args.output)
