@@ -105,7 +105,9 @@ def _psf(name: str) -> np.ndarray:
         kind, params = PSFS[name]
     except KeyError:
         raise ValueError(f"unknown PSF {name!r}; choose from {', '.join(PSFS)}") from None
-    return gaussian_psf(params["sigma_px"]) if kind == "gaussian" else airy_psf(**params)
+    if kind == "gaussian":
+        return gaussian_psf(params["sigma_px"])
+    return airy_psf(params["na"], params["wavelength_nm"], params["pixel_nm"])
 
 
 @dataclass
@@ -334,7 +336,7 @@ def evaluate_real(cfg: RealEvalConfig, progress: bool | None = None) -> dict[str
         summary[m] = {
             "n": len(rows),
             "psnr": _mean([r["psnr"] for r in rows]),
-            "psnr_slow_frames": _mean([per[m][i]["psnr"] for i in slow_frames if per[m][i] is not None]),  # type: ignore[index]
+            "psnr_slow_frames": _mean([per[m][i]["psnr"] for i in slow_frames if per[m][i] is not None]),
             "bias_rel": _mean([r["bias_rel"] for r in rows]),
             "max_abs_bias_rel": max((abs(r["bias_rel"]) for r in rows), default=None),
             "bg_bias_e": _mean([r["bg_bias_e"] for r in rows]),
