@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = EvalConfig(
         models=models,
         baselines=baselines,
-        n=args.n or 4,
+        n=4 if args.n is None else args.n,
         size=args.size,
         task=args.task,
         seed=args.seed,
@@ -155,7 +155,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     default = ["rl", "gat-nlm-rl"] if args.task == "deconvolve" else ["nlm", "gat-nlm", "tv", "gat-tv"]
     methods = args.baselines or default
-    samples = tuning_set(n=max(args.n or 4, 8), size=args.size, task=args.task)
+    samples = tuning_set(n=max(4 if args.n is None else args.n, 8), size=args.size, task=args.task)
     res = tune(samples, methods)
     for m, r in res.items():
         scores = ", ".join(f"{v}: {s:.2f}" for v, s in r["scores"].items())
@@ -197,7 +197,7 @@ def _real(args: argparse.Namespace) -> int:
         baselines=baselines,
         crops=args.crops,
         size=min(args.size, 256),
-        reps=args.n or 1,
+        reps=1 if args.n is None else args.n,
         seed=args.seed,
         engine=args.engine,
         engine_options=opts,

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from livedenoise import __version__
 from livedenoise.util.atomic import atomic_path
 
 __all__ = ["PROBE_SCHEMA", "lookup", "machine_fingerprint", "probe_cache_dir", "probe_key", "store"]
@@ -65,8 +66,6 @@ def machine_fingerprint() -> dict[str, Any]:
     """What a CPU probe's answer depends on besides the model: CPU, cores, library versions."""
     import numpy as np
     import torch
-
-    from livedenoise import __version__
 
     try:
         cap = str(torch.backends.cpu.get_cpu_capability())
