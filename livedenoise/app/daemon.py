@@ -108,14 +108,20 @@ def serve_control(
 
 
 def choose_engine(
-    kind: str | None, model: str | None, *, fallback: bool, out: TextIO | None = None
+    kind: str | None,
+    model: str | None,
+    *,
+    fallback: bool,
+    out: TextIO | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Engine:
     """Make the engine asked for; with ``fallback``, fall back to passthrough with a message.
 
-    ``kind=None`` means ``cpu`` (the default live model on the CPU).
+    ``kind=None`` means ``cpu`` (the default live model on the CPU). ``options``: engine
+    keyword options (e.g. ``{"precision": "fp32"}``).
     """
     try:
-        return make_engine(kind or "cpu", model=model)
+        return make_engine(kind or "cpu", model=model, **(options or {}))
     except (EngineUnavailable, ImportError, FileNotFoundError, ValueError) as exc:
         if not fallback:
             raise

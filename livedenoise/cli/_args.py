@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["CLIError", "roi"]
+__all__ = ["PRECISIONS", "CLIError", "add_precision_argument", "engine_options", "roi"]
+
+PRECISIONS = ("auto", "fp32", "bf16")
+"""Values of ``--precision`` (the CPU engine's; ``auto`` leaves every backend its own default)."""
 
 
 class CLIError(Exception):
@@ -20,3 +23,20 @@ def roi(text: str) -> tuple[int, int, int, int]:
     if len(vals) != 4 or vals[2] <= 0 or vals[3] <= 0 or min(vals) < 0:
         raise argparse.ArgumentTypeError(f"expected X,Y,W,H (pixels, W and H > 0), got {text!r}")
     return vals[0], vals[1], vals[2], vals[3]
+
+
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    """``--precision auto|fp32|bf16`` (the same option on denoise, serve and demo)."""
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="numeric precision of the restoration: auto (bf16 where it was validated against fp32 "
+        "for the model and is faster on this machine, decided once and cached), fp32, or bf16 "
+        "(if validated, else fp32); default %(default)s",
+    )
+
+
+def engine_options(precision: str) -> dict[str, str]:
+    """Engine keyword options for ``--precision``: none for ``auto`` (each backend's own default)."""
+    return {} if precision == "auto" else {"precision": precision}

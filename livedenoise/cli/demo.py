@@ -7,6 +7,7 @@ import argparse
 from livedenoise.app.daemon import choose_engine, run_live
 from livedenoise.calibration.maps import read_calibration
 from livedenoise.cli import CLIError
+from livedenoise.cli._args import add_precision_argument, engine_options
 from livedenoise.drivers.simcam import load_sim_core
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.sources import CoreSource
@@ -40,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default=None, help="model id or path (default: the engine's default live model)"
     )
+    add_precision_argument(p)
     p.add_argument(
         "--size",
         type=int,
@@ -98,7 +100,12 @@ def run(args: argparse.Namespace) -> int:
         calibration = read_calibration(args.calibration)
     else:
         calibration = camera.true_calibration()
-    engine = choose_engine(args.engine, args.model, fallback=args.engine is None and args.model is None)
+    engine = choose_engine(
+        args.engine,
+        args.model,
+        fallback=args.engine is None and args.model is None,
+        options=engine_options(args.precision),
+    )
 
     source = CoreSource(core, truth=camera.truth, poll_interval_ms=config.poll_interval_ms)
     return run_live(source, engine, calibration, config, seconds=args.seconds, quality=True)

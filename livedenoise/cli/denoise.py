@@ -7,6 +7,7 @@ import argparse
 from livedenoise.app.offline import denoise_file, match_calibration, read_raw_stack
 from livedenoise.calibration.maps import Calibration, read_calibration
 from livedenoise.cli import CLIError
+from livedenoise.cli._args import add_precision_argument, engine_options
 from livedenoise.inference.engines import make_engine
 from livedenoise.util.atomic import check_writable_dir
 
@@ -62,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--model", help="model id (see `livedenoise models`) or model file; default: the live default"
     )
     p.add_argument("--engine", default="auto", help="auto, cpu, onnxruntime, cuda, tensorrt or passthrough")
+    add_precision_argument(p)
     p.add_argument("--tile", type=int, default=512, help="tile side in pixels for large frames (default 512)")
     p.add_argument("--overlap", type=int, default=32, help="overlap between tiles in pixels (default 32)")
     p.add_argument(
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         cal = match_calibration(cal, raw.shape[-2:], roi=args.roi, binning=args.binning)
-    engine = make_engine(args.engine, model=args.model)
+    engine = make_engine(args.engine, model=args.model, **engine_options(args.precision))
     try:
         report = denoise_file(
             args.input,

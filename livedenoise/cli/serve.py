@@ -8,6 +8,7 @@ from livedenoise.acquisition.core import load_core
 from livedenoise.app.daemon import choose_engine, run_live
 from livedenoise.calibration.maps import Calibration, read_calibration
 from livedenoise.cli import CLIError
+from livedenoise.cli._args import add_precision_argument, engine_options
 from livedenoise.drivers.simcam import python_device
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.sources import CoreSource, check_pixel_type
@@ -50,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--engine", default=None, help="restoration backend (default: from settings, else auto)")
     p.add_argument("--model", default=None, help="model id or path")
+    add_precision_argument(p)
     p.add_argument("--pub", default=None, help="PUB endpoint (default tcp://127.0.0.1:5555)")
     p.add_argument("--control", default=None, help="control endpoint (default tcp://127.0.0.1:5556)")
     p.add_argument("--ring-slots", type=int, default=None, help="ring buffer slots (default 8)")
@@ -129,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
             "--no-calibration --nominal-gain-adu-per-e G --nominal-offset-adu O with the values "
             "from the camera's data sheet"
         )
-    engine = choose_engine(config.engine, config.model, fallback=False)
+    engine = choose_engine(
+        config.engine, config.model, fallback=False, options=engine_options(args.precision)
+    )
     source = CoreSource(core, truth=truth, poll_interval_ms=config.poll_interval_ms)
     return run_live(source, engine, calibration, config, seconds=args.seconds)

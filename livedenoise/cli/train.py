@@ -84,6 +84,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar=("LOW", "HIGH"),
         help="peak photon levels of the synthetic frames, e- (log-uniform; default 1 500)",
     )
+    p.add_argument(
+        "--data",
+        choices=("legacy", "sample"),
+        default="legacy",
+        help="synthetic data: legacy (the original phantoms, flat backgrounds) or sample (networks, "
+        "textured nuclei, puncta, tubules, backgrounds 0-30 e- with drifts and haze, PSFs from "
+        "sigma 0.8 px to wide widefield); default %(default)s",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-size", type=int, default=24, help="validation frames (96x96)")
     p.add_argument("--checkpoint-dir", help="write last.pt here every epoch")
@@ -125,6 +133,7 @@ def canonical_command(args: argparse.Namespace) -> str:
         "--peak-range",
         f"{args.peak_range[0]:g}",
         f"{args.peak_range[1]:g}",
+        *(["--data", args.data] if args.data != "legacy" else []),
         "--seed",
         str(args.seed),
         "--val-size",
@@ -165,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         lr_schedule=args.lr_schedule,
         peak_e_range=tuple(args.peak_range),
+        data=args.data,
         seed=args.seed,
         val_size=args.val_size,
         checkpoint_dir=args.checkpoint_dir,
