@@ -206,3 +206,27 @@ def test_a_huge_unknown_cmd_is_not_echoed(server: ControlServer) -> None:
     assert reply["ok"] is False and "unknown cmd" in reply["error"] and len(reply["error"]) < 500
     reply = request(server.endpoint, {"cmd": {"a": ["b"] * 1000}})
     assert reply["ok"] is False and "unknown cmd (a JSON object)" in reply["error"]
+
+
+def test_one_unreadable_authorised_key_does_not_lock_out_the_others(tmp_path, caplog) -> None:
+    keys = tmp_path / "keys"
+    _, secret = create_client_keys(tmp_path / "me", "me", authorize_in=keys)
+    (keys / "authorized" / "garbage.key").write_bytes(b"\xff\xfe not a certificate\n")
+    (keys / "authorized" / "folder.key").mkdir()  # unreadable as a file
+    unreadable = keys / "authorized" / "private.key"
+    unreadable.write_text('public-key = "x"\n')
+    unreadable.chmod(0)
+    srv = ControlServer(
+        "tcp://127.0.0.1:*", {"status": lambda r: {"state": "idle"}}, security=ServerSecurity(keys)
+    ).start()
+    try:
+        with caplog.at_level("WARNING", logger="livedenoise"):
+            good = ClientSecurity(secret, keys / "server.key")
+            assert request(srv.endpoint, {"cmd": "status"}, security=good) == {"ok": True, "state": "idle"}
+            assert request(srv.endpoint, {"cmd": "status"}, security=good)["ok"] is True
+        skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+        assert any("garbage.key" in m for m in skipped) and any("folder.key" in m for m in skipped)
+        assert len(skipped) == len(set(skipped))  # warned once per file, not at every connection
+    finally:
+        unreadable.chmod(0o600)
+        srv.close()
