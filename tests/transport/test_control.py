@@ -193,7 +193,9 @@ def test_an_over_size_request_gets_an_error_naming_the_limit(server, size) -> No
     assert len(payload) == size
     reply = _raw(server.endpoint, payload)
     assert reply["ok"] is False
-    assert f"{size} bytes" in reply["error"] and f"at most {MAX_REQUEST_BYTES} bytes (1 MiB)" in reply["error"]
+    assert (
+        f"{size} bytes" in reply["error"] and f"at most {MAX_REQUEST_BYTES} bytes (1 MiB)" in reply["error"]
+    )
     assert len(reply["error"]) < 300  # the request is not echoed
     # a request at the limit is answered normally
     ok = head + b"x" * (MAX_REQUEST_BYTES - len(head) - 2) + b'"}'
