@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import re
 import shutil
 import threading
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from livedenoise._paths import PathError, confine
 from livedenoise.acquisition.pairs import PairsError, PairWriter, QualityThresholds
 from livedenoise.calibration.maps import Calibration
 
@@ -147,12 +149,21 @@ def validate_request(
     return CollectRequest(short_ms=s, long_ms=lng, pairs=n, output=out, shorts_per_pair=k)
 
 
-def parse_positions(spec: Sequence[str] | str | None, core: Any) -> list[dict[str, float | None]] | None:
+MAX_POSITIONS_FILE_BYTES = 1 << 20
+"""Largest positions list accepted (1 MiB: tens of thousands of positions)."""
+
+
+def parse_positions(
+    spec: Sequence[str] | str | None, core: Any, *, root: str | os.PathLike[str] | None = None
+) -> list[dict[str, float | None]] | None:
     """Stage positions (µm) from ``current``, ``list FILE`` or ``grid NxM STEP_UM``.
 
     ``None`` or ``current`` means no stage moves (returns ``None``). A list file holds
-    one position per line, ``x y`` or ``x y z`` (commas or spaces; ``#`` comments). A
-    grid of N columns × M rows, ``STEP_UM`` apart, is centred on the current position.
+    one position per line, ``x y`` or ``x y z`` (commas or spaces; ``#`` comments), at most
+    :data:`MAX_POSITIONS_FILE_BYTES`. A grid of N columns × M rows, ``STEP_UM`` apart, is
+    centred on the current position. With ``root`` (control requests), the list file must
+    lie inside that folder (:func:`livedenoise._paths.confine`). Errors name the line but
+    never quote the file's contents.
     """
     if spec is None:
         return None
@@ -161,6 +172,8 @@ def parse_positions(spec: Sequence[str] | str | None, core: Any) -> list[dict[st
         if len(parts) > 1:
             raise PairsError(f"--positions current takes no arguments, got {' '.join(parts)!r}")
         return None
+    if parts[0] == "list":
+        _positions_file(parts, root)  # an invalid or outside path is refused first
     xy = core.getXYStageDevice()
     if not xy:
         raise PairsError(
@@ -168,22 +181,41 @@ def parse_positions(spec: Sequence[str] | str | None, core: Any) -> list[dict[st
             "use --positions current"
         )
     if parts[0] == "list":
-        if len(parts) != 2:
-            raise PairsError("--positions list takes one file: --positions list POSITIONS.txt")
-        path = Path(parts[1])
+        path = _positions_file(parts, root)
         if not path.is_file():
             raise PairsError(f"positions file {path} does not exist")
+        try:
+            with path.open("rb") as fh:
+                data = fh.read(MAX_POSITIONS_FILE_BYTES + 1)
+        except OSError as exc:
+            raise PairsError(f"positions file {path} cannot be read ({exc.strerror})") from None
+        if len(data) > MAX_POSITIONS_FILE_BYTES:
+            raise PairsError(
+                f"positions file {path} is larger than {MAX_POSITIONS_FILE_BYTES} bytes; a list of stage "
+                "positions ('x y' or 'x y z' in µm per line) is a few kB"
+            )
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PairsError(
+                f"positions file {path} is not UTF-8 text; expected one 'x y' or 'x y z' (µm) per line"
+            ) from None
         out: list[dict[str, float | None]] = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
+            fields_ = [v for v in re.split(r"[,\s]+", line) if v]
             try:
-                vals = [float(v) for v in re.split(r"[,\s]+", line) if v]
+                vals = [float(v) for v in fields_]
             except ValueError:
                 vals = []
-            if len(vals) not in (2, 3):
-                raise PairsError(f"{path} line {n}: expected 'x y' or 'x y z' in µm, got {line!r}")
+            if len(vals) not in (2, 3) or not all(math.isfinite(v) for v in vals):
+                what = f"{len(fields_)} field(s)" if not vals else f"{len(vals)} number(s)"
+                raise PairsError(
+                    f"{path} line {n}: expected 'x y' or 'x y z' (2 or 3 finite numbers in µm), "
+                    f"found {what} that do not fit; fix that line"
+                )
             out.append({"x": vals[0], "y": vals[1], "z": vals[2] if len(vals) == 3 else None})
         if not out:
             raise PairsError(f"positions file {path} lists no positions")
@@ -209,6 +241,15 @@ def parse_positions(spec: Sequence[str] | str | None, core: Any) -> list[dict[st
                 )
         return grid
     raise PairsError(f"unknown --positions {parts[0]!r}: use current, list FILE or grid NxM STEP_UM")
+
+
+def _positions_file(parts: Sequence[str], root: str | os.PathLike[str] | None) -> Path:
+    if len(parts) != 2:
+        raise PairsError("--positions list takes one file: --positions list POSITIONS.txt")
+    try:
+        return Path(parts[1]) if root is None else confine(parts[1], [root], what="positions file")
+    except PathError as exc:
+        raise PairsError(f"{exc}; put the positions file in the data folder") from None
 
 
 def camera_description(core: Any) -> dict[str, Any]:

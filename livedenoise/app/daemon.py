@@ -85,8 +85,8 @@ def _engine_phrase(engine: Any) -> str:
     return f"{d.get('backend', getattr(engine, 'name', '?'))}: {model}{precision}"
 
 
-def _install_jobs(server: Any, pipeline: Pipeline, source: Any) -> Any:
-    """Add the ``collect_pairs`` and ``job`` control commands when the daemon owns the core."""
+def _install_jobs(server: Any, pipeline: Pipeline, source: Any, data_dir: str | None = None) -> Any:
+    """Add the ``collect_pairs``, ``job`` and ``cancel`` commands when the daemon owns the core."""
     from livedenoise.live.sources import CoreSource
 
     if not isinstance(source, CoreSource):
@@ -94,7 +94,7 @@ def _install_jobs(server: Any, pipeline: Pipeline, source: Any) -> Any:
     from livedenoise.acquisition.jobs import JobManager, install_pair_commands
 
     jobs = JobManager()
-    install_pair_commands(server, pipeline, source.core, jobs)
+    install_pair_commands(server, pipeline, source.core, jobs, data_dir=data_dir)
     return jobs
 
 
@@ -125,7 +125,7 @@ def run_live(
     try:
         pipeline = Pipeline(source, engine, publisher, calibration, config, observer=sampler)
         server = pipeline.serve_control(config.control_endpoint, security=security)
-        jobs = _install_jobs(server, pipeline, source)
+        jobs = _install_jobs(server, pipeline, source, config.data_dir)
         pipeline.start()
         print(
             f"livedenoise: camera {pipeline.status()['camera']} ROI {pipeline.status()['roi']}, engine "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["roi"]
+__all__ = ["add_confinement_arguments", "roi"]
 
 
 def roi(text: str) -> tuple[int, int, int, int]:
@@ -16,3 +16,23 @@ def roi(text: str) -> tuple[int, int, int, int]:
     if len(vals) != 4 or vals[2] <= 0 or vals[3] <= 0 or min(vals) < 0:
         raise argparse.ArgumentTypeError(f"expected X,Y,W,H (pixels, W and H > 0), got {text!r}")
     return vals  # type: ignore[return-value]
+
+
+def add_confinement_arguments(p: argparse.ArgumentParser) -> None:
+    """``--data-dir`` and ``--model-dir``: the folders control requests may use (serve, demo)."""
+    g = p.add_argument_group("folders control requests may use (paths outside them are refused)")
+    g.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=None,
+        help="folder where collect_pairs requests write datasets (their output resolves inside it); "
+        "without it the daemon collects no pairs on request",
+    )
+    g.add_argument(
+        "--model-dir",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="folder set_model requests may load models from, besides $LIVEDENOISE_MODELS and the "
+        "shipped models (repeatable); --model may also name an id found there",
+    )

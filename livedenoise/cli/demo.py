@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from livedenoise.cli._args import add_confinement_arguments
+
 HELP = "simulated sCMOS camera -> photoelectrons -> restoration -> ZeroMQ, with live statistics"
 DESCRIPTION = """\
 Runs the whole live pipeline on the simulated sCMOS camera (drivers/simcam.cfg): every frame
@@ -61,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="when the ring is full (default %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="simulator seed (default %(default)s)")
+    add_confinement_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         calibration_path=args.calibration,
         publish_truth=True,
+        data_dir=args.data_dir,
+        model_dirs=tuple(args.model_dir),
     )
     if args.size < 8:
         raise CLIError(f"--size {args.size} is too small: use at least 8 pixels")
@@ -102,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
         calibration = read_calibration(args.calibration)
     else:
         calibration = camera.true_calibration()
-    engine = choose_engine(args.engine, args.model, fallback=args.engine is None and args.model is None)
+    from livedenoise.cli.serve import _model
+
+    engine = choose_engine(args.engine, _model(config), fallback=args.engine is None and args.model is None)
 
     from livedenoise.live.sources import CoreSource
 

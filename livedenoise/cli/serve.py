@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from livedenoise.cli._args import add_confinement_arguments
+
 HELP = "run the live daemon on a Micro-Manager configuration (.cfg)"
 DESCRIPTION = """\
 Loads a Micro-Manager configuration, runs continuous acquisition on its camera and
@@ -19,6 +21,10 @@ Examples:
   livedenoise serve --config rig.cfg --calibration cal.tif
   livedenoise serve --config rig.cfg --no-calibration --nominal-gain-adu-per-e 2.2 --nominal-offset-adu 100
   livedenoise serve --config rig.cfg --calibration cal.tif --settings pipeline.toml
+  livedenoise serve --config rig.cfg --calibration cal.tif --data-dir D:/pairs --model-dir D:/models
+
+Paths in control requests stay inside the folders named here: collect_pairs writes only
+inside --data-dir, set_model loads only shipped models, $LIVEDENOISE_MODELS and --model-dir.
 """
 
 
@@ -62,6 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seconds", type=float, default=None, help="stop after N seconds (default: until stopped)"
     )
+    add_confinement_arguments(p)
 
 
 def build_config(args: argparse.Namespace) -> object:
@@ -80,6 +87,8 @@ def build_config(args: argparse.Namespace) -> object:
         "nominal_gain_adu_per_e": args.nominal_gain_adu_per_e,
         "nominal_offset_adu": args.nominal_offset_adu,
         "security_dir": args.keys,
+        "data_dir": args.data_dir,
+        "model_dirs": tuple(args.model_dir) or None,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     if args.no_calibration:
@@ -128,6 +137,19 @@ def run(args: argparse.Namespace) -> int:
             "--no-calibration --nominal-gain-adu-per-e G --nominal-offset-adu O with the values "
             "from the camera's data sheet"
         )
-    engine = choose_engine(config.engine, config.model, fallback=False)
+    engine = choose_engine(config.engine, _model(config), fallback=False)
     source = CoreSource(core, truth=truth, poll_interval_ms=config.poll_interval_ms)
     return run_live(source, engine, calibration, config, seconds=args.seconds)
+
+
+def _model(config: object) -> str | None:
+    """The model to start with: an id is also looked up in the ``--model-dir`` folders."""
+    from livedenoise.inference.modelio import resolve_model
+
+    model, dirs = getattr(config, "model", None), getattr(config, "model_dirs", ())
+    if model is None or not dirs:
+        return model
+    try:
+        return str(resolve_model(model, extra_dirs=dirs))
+    except FileNotFoundError:
+        return model  # the engine says what is missing

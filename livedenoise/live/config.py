@@ -67,6 +67,12 @@ class PipelineConfig:
         Consecutive engine failures after which the pipeline stops (1-100000).
     latency_samples : int
         Size of each per-stage latency reservoir (64-1000000).
+    data_dir : str or None
+        The folder where control requests may write datasets (``collect_pairs`` ``output``
+        and positions files resolve inside it); None: no pairs are collected on request.
+    model_dirs : tuple of str
+        Folders (besides ``$LIVEDENOISE_MODELS`` and the shipped models) that ``set_model``
+        requests may load models from, by id or by a path inside them.
     """
 
     ring_slots: int = 8
@@ -86,6 +92,8 @@ class PipelineConfig:
     publish_truth: bool = False
     max_engine_failures: int = 10
     latency_samples: int = 4096
+    data_dir: str | None = None
+    model_dirs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _int_range(self, "ring_slots", 2, 4096)
@@ -139,6 +147,12 @@ class PipelineConfig:
         for name in ("no_calibration", "allow_remote", "publish_truth"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} = {getattr(self, name)!r}: expected true or false")
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", _folder(self, "data_dir", self.data_dir))
+        dirs = self.model_dirs
+        if isinstance(dirs, str | os.PathLike) or not isinstance(dirs, tuple | list):
+            raise ConfigError(f"model_dirs = {dirs!r}: expected a list of folders")
+        object.__setattr__(self, "model_dirs", tuple(_folder(self, "model_dirs", d) for d in dirs))
 
     # -- construction ---------------------------------------------------------------
 
@@ -184,6 +198,18 @@ class PipelineConfig:
     def as_dict(self) -> dict[str, Any]:
         """JSON-able dict of the settings (for ``status``)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _folder(cfg: PipelineConfig, name: str, value: Any) -> str:
+    """An existing folder, as an absolute path string."""
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value) or "\x00" in os.fspath(value):
+        raise ConfigError(f"{name} = {value!r}: expected the path of a folder")
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"{name} = {os.fspath(value)!r} is not an existing folder: create it or name another"
+        )
+    return str(path.resolve())
 
 
 def _int_range(cfg: PipelineConfig, name: str, lo: int, hi: int) -> None:

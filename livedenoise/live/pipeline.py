@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from livedenoise.calibration.maps import Calibration, CalibrationError, PhotonConverter
+from livedenoise.inference.modelio import resolve_model_request
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.events import PipelineEvents
 from livedenoise.live.ringbuffer import RingBuffer
@@ -551,9 +552,16 @@ class Pipeline:
         def set_model(req: dict[str, Any]) -> dict[str, Any]:
             name = req.get("model")
             if name is not None and not isinstance(name, str):
-                return {"ok": False, "error": f"'model' must be a model id or path string, got {name!r}"}
+                return {
+                    "ok": False,
+                    "error": f"'model' must be a model id or path string, got a {type(name).__name__}",
+                }
+            try:  # confined to the model folders; refused before anything is looked at
+                weights = resolve_model_request(name, self.config.model_dirs)
+            except (ValueError, FileNotFoundError) as exc:
+                return {"ok": False, "error": str(exc)}
             try:
-                described = self.set_model(name)
+                described = self.set_model(str(weights))
             except Exception as exc:
                 return {"ok": False, "error": f"cannot load model {name!r}: {exc}"}
             return {"engine": described}

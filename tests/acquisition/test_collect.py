@@ -271,3 +271,30 @@ def test_position_specs(tmp_path):
         parse_positions(["list", str(f)], _StageCore())
     with pytest.raises(PairsError, match="grid NxM STEP_UM"):
         parse_positions("grid 3 10", _StageCore())
+
+
+def test_positions_list_file_is_confined_and_never_echoed(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    secret = "root:x:0:0:TOP-SECRET-LINE"
+    (tmp_path / "secret.txt").write_text(secret + "\n")
+    (root / "bad.txt").write_text("1 2\n" + secret + "\n")
+    (root / "huge.txt").write_bytes(b"1 2\n" * 400_000)  # 1.6 MB
+    (root / "binary.txt").write_bytes(b"\xff\xfe\x00" * 100)
+    (root / "nan.txt").write_text("1 nan\n")
+    (root / "ok.txt").write_text("1 2\n")
+    for spec, match in [
+        (f"list {tmp_path / 'secret.txt'}", "outside the allowed folder"),
+        ("list ../secret.txt", "outside the allowed folder"),
+        ("list bad.txt", "line 2: expected 'x y' or 'x y z'"),
+        ("list huge.txt", "larger than 1048576 bytes"),
+        ("list binary.txt", "not UTF-8 text"),
+        ("list nan.txt", "line 1: expected"),
+        ("list missing.txt", "does not exist"),
+        ("list a\x00b", "NUL byte"),
+    ]:
+        with pytest.raises(PairsError, match=match) as info:
+            parse_positions(spec, _StageCore(), root=root)
+        assert "SECRET" not in str(info.value) and "root:x" not in str(info.value)
+        assert len(str(info.value)) < 600
+    assert parse_positions("list ok.txt", _StageCore(), root=root) == [{"x": 1, "y": 2, "z": None}]
