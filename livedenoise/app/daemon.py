@@ -98,6 +98,20 @@ def _install_jobs(server: Any, pipeline: Pipeline, source: Any, data_dir: str | 
     return jobs
 
 
+def _check_calibration_fits(source: Any, calibration: Calibration) -> None:
+    """Refuse maps of another sensor size before anything starts (the daemon owns an idle core)."""
+    from livedenoise.live.sources import CoreSource
+
+    if not isinstance(source, CoreSource) or calibration.meta.get("source") == "nominal":
+        return
+    from livedenoise.acquisition.core import sensor_shape
+
+    core = source.core
+    if core.isSequenceRunning():
+        return  # never touch a running camera's ROI
+    calibration.check_sensor(sensor_shape(core), camera=core.getCameraDevice())
+
+
 def run_live(
     source: Any,
     engine: Any,
@@ -115,6 +129,7 @@ def run_live(
     from livedenoise.live.memory import keep_freed_memory
     from livedenoise.transport.publisher import Publisher
 
+    _check_calibration_fits(source, calibration)
     keep_freed_memory()  # copying sends reuse heap memory (see livedenoise.live.memory)
     out = out or sys.stdout
     security = server_security(config)

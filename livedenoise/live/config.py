@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from livedenoise.calibration.maps import GAIN_RANGE_ADU_PER_E
+
 __all__ = ["RING_POLICIES", "ConfigError", "PipelineConfig"]
 
 RING_POLICIES = ("drop-oldest", "block")
@@ -137,7 +139,7 @@ class PipelineConfig:
                         f"got none: pass --{name.replace('_', '-')}"
                     )
         if self.nominal_gain_adu_per_e is not None:
-            _float_range(self, "nominal_gain_adu_per_e", 1e-6, 1e6, low_open=True)
+            _float_range(self, "nominal_gain_adu_per_e", *GAIN_RANGE_ADU_PER_E)
         if self.nominal_offset_adu is not None:
             _float_range(self, "nominal_offset_adu", 0.0, 65535.0)
         _float_range(self, "stats_interval_s", 0.1, 3600.0)
