@@ -406,6 +406,19 @@ def _restore(core: Any, state: Mapping[str, Any]) -> None:
         core.waitForSystem()
 
 
+def _space_needed(req: CollectRequest, camera: Mapping[str, Any], writer: PairWriter) -> tuple[int, str]:
+    """Bytes a collection needs, and what they are: the frames, plus the calibration for a new dataset."""
+    h, w = camera["shape"]
+    frames = req.pairs * (req.shorts_per_pair + 1) * h * w * 2
+    parts = [f"{frames / 1e6:.1f} MB of frames"]
+    need = frames + (1 << 20)  # + the index and TIFF headers
+    if writer.index is None:  # a new dataset also stores its calibration; an existing one has it
+        cal = 3 * 4 * writer.calibration.offset_adu.size
+        need += cal
+        parts.append(f"{cal / 1e6:.1f} MB for the calibration copy")
+    return need, " + ".join(parts)
+
+
 def _free_bytes(path: Path) -> int:
     p = path
     while not p.exists():
@@ -483,13 +496,13 @@ def collect_pairs(
         calibration_file=calibration_file,
         thresholds=thresholds,
     )
-    h, w = camera["shape"]
-    need = req.pairs * (req.shorts_per_pair + 1) * h * w * 2 + 3 * 4 * calibration.offset_adu.size + (1 << 20)
+    need, detail = _space_needed(req, camera, writer)
     free = _free_bytes(req.output)
     if free < need * 1.1:
         raise PairsError(
-            f"not enough disk space for {req.pairs} pairs of {w}×{h}: need about {need / 1e6:.1f} MB, "
-            f"{free / 1e6:.1f} MB free at {req.output}; free space or collect fewer pairs"
+            f"not enough disk space for {req.pairs} pairs of {camera['shape'][1]}×{camera['shape'][0]}: "
+            f"need about {need / 1e6:.1f} MB ({detail}), {free / 1e6:.1f} MB free at {req.output}; "
+            "free space or collect fewer pairs"
         )
     state = _user_state(core)
     here = {

@@ -12,7 +12,11 @@ A pair exists if and only if the index lists it. Its two files are written under
 temporary names, renamed into place, and only then is the index rewritten (atomically),
 so a crash loses at most the pair in flight. Files that the index does not list
 (temporaries, frames of a pair whose index entry never landed) are ignored on reading
-and reported in :attr:`PairDataset.stray`.
+and reported in :attr:`PairDataset.stray`; the next collection into the dataset removes
+them. A new dataset's folder (frames folder, calibration, empty index) is built under a
+hidden temporary name beside it and renamed into place, so a crash while it is made leaves
+no half-made dataset; a folder left half-made by an older version (livedenoise's own
+files but no index) is recovered: its incomplete pair is discarded.
 
 Quality checks (:func:`check_pair`) are recorded per pair: the sub-pixel shift between
 the short and the long exposure (phase correlation), the fraction of saturated pixels in
@@ -28,7 +32,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -37,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from livedenoise._atomic import atomic_path, check_writable_dir
+from livedenoise._atomic import atomic_path, check_writable_dir, current_umask, disk_full_error
 from livedenoise._jsonutil import json_default
 from livedenoise.acquisition.registration import phase_shift, registration_confidence
 from livedenoise.calibration.maps import Calibration, PhotonConverter, read_calibration, write_calibration
@@ -60,6 +66,8 @@ FORMAT_VERSION = 1
 INDEX_NAME = "pairs.json"
 CALIBRATION_NAME = "calibration.tif"
 FRAMES_DIR = "frames"
+_PAIR_FILE = re.compile(r"\.?pair-\d{5}-(short|long)\.tif(\.part)?")
+_OWN_TEMPORARY = re.compile(r"\.(pairs\.json|calibration\.tif)\..*\.part")
 
 
 class PairsError(ValueError):
@@ -224,6 +232,16 @@ def _calibrations(cal: Calibration, camera: Mapping[str, Any]) -> tuple[Calibrat
     return cal, frame_cal
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
 class PairWriter:
     """Append pairs to a dataset folder, each completely or not at all.
 
@@ -274,13 +292,15 @@ class PairWriter:
         p = self.path
         if p.exists() and not p.is_dir():
             raise PairsError(f"output {p} exists and is not a folder; choose a new folder for the dataset")
+        self._remove_stale_creations()
         if (p / INDEX_NAME).is_file():
             existing = PairDataset(p)
             self._check_compatible(existing.index)
             self.index = existing.index
             check_writable_dir(p, "paired dataset")
+            self._discard_strays(existing)
         elif p.is_dir():
-            if any(p.iterdir()):
+            if any(p.iterdir()) and not self._recover_half_made():
                 raise PairsError(
                     f"output folder {p} is not empty and holds no {INDEX_NAME}; "
                     "choose a new folder (or an existing paired dataset to append to)"
@@ -289,6 +309,65 @@ class PairWriter:
         else:
             parent = p.parent if str(p.parent) else Path(".")
             check_writable_dir(parent, "paired dataset")
+
+    def _creation_prefix(self) -> str:
+        return f".{self.path.name}.creating-"
+
+    def _remove_stale_creations(self) -> None:
+        """Remove hidden half-built dataset folders left beside the target by a killed process."""
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        prefix = self._creation_prefix()
+        try:
+            stale = [q for q in parent.iterdir() if q.name.startswith(prefix) and q.is_dir()]
+        except OSError:
+            return
+        for q in stale:
+            pid = q.name[len(prefix) :].split("-", 1)[0]
+            if pid.isdigit() and _pid_alive(int(pid)):
+                continue  # another collection is building it right now
+            log.warning("removing %s, a dataset folder a killed collection did not finish", q)
+            shutil.rmtree(q, ignore_errors=True)
+
+    def _recover_half_made(self) -> bool:
+        """A folder holding only livedenoise's own files but no index: discard them; True if so."""
+        p = self.path
+        files: list[Path] = []
+        for q in p.iterdir():
+            if q.name == FRAMES_DIR and q.is_dir():
+                inner = list(q.iterdir())
+                if not all(f.is_file() and _PAIR_FILE.fullmatch(f.name) for f in inner):
+                    return False
+                files += inner
+            elif q.is_file() and (q.name == CALIBRATION_NAME or _OWN_TEMPORARY.fullmatch(q.name)):
+                files.append(q)
+            else:
+                return False
+        for f in files:
+            f.unlink()
+        if (p / FRAMES_DIR).is_dir():
+            (p / FRAMES_DIR).rmdir()
+        log.warning(
+            "%s was left half-made by an interrupted collection (no %s); recovered it: the incomplete "
+            "first pair was discarded (%d file(s))",
+            p,
+            INDEX_NAME,
+            len(files),
+        )
+        return True
+
+    def _discard_strays(self, existing: PairDataset) -> None:
+        """Remove the frames of pairs whose index entry never landed (a crash mid-pair)."""
+        strays = [
+            f for f in existing.stray if f.parent == self.path / FRAMES_DIR and _PAIR_FILE.fullmatch(f.name)
+        ]
+        for f in strays:
+            f.unlink(missing_ok=True)
+        if strays:
+            log.warning(
+                "%s: discarded %d file(s) of an incomplete pair (an interrupted collection)",
+                self.path,
+                len(strays),
+            )
 
     def _check_compatible(self, index: Mapping[str, Any]) -> None:
         old_cam = index.get("camera", {})
@@ -308,24 +387,43 @@ class PairWriter:
             )
 
     def _create(self) -> dict[str, Any]:
-        self.path.mkdir(exist_ok=True)
-        (self.path / FRAMES_DIR).mkdir(exist_ok=True)
-        cal_path = self.path / CALIBRATION_NAME
-        if self.calibration_file is not None:
-            with atomic_path(cal_path, "calibration copy") as tmp:
-                shutil.copyfile(self.calibration_file, tmp)
-        else:
-            write_calibration(cal_path, self.calibration)
-        index = {
-            "livedenoise_pairs": FORMAT_VERSION,
-            "camera": self.camera,
-            "calibration": {"file": CALIBRATION_NAME, "id": self.calibration.id},
-            "thresholds": asdict(self.thresholds),
-            "created": _now(),
-            "updated": _now(),
-            "pairs": [],
-        }
-        self._write_index(index)
+        """Build the new dataset under a hidden name beside it, then rename it into place."""
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        tmp = Path(tempfile.mkdtemp(prefix=f"{self._creation_prefix()}{os.getpid()}-", dir=parent))
+        try:
+            (tmp / FRAMES_DIR).mkdir()
+            cal_path = tmp / CALIBRATION_NAME
+            if self.calibration_file is not None:
+                with atomic_path(cal_path, "calibration copy") as part:
+                    shutil.copyfile(self.calibration_file, part)
+            else:
+                write_calibration(cal_path, self.calibration)
+            index = {
+                "livedenoise_pairs": FORMAT_VERSION,
+                "camera": self.camera,
+                "calibration": {"file": CALIBRATION_NAME, "id": self.calibration.id},
+                "thresholds": asdict(self.thresholds),
+                "created": _now(),
+                "updated": _now(),
+                "pairs": [],
+            }
+            with atomic_path(tmp / INDEX_NAME, "pairs index") as part:
+                part.write_text(json.dumps(index, indent=1, default=json_default))
+            mode = 0o777 & ~current_umask()
+            for d in (tmp, tmp / FRAMES_DIR):
+                os.chmod(d, mode)  # mkdtemp makes it private; a dataset folder follows the umask
+            if self.path.is_dir():
+                self.path.rmdir()  # empty (checked); the rename needs the name free everywhere
+            os.rename(tmp, self.path)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise disk_full_error(
+                    f"new paired dataset {self.path} (its calibration copy and index)",
+                    parent,
+                    3 * 4 * self.calibration.offset_adu.size + (1 << 20),
+                ) from exc
+            raise
         return index
 
     def _write_index(self, index: Mapping[str, Any]) -> None:
@@ -430,10 +528,11 @@ class PairWriter:
             for p in written:
                 p.unlink(missing_ok=True)
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                raise OSError(
-                    errno.ENOSPC,
-                    f"disk full while writing pair {pair_id} to {self.path}; the dataset keeps its "
-                    f"{len(index['pairs'])} complete pairs: free space and collect again to append",
+                raise disk_full_error(
+                    f"pair {pair_id} ({short_adu.nbytes + long_adu.nbytes} bytes of frames)",
+                    self.path,
+                    short_adu.nbytes + long_adu.nbytes + (1 << 16),
+                    note=f"the dataset keeps its {len(index['pairs'])} complete pairs: collect again to append",
                 ) from exc
             raise
         self.index = new_index

@@ -325,7 +325,7 @@ def denoise_file(
         "saturated_frames": {str(k): v for k, v in list(report.saturated_per_frame.items())[:1000]},
         "warnings": report.warnings,
     }
-    with atomic_path(output_path, "restored TIFF") as tmp:
+    with atomic_path(output_path, "restored TIFF", need_bytes=restored.nbytes + (1 << 16)) as tmp:
         tifffile.imwrite(tmp, restored, photometric="minisblack", metadata=meta)
     log.info(
         "wrote %s: %s float32 photoelectrons, %d frame(s) in %.2f s",

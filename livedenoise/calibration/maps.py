@@ -268,7 +268,8 @@ def write_calibration(path: str | os.PathLike[str], cal: Calibration, **extra_me
     meta.update({k: v for k, v in cal.meta.items() if k not in meta and k != "path"})
     meta.update({k: v for k, v in extra_meta.items() if k != "shape"})
     description = json.dumps(meta, default=json_default)
-    with atomic_path(path, "calibration") as tmp, tifffile.TiffWriter(tmp) as tw:
+    need = 3 * 4 * cal.offset_adu.size + len(description) + (1 << 16)
+    with atomic_path(path, "calibration", need_bytes=need) as tmp, tifffile.TiffWriter(tmp) as tw:
         for i, name in enumerate(PAGES):
             tw.write(
                 getattr(cal, name),

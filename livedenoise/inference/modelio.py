@@ -448,13 +448,12 @@ def save_model(module, card: ModelCard, path: str | os.PathLike[str]) -> ModelCa
         path=str(weights),
     )
     _check_card(card)
-    with atomic_path(weights, "model weights") as tmp:
-        tmp.write_bytes(data)
-        os.chmod(tmp, 0o644)  # readable like any installed file (the temporary file starts private)
+    card_text = json.dumps(card.to_dict(), indent=2) + "\n"
+    with atomic_path(weights, "model weights", need_bytes=len(data) + len(card_text)) as tmp:
+        tmp.write_bytes(data)  # the user's umask applies (atomic_path)
     try:
         with atomic_path(weights.with_suffix(".json"), "model card") as tmp:
-            tmp.write_text(json.dumps(card.to_dict(), indent=2) + "\n", encoding="utf-8")
-            os.chmod(tmp, 0o644)
+            tmp.write_text(card_text, encoding="utf-8")
     except BaseException:
         weights.unlink(missing_ok=True)  # no weights without their card
         raise

@@ -145,6 +145,23 @@ def test_not_enough_space_is_checked_first(core, sim, tmp_path, monkeypatch):
     assert not (tmp_path / "ds").exists()
 
 
+def test_free_space_estimate_counts_the_calibration_only_for_a_new_dataset(core, sim, tmp_path, monkeypatch):
+    from livedenoise.acquisition import collect as collect_mod
+
+    frames = 3 * 2 * 64 * 64 * 2  # 3 pairs of one short and one long 64×64 uint16 frame
+    just_enough = int((frames + (1 << 20)) * 1.1) + 1  # for the frames, not for a calibration copy too
+    monkeypatch.setattr(collect_mod, "_free_bytes", lambda path: just_enough)
+    with pytest.raises(
+        PairsError, match=r"MB of frames \+ 0.0 MB for the calibration copy\), .* free at"
+    ) as info:
+        _collect(core, sim[1], tmp_path / "ds")  # a new dataset also stores its calibration
+    assert str(tmp_path / "ds") in str(info.value)
+    monkeypatch.setattr(collect_mod, "_free_bytes", lambda path: 10**12)
+    _collect(core, sim[1], tmp_path / "ds")
+    monkeypatch.setattr(collect_mod, "_free_bytes", lambda path: just_enough)
+    assert _collect(core, sim[1], tmp_path / "ds")["pairs_in_dataset"] == 6  # appending needs no copy
+
+
 def test_busy_camera(core, sim, tmp_path):
     core.startContinuousSequenceAcquisition(0)
     try:
