@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-__all__ = ["add_confinement_arguments", "roi"]
+__all__ = ["add_confinement_arguments", "add_force_argument", "existing_outputs", "roi"]
 
 
 def roi(text: str) -> tuple[int, int, int, int]:
@@ -36,3 +37,16 @@ def add_confinement_arguments(p: argparse.ArgumentParser) -> None:
         help="folder set_model requests may load models from, besides $LIVEDENOISE_MODELS and the "
         "shipped models (repeatable); --model may also name an id found there",
     )
+
+
+def add_force_argument(p: argparse.ArgumentParser) -> None:
+    """``--force``: overwrite existing outputs (without it a command refuses to)."""
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def existing_outputs(*paths: str | os.PathLike[str] | None) -> list[str]:
+    """The given output files that already exist (a command without --force refuses to overwrite them).
+
+    Folders are not listed: writing a file over a folder fails anyway, with its own message.
+    """
+    return [os.fspath(p) for p in paths if p is not None and os.path.lexists(p) and not os.path.isdir(p)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from livedenoise.cli._args import roi
+from livedenoise.cli._args import add_force_argument, existing_outputs, roi
 
 HELP = "measure the camera's per-pixel offset, gain and read noise (photon transfer)"
 
@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--report", metavar="CAL.png", help="also write a PNG report (photon-transfer curve, maps)"
     )
     p.add_argument("--camera", help="camera name recorded in the file (live: the camera's label and name)")
+    add_force_argument(p)
     g = p.add_argument_group("from files")
     g.add_argument("--dark", metavar="DARK.tif", help="uint16 stack of dark frames (shutter closed)")
     g.add_argument(
@@ -111,6 +112,11 @@ def run(args: argparse.Namespace) -> int:
     from livedenoise.cli import CLIError
 
     progress = sys.stderr.isatty() and not getattr(args, "quiet", False)
+    exists = existing_outputs(args.output, args.report)
+    if exists and not args.force:
+        raise CLIError(
+            f"{' and '.join(exists)} already exist(s); pass --force to overwrite or choose another -o/--report"
+        )
     if args.live:
         if args.dark or args.flat:
             raise CLIError(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from livedenoise.cli._args import add_force_argument
+
 HELP = "restore a uint16 TIFF (2D or T×Y×X) to float32 photoelectrons with a model"
 DESCRIPTION = """\
 Restore raw camera frames saved as a TIFF (uint16 ADU, one frame or a (T, Y, X) stack).
@@ -65,6 +67,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="pixels at or above this ADU are counted as saturated, reported (default 65535)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_force_argument(p)
 
 
 def _calibration(args: argparse.Namespace) -> tuple[object | None, str]:
@@ -105,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.is_dir():
         raise CLIError(f"-o {out} is a folder; give a file name")
+    if out.exists() and not args.force:
+        raise CLIError(f"{out} already exists; pass --force to overwrite it or choose another -o")
     check_writable_dir(out.parent if str(out.parent) else Path("."), "restored TIFF")
     cal, source = _calibration(args)
     raw = read_raw_stack(args.input)  # validates dtype, shape, emptiness

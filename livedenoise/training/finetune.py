@@ -433,12 +433,14 @@ def finetune(
 # livedenoise/cli/train.py calls: command modules import only the standard library)
 
 
-def run_pairs(args: Any) -> int:
+def run_pairs(args: Any, save: Any = None) -> int:
     """Run ``livedenoise train --pairs DATASET --init MODEL -o NEW_MODEL`` (returns the exit status).
 
     Reads ``args.pairs``, ``args.init``, ``args.output`` and, when the parser has them,
     ``steps``, ``batch``, ``patch``, ``lr``, ``seed``, ``id``, ``threads``,
-    ``include_flagged``, ``val_fraction``, ``patience``.
+    ``include_flagged``, ``val_fraction``, ``patience``. ``save(module, card, output)``, if
+    given, saves the model and returns ``(card, exit status)`` (the CLI's checks: a worse model
+    does not replace an existing one); by default the model is saved as it is.
     """
     defaults = FinetuneConfig()
     output = getattr(args, "output", None)
@@ -469,14 +471,17 @@ def run_pairs(args: Any) -> int:
         threads=getattr(args, "threads", None),
     )
     progress = not getattr(args, "no_progress", False)
-    _, card, history = finetune(
+    module, card, history = finetune(
         args.pairs,
         getattr(args, "init", None),
-        output,
+        None if save is not None else output,
         cfg,
-        model_id=getattr(args, "id", None),
+        model_id=getattr(args, "id", None) or Path(output).stem,
         progress=progress,
     )
+    status = 0
+    if save is not None:
+        card, status = save(module, card, output)
     h = card.quality["heldout_pairs"]
     print(
         f"fine-tuned {card.training['init_model']['id']} on {len(card.training['dataset']['train_pairs'])} pairs "
@@ -484,4 +489,4 @@ def run_pairs(args: Any) -> int:
         f"{h['before']['poisson_deviance']:.4f} -> {h['after']['poisson_deviance']:.4f}, PSNR vs long/r "
         f"{h['before']['psnr_db']:.2f} -> {h['after']['psnr_db']:.2f} dB; saved {card.path}"
     )
-    return 0
+    return status

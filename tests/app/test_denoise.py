@@ -351,3 +351,16 @@ def test_denoise_refuses_a_file_it_cannot_restore_whole(
     err = capsys.readouterr().err
     assert "holds 3 image series of different shapes" in err and "save each series as its own TIFF" in err
     assert not (tmp_path / "o.tif").exists()
+
+
+def test_denoise_refuses_to_overwrite_without_force(
+    tmp_path: Path, cal_file: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture
+) -> None:
+    src, dst = tmp_path / "in.tif", tmp_path / "out.tif"
+    _write(src, _stack(rng, (2, 48, 40)))
+    dst.write_bytes(b"yesterday's result")
+    args = [str(src), "-o", str(dst), "--calibration", str(cal_file), "--engine", "passthrough"]
+    assert _run(*args) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert dst.read_bytes() == b"yesterday's result"
+    assert _run(*args, "--force") == 0 and tifffile.imread(dst).shape == (2, 48, 40)

@@ -192,6 +192,20 @@ def test_cli_writes_calibration_and_report(stacks, capsys):
     assert desc["summary"]["shape"] == [16, 24]  # the nested key that used to break tifffile.imread
 
 
+def test_cli_refuses_to_overwrite_without_force(stacks, capsys):
+    tmp, _, _, dark, flats = stacks
+    out, png = tmp / "cal.tif", tmp / "cal.png"
+    argv = ["calibrate", "--dark", dark, *sum((["--flat", f] for f in flats), []), "-o", str(out)]
+    out.write_bytes(b"the calibration in use")
+    assert main(argv) == 2
+    assert "already exist(s); pass --force" in capsys.readouterr().err
+    assert out.read_bytes() == b"the calibration in use"
+    png.write_bytes(b"old report")
+    assert main([*argv[:-2], "-o", str(tmp / "new.tif"), "--report", str(png)]) == 2  # the report too
+    assert not (tmp / "new.tif").exists()
+    assert main([*argv, "--force"]) == 0 and read_calibration(out).shape == (16, 24)
+
+
 def _fail(argv, capsys):
     assert main(argv) == 2
     return capsys.readouterr().err
