@@ -293,7 +293,7 @@ def read_calibration(path: str | os.PathLike[str]) -> Calibration:
     try:
         with tifffile.TiffFile(path) as tf:
             n_pages = len(tf.pages)
-            desc = tf.pages[0].description if n_pages else ""
+            desc = tf.pages.first.description if n_pages else ""
             arrays = [tf.pages[i].asarray() for i in range(min(n_pages, 3))] if n_pages == 3 else []
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise CalibrationError(
@@ -326,7 +326,7 @@ def read_calibration(path: str | os.PathLike[str]) -> Calibration:
     meta.pop("shape", None)  # tifffile's key, not ours
     meta["path"] = str(path)
     try:
-        return Calibration(*arrays, meta=meta)
+        return Calibration(arrays[0], arrays[1], arrays[2], meta=meta)
     except CalibrationError as exc:
         raise CalibrationError(f"{path}: {exc}") from None
 

@@ -152,8 +152,8 @@ def resolve_model_request(name: object, model_folders: tuple[Any, ...] | list[An
 
     The one place where a ``set_model`` request's ``model`` becomes a file. Allowed: ``None``
     (the default model), a model id found in ``model_folders`` (the daemon's ``--model-dir``
-    options), ``$LIVEDENOISE_MODELS`` or the shipped models, or a path (``.pt`` or ``.json``,
-    relative to one of those folders or absolute) inside one of them. A path outside them
+    options), ``$LIVEDENOISE_MODELS`` or the shipped models, or a path (``.pt``, ``.json`` or
+    an exported ``.onnx``, relative to one of those folders or absolute) inside one of them. A path outside them
     is refused before anything is looked up, so the reply never reveals whether a file
     exists there; NUL bytes and other invalid text are refused too.
 
@@ -175,8 +175,10 @@ def resolve_model_request(name: object, model_folders: tuple[Any, ...] | list[An
         raise FileNotFoundError(f"no model {text!r} (installed: {known}); give one of the installed ids")
     where = confine(text, folders, what="model", option="--model-dir")
     w = _weights_path(where)
-    if w.suffix != ".pt":
-        raise PathError(f"model {text!r} is not a .pt or .json model file; give a model id or a .pt path")
+    if w.suffix not in (".pt", ".onnx"):
+        raise PathError(
+            f"model {text!r} is not a .pt, .json or .onnx model file; give a model id or a model file path"
+        )
     if not w.is_file():
         known = ", ".join(c.id for c in list_models(tuple(model_folders))) or "none"
         raise FileNotFoundError(f"no model file {text!r} in the model folders (installed: {known})")
