@@ -312,7 +312,7 @@ def test_stop_during_a_collection_with_long_exposures_ends_within_seconds(daemon
     final = jm.wait(reply["id"], timeout_s=30)
     took = time.monotonic() - t0
     assert final["state"] == "failed" and "daemon stopped" in final["error"], final
-    assert took < 4.0, f"the collection took {took:.1f} s to stop"
+    assert took < 6.0, f"the collection took {took:.1f} s to stop"  # at most the exposure in flight + restore
     ds = PairDataset(tmp_path / "ds")
     assert 1 <= len(ds) < 100 and ds.stray == []
     assert not core.mda.is_running()
