@@ -12,7 +12,7 @@ from typing import Any
 
 from livedenoise.drivers import DRIVERS_DIR
 
-__all__ = ["CoreError", "CoreSettings", "load_core", "needs_device_adapters", "new_unicore"]
+__all__ = ["CoreError", "CoreSettings", "load_core", "needs_device_adapters", "new_unicore", "sensor_shape"]
 
 log = logging.getLogger("livedenoise")
 
@@ -166,3 +166,25 @@ class CoreSettings:
 
     def __exit__(self, *exc: object) -> None:
         self.restore()
+
+
+def sensor_shape(core: Any) -> tuple[int, int]:
+    """``(H, W)`` of the camera's full sensor in unbinned pixels.
+
+    The ROI is cleared to read the full size and set back; call it while the camera is idle.
+    """
+    x, y, w, h = (int(v) for v in core.getROI())
+    core.clearROI()
+    try:
+        full_h, full_w = int(core.getImageHeight()), int(core.getImageWidth())
+    finally:
+        core.setROI(x, y, w, h)  # the user's ROI back
+    binning = 1
+    label = core.getCameraDevice()
+    try:
+        if label and core.hasProperty(label, "Binning"):
+            m = re.match(r"\d+", str(core.getProperty(label, "Binning")))
+            binning = int(m[0]) if m else 1
+    except Exception:  # a camera without a readable binning is taken as unbinned
+        binning = 1
+    return full_h * binning, full_w * binning

@@ -19,10 +19,12 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from livedenoise.acquisition.core import sensor_shape
 from livedenoise.acquisition.jobs import JobManager, install_pair_commands
 from livedenoise.calibration.maps import Calibration
 from livedenoise.imaging.metrics import psnr
 from livedenoise.inference.engines import Engine, EngineUnavailable, PassthroughEngine, make_engine
+from livedenoise.inference.modelio import resolve_model_request
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.pipeline import Pipeline, PipelineError
 from livedenoise.live.sources import CoreSource, FrameSource
@@ -81,9 +83,16 @@ def control_handlers(pipeline: Pipeline) -> dict[str, Handler]:
     def set_model_handler(req: dict[str, Any]) -> dict[str, Any]:
         name = req.get("model")
         if name is not None and not isinstance(name, str):
-            return {"ok": False, "error": f"'model' must be a model id or path string, got {name!r}"}
+            return {
+                "ok": False,
+                "error": f"'model' must be a model id or path string, got a {type(name).__name__}",
+            }
+        try:  # confined to the model folders; refused before anything is looked at
+            weights = resolve_model_request(name, pipeline.config.model_dirs)
+        except (ValueError, FileNotFoundError) as exc:
+            return {"ok": False, "error": str(exc)}
         try:
-            described = set_model(pipeline, name)
+            described = set_model(pipeline, str(weights))
         except Exception as exc:
             return {"ok": False, "error": f"cannot load model {name!r}: {exc}"}
         return {"engine": described}
@@ -169,13 +178,25 @@ def _engine_phrase(engine: Engine) -> str:
     return f"{d.get('backend', getattr(engine, 'name', '?'))}: {model}{precision}"
 
 
-def _install_jobs(server: ControlServer, pipeline: Pipeline, source: FrameSource) -> JobManager | None:
-    """Add the ``collect_pairs`` and ``job`` control commands when the daemon owns the core."""
+def _install_jobs(
+    server: ControlServer, pipeline: Pipeline, source: FrameSource, data_dir: str | None = None
+) -> JobManager | None:
+    """Add the ``collect_pairs``, ``job`` and ``cancel`` commands when the daemon owns the core."""
     if not isinstance(source, CoreSource):
         return None  # attached to another program's core: collecting pairs would take it over
     jobs = JobManager()
-    install_pair_commands(server, pipeline, source.core, jobs)
+    install_pair_commands(server, pipeline, source.core, jobs, data_dir=data_dir)
     return jobs
+
+
+def _check_calibration_fits(source: FrameSource, calibration: Calibration) -> None:
+    """Refuse maps of another sensor size before anything starts (the daemon owns an idle core)."""
+    if not isinstance(source, CoreSource) or calibration.meta.get("source") == "nominal":
+        return
+    core = source.core
+    if core.isSequenceRunning():
+        return  # never touch a running camera's ROI
+    calibration.check_sensor(sensor_shape(core), camera=core.getCameraDevice())
 
 
 def run_live(
@@ -192,6 +213,7 @@ def run_live(
 
     0: stopped normally; 1: the pipeline failed (the summary says why).
     """
+    _check_calibration_fits(source, calibration)
     keep_freed_memory()  # copying sends reuse heap memory (see livedenoise.util.memory)
     out = out or sys.stdout
     security = server_security(config)
@@ -202,7 +224,7 @@ def run_live(
     try:
         pipeline = Pipeline(source, engine, publisher, calibration, config, observer=sampler)
         server = serve_control(pipeline, config.control_endpoint, security=security)
-        jobs = _install_jobs(server, pipeline, source)
+        jobs = _install_jobs(server, pipeline, source, config.data_dir)
         pipeline.start()
         print(
             f"livedenoise: camera {pipeline.status()['camera']} ROI {pipeline.status()['roi']}, engine "

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-__all__ = ["PRECISIONS", "CLIError", "add_precision_argument", "engine_options", "roi"]
+__all__ = [
+    "PRECISIONS",
+    "CLIError",
+    "add_confinement_arguments",
+    "add_force_argument",
+    "add_precision_argument",
+    "engine_options",
+    "existing_outputs",
+    "roi",
+]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 """Values of ``--precision`` (the CPU engine's; ``auto`` leaves every backend its own default)."""
@@ -40,3 +50,36 @@ def add_precision_argument(p: argparse.ArgumentParser) -> None:
 def engine_options(precision: str) -> dict[str, str]:
     """Engine keyword options for ``--precision``: none for ``auto`` (each backend's own default)."""
     return {} if precision == "auto" else {"precision": precision}
+
+
+def add_confinement_arguments(p: argparse.ArgumentParser) -> None:
+    """``--data-dir`` and ``--model-dir``: the folders control requests may use (serve, demo)."""
+    g = p.add_argument_group("folders control requests may use (paths outside them are refused)")
+    g.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=None,
+        help="folder where collect_pairs requests write datasets (their output resolves inside it); "
+        "without it the daemon collects no pairs on request",
+    )
+    g.add_argument(
+        "--model-dir",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="folder set_model requests may load models from, besides $LIVEDENOISE_MODELS and the "
+        "shipped models (repeatable); --model may also name an id found there",
+    )
+
+
+def add_force_argument(p: argparse.ArgumentParser) -> None:
+    """``--force``: overwrite existing outputs (without it a command refuses to)."""
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def existing_outputs(*paths: str | os.PathLike[str] | None) -> list[str]:
+    """The given output files that already exist (a command without --force refuses to overwrite them).
+
+    Folders are not listed: writing a file over a folder fails anyway, with its own message.
+    """
+    return [os.fspath(p) for p in paths if p is not None and os.path.lexists(p) and not os.path.isdir(p)]

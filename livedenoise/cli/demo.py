@@ -6,8 +6,8 @@ import argparse
 
 from livedenoise.app.daemon import choose_engine, run_live
 from livedenoise.calibration.maps import read_calibration
-from livedenoise.cli import CLIError
-from livedenoise.cli._args import add_precision_argument, engine_options
+from livedenoise.cli._args import CLIError, add_confinement_arguments, add_precision_argument, engine_options
+from livedenoise.cli.serve import configured_model
 from livedenoise.drivers.simcam import load_sim_core
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.sources import CoreSource
@@ -70,6 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="when the ring is full (default %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="simulator seed (default %(default)s)")
+    add_confinement_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         calibration_path=args.calibration,
         publish_truth=True,
+        data_dir=args.data_dir,
+        model_dirs=tuple(args.model_dir),
     )
     if args.size < 8:
         raise CLIError(f"--size {args.size} is too small: use at least 8 pixels")
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         calibration = camera.true_calibration()
     engine = choose_engine(
         args.engine,
-        args.model,
+        configured_model(config),
         fallback=args.engine is None and args.model is None,
         options=engine_options(args.precision),
     )

@@ -6,8 +6,7 @@ import argparse
 
 from livedenoise.app.offline import denoise_file, match_calibration, read_raw_stack
 from livedenoise.calibration.maps import Calibration, read_calibration
-from livedenoise.cli import CLIError
-from livedenoise.cli._args import add_precision_argument, engine_options
+from livedenoise.cli._args import CLIError, add_force_argument, add_precision_argument, engine_options
 from livedenoise.inference.engines import make_engine
 from livedenoise.util.atomic import check_writable_dir
 
@@ -73,6 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="pixels at or above this ADU are counted as saturated, reported (default 65535)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_force_argument(p)
 
 
 def _calibration(args: argparse.Namespace) -> tuple[Calibration | None, str]:
@@ -105,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.is_dir():
         raise CLIError(f"-o {out} is a folder; give a file name")
+    if out.exists() and not args.force:
+        raise CLIError(f"{out} already exists; pass --force to overwrite it or choose another -o")
     check_writable_dir(out.parent if str(out.parent) else Path("."), "restored TIFF")
     cal, source = _calibration(args)
     raw = read_raw_stack(args.input)  # validates dtype, shape, emptiness

@@ -7,9 +7,9 @@ import argparse
 from livedenoise.acquisition.core import load_core
 from livedenoise.app.daemon import choose_engine, run_live
 from livedenoise.calibration.maps import Calibration, read_calibration
-from livedenoise.cli import CLIError
-from livedenoise.cli._args import add_precision_argument, engine_options
+from livedenoise.cli._args import CLIError, add_confinement_arguments, add_precision_argument, engine_options
 from livedenoise.drivers.simcam import python_device
+from livedenoise.inference.modelio import resolve_model
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.sources import CoreSource, check_pixel_type
 
@@ -28,6 +28,10 @@ Examples:
   livedenoise serve --config rig.cfg --calibration cal.tif
   livedenoise serve --config rig.cfg --no-calibration --nominal-gain-adu-per-e 2.2 --nominal-offset-adu 100
   livedenoise serve --config rig.cfg --calibration cal.tif --settings pipeline.toml
+  livedenoise serve --config rig.cfg --calibration cal.tif --data-dir D:/pairs --model-dir D:/models
+
+Paths in control requests stay inside the folders named here: collect_pairs writes only
+inside --data-dir, set_model loads only shipped models, $LIVEDENOISE_MODELS and --model-dir.
 """
 
 
@@ -72,6 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seconds", type=float, default=None, help="stop after N seconds (default: until stopped)"
     )
+    add_confinement_arguments(p)
 
 
 def build_config(args: argparse.Namespace) -> PipelineConfig:
@@ -89,6 +94,8 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         "nominal_gain_adu_per_e": args.nominal_gain_adu_per_e,
         "nominal_offset_adu": args.nominal_offset_adu,
         "security_dir": args.keys,
+        "data_dir": args.data_dir,
+        "model_dirs": tuple(args.model_dir) or None,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     if args.no_calibration:
@@ -132,7 +139,18 @@ def run(args: argparse.Namespace) -> int:
             "from the camera's data sheet"
         )
     engine = choose_engine(
-        config.engine, config.model, fallback=False, options=engine_options(args.precision)
+        config.engine, configured_model(config), fallback=False, options=engine_options(args.precision)
     )
     source = CoreSource(core, truth=truth, poll_interval_ms=config.poll_interval_ms)
     return run_live(source, engine, calibration, config, seconds=args.seconds)
+
+
+def configured_model(config: object) -> str | None:
+    """The model to start with: an id is also looked up in the ``--model-dir`` folders."""
+    model, dirs = getattr(config, "model", None), getattr(config, "model_dirs", ())
+    if model is None or not dirs:
+        return model
+    try:
+        return str(resolve_model(model, extra_dirs=dirs))
+    except FileNotFoundError:
+        return model  # the engine says what is missing

@@ -14,8 +14,11 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from livedenoise.calibration.maps import GAIN_RANGE_ADU_PER_E
 from livedenoise.live.types import RingPolicy
 from livedenoise.util.endpoints import is_loopback
+
+__all__ = ["ConfigError", "PipelineConfig"]
 
 __all__ = ["ConfigError", "PipelineConfig"]
 
@@ -66,6 +69,12 @@ class PipelineConfig:
     qc_stride : int
         The trust score of each restored frame (``qc`` in the ``denoised`` header) uses every
         ``qc_stride``-th row (1-64; 0 switches it off).
+    data_dir : str or None
+        The folder where control requests may write datasets (``collect_pairs`` ``output``
+        and positions files resolve inside it); None: no pairs are collected on request.
+    model_dirs : tuple of str
+        Folders (besides ``$LIVEDENOISE_MODELS`` and the shipped models) that ``set_model``
+        requests may load models from, by id or by a path inside them.
     """
 
     ring_slots: int = 8
@@ -86,6 +95,8 @@ class PipelineConfig:
     max_engine_failures: int = 10
     qc_stride: int = 4
     latency_samples: int = 4096
+    data_dir: str | None = None
+    model_dirs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _int_range(self, "ring_slots", 2, 4096)
@@ -130,7 +141,7 @@ class PipelineConfig:
                         f"got none: pass --{name.replace('_', '-')}"
                     )
         if self.nominal_gain_adu_per_e is not None:
-            _float_range(self, "nominal_gain_adu_per_e", 1e-6, 1e6, low_open=True)
+            _float_range(self, "nominal_gain_adu_per_e", *GAIN_RANGE_ADU_PER_E)
         if self.nominal_offset_adu is not None:
             _float_range(self, "nominal_offset_adu", 0.0, 65535.0)
         _float_range(self, "stats_interval_s", 0.1, 3600.0)
@@ -141,6 +152,12 @@ class PipelineConfig:
         for name in ("no_calibration", "allow_remote", "publish_truth"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} = {getattr(self, name)!r}: expected true or false")
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", _folder(self, "data_dir", self.data_dir))
+        dirs = self.model_dirs
+        if isinstance(dirs, str | os.PathLike) or not isinstance(dirs, tuple | list):
+            raise ConfigError(f"model_dirs = {dirs!r}: expected a list of folders")
+        object.__setattr__(self, "model_dirs", tuple(_folder(self, "model_dirs", d) for d in dirs))
 
     # -- construction ---------------------------------------------------------------
 
@@ -186,6 +203,18 @@ class PipelineConfig:
     def as_dict(self) -> dict[str, Any]:
         """JSON-able dict of the settings (for ``status``)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _folder(cfg: PipelineConfig, name: str, value: Any) -> str:
+    """An existing folder, as an absolute path string."""
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value) or "\x00" in os.fspath(value):
+        raise ConfigError(f"{name} = {value!r}: expected the path of a folder")
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"{name} = {os.fspath(value)!r} is not an existing folder: create it or name another"
+        )
+    return str(path.resolve())
 
 
 def _int_range(cfg: PipelineConfig, name: str, lo: int, hi: int) -> None:

@@ -325,6 +325,8 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
         module.train()
         return sum(losses) / len(vx), ev["psnr_db"], ev["raw_psnr_db"]
 
+    # where training starts from (an --init model): the end result is compared with it
+    start_eval = validate() if config.init and start == 0 else None
     module.train()
     stream = batches(data, config.batch)
     bar = tqdm(
@@ -432,4 +434,10 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
             }
         },
     )
+    if start_eval is not None:
+        card.quality["validation"]["start"] = {
+            "model": config.init,
+            "psnr_db": round(start_eval[1], 3),
+            "loss": round(start_eval[0], 5),
+        }
     return module, card, history

@@ -88,6 +88,35 @@ def test_serve_on_the_simulator_config_uses_its_maps_and_stops(tmp_path: Path, c
     assert "simulated camera: using its true calibration" in out and "state: stopped" in out
 
 
+def test_demo_refuses_a_calibration_of_another_sensor_size(tmp_path: Path, capsys: Any) -> None:
+    import numpy as np
+
+    from livedenoise.calibration.maps import Calibration, write_calibration
+
+    maps = [np.full((1024, 1024), v, np.float32) for v in (100.0, 2.0, 1.0)]
+    cal = write_calibration(tmp_path / "big.tif", Calibration(*maps))
+    rc = main(
+        [
+            "demo",
+            "--seconds",
+            "1",
+            "--size",
+            "64",
+            "--engine",
+            "passthrough",
+            "--calibration",
+            str(cal),
+            "--pub",
+            f"tcp://127.0.0.1:{_free_port()}",
+            "--control",
+            f"tcp://127.0.0.1:{_free_port()}",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "calibration maps are 1024×1024 but the sensor of camera 'Camera' is 512×512" in err
+
+
 def _replay_cfg(tmp_path: Path) -> Path:
     cfg = tmp_path / "replay.cfg"
     cfg.write_text(

@@ -30,7 +30,7 @@ import numpy as np
 from livedenoise.imaging.metrics import psnr
 from livedenoise.imaging.synthetic import make_eval_set
 from livedenoise.inference.engines import _probes
-from livedenoise.inference.modelio import load_model
+from livedenoise.inference.modelio import ModelError, check_finite_output, load_model
 from livedenoise.inference.nets import fuse_for_inference
 
 __all__ = ["BF16_MAX_MEAN_REL_ERR", "BF16_MAX_PSNR_DIFF_DB", "PRECISIONS", "TIMING_SHAPE", "TorchCPUEngine"]
@@ -97,6 +97,7 @@ class TorchCPUEngine:
         self.model_id = self.card.id
         self.requested_precision = precision
         self._fp32 = fuse_for_inference(module).to(memory_format=torch.channels_last)
+        check_finite_output(self._fp32, self.model_id)  # folding batch norm must not break it either
         self._bf16 = None
         self._module = self._fp32
         self.precision = "fp32"
@@ -178,21 +179,32 @@ class TorchCPUEngine:
             xs.append(x[0])
             ts.append(t[0])
         x, t = np.stack(xs), np.stack(ts)
-        y32, y16 = self._run(self._fp32, x), self._run(bf16, x)
-        if not (np.isfinite(y32).all() and np.isfinite(y16).all()):
+        y32 = self._run(self._fp32, x)
+        if not np.isfinite(y32).all():  # the reference itself is broken: no precision can be validated
+            raise ModelError(
+                f"model {self.model_id!r} gives NaN or Inf in fp32 on synthetic frames; it is refused"
+            )
+        y16 = self._run(bf16, x)
+        if not np.isfinite(y16).all():
             self.validation = {"finite": False, "frames": "3 synthetic 128x128 at 5, 30, 300 e- peak"}
-            self.precision_reason = "the model's output is not finite on the validation frames; fp32"
+            self.precision_reason = "the model's bf16 output is not finite on the validation frames; fp32"
             log.warning("model %s: %s", self.model_id, self.precision_reason)
             return
-        dpsnr = max(abs(psnr(a, r) - psnr(b, r)) for a, b, r in zip(y32, y16, t))
-        mean_err = max(abs(float(b.mean()) / max(float(a.mean()), 1e-9) - 1) for a, b in zip(y32, y16))
+        dpsnr = float(np.max([abs(psnr(a, r) - psnr(b, r)) for a, b, r in zip(y32, y16, t)]))
+        mean_err = float(
+            np.max([abs(float(b.mean()) / max(float(a.mean()), 1e-9) - 1) for a, b in zip(y32, y16)])
+        )
         self.validation = {
             "max_psnr_diff_db": round(dpsnr, 4),
             "max_mean_rel_err": round(mean_err, 5),
             "frames": "3 synthetic 128x128 at 5, 30, 300 e- peak",
         }
         if not (
-            np.isfinite(y16).all() and dpsnr <= BF16_MAX_PSNR_DIFF_DB and mean_err <= BF16_MAX_MEAN_REL_ERR
+            np.isfinite(y16).all()
+            and np.isfinite(dpsnr)
+            and np.isfinite(mean_err)
+            and dpsnr <= BF16_MAX_PSNR_DIFF_DB
+            and mean_err <= BF16_MAX_MEAN_REL_ERR
         ):
             self.precision_reason = (
                 f"bf16 failed validation (PSNR diff {dpsnr:.3f} dB > {BF16_MAX_PSNR_DIFF_DB} "

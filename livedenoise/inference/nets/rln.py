@@ -69,6 +69,8 @@ def _conv_bn(cin: int, cout: int, k: int, activation: str = "softplus") -> nn.Se
 
 
 def _gaussian_init(conv: nn.Conv2d, sigma: float, generator: torch.Generator) -> None:
+    if conv.weight.is_meta:  # a shape-only skeleton (model cards are checked on one): nothing to fill
+        return
     k = conv.kernel_size[0]
     c = torch.arange(k, dtype=torch.float32) - (k - 1) / 2
     g = torch.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * sigma**2))
