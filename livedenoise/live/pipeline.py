@@ -115,6 +115,8 @@ class Pipeline:
         self._roi: Roi | None = None
         self._converter: PhotonConverter | None = None
         self._cal_roi: Calibration | None = None
+        self._raw_scale_cal: Calibration | None = None  # _raw_scale() computed for this one
+        self._raw_scale_keys: dict[str, float] = {}
         self._ring: RingBuffer | None = None
         self._reserved: Any = None
         self._t_reserve = 0.0
@@ -491,7 +493,7 @@ class Pipeline:
             "calibration": cal_id,
         }
         dropped = self.stats.dropped_total
-        pub.publish("raw", slot.raw, dropped=dropped, **common)
+        pub.publish("raw", slot.raw, dropped=dropped, **common, **self._raw_scale())
         truth = None
         if self.config.publish_truth and slot.truth_id is not None:
             truth = self.source.truth(slot.truth_id)
@@ -506,6 +508,19 @@ class Pipeline:
             self.stats.rates["published"].tick()
             if self.observer is not None:
                 self.observer(slot.frame, slot.e, restored, truth)
+
+    def _raw_scale(self) -> dict[str, float]:
+        """Additive raw-header keys: the ROI's median offset and gain, for viewers showing raw in e⁻."""
+        cal = self._cal_roi
+        if cal is None:
+            return {}
+        if cal is not self._raw_scale_cal:  # once per calibration crop (ROI change), not per frame
+            self._raw_scale_cal = cal
+            self._raw_scale_keys = {
+                "median_offset_adu": round(float(np.median(cal.offset_adu)), 3),
+                "median_gain_adu_per_e": round(float(np.median(cal.gain_adu_per_e)), 5),
+            }
+        return self._raw_scale_keys
 
     # -- status and control ----------------------------------------------------------------------
 

@@ -3,6 +3,12 @@
 The header is a UTF-8 JSON object (see DESIGN.md); the payload is the array's bytes in
 C order, exactly ``prod(shape) * itemsize`` long. This module builds and checks
 headers and has no ZeroMQ dependency, so any program can reuse it.
+
+Additive keys (present when known; subscribers ignore keys they do not know): ``index``,
+``channel``, ``position_um``; on ``denoised`` only, ``qc``; on ``raw`` only,
+``median_offset_adu`` and ``median_gain_adu_per_e``, the median of the calibration maps over
+the current ROI, so that a viewer can show raw frames approximately in photoelectrons,
+``(adu - median_offset_adu) / median_gain_adu_per_e`` (the per-pixel maps differ by a few %).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ frame faults in fresh pages.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -156,6 +157,7 @@ class Subscriber:
             raise
         self.stats = {t: TopicStats() for t in self.topics}
         self.malformed = 0
+        self._last_warning = -math.inf
 
     def recv(self, timeout_s: float | None = None) -> Message | None:
         """The next message, or None after ``timeout_s`` seconds (None = wait forever).
@@ -175,7 +177,12 @@ class Subscriber:
                 self.stats[topic].update(header, time.time())
             except (ProtocolError, TypeError, ValueError) as exc:  # e.g. "seq": "x"
                 self.malformed += 1
-                log.warning("skipped a message from %s: %s", self.endpoint, exc)
+                now = time.monotonic()
+                if now - self._last_warning >= 10.0:  # a stream of bad messages: one line per 10 s
+                    self._last_warning = now
+                    log.warning(
+                        "skipped a message from %s (%d skipped so far): %s", self.endpoint, self.malformed, exc
+                    )
                 continue
             array.flags.writeable = False  # a view of the received buffer
             return Message(topic, header, array)

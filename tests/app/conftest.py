@@ -1,0 +1,55 @@
+"""A virtual X server for the viewer tests (tests/app/test_viewer*.py, the napari widget)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+_SERVERS: list[subprocess.Popen] = []  # held to the end of the process (see display())
+
+
+@pytest.fixture(scope="session")
+def display() -> Iterator[str]:
+    """Xvfb for this test session, with DISPLAY set for in-process Qt and for subprocesses.
+
+    Qt's connection is opened here and held to the end: Xvfb runs with ``-terminate``, so it
+    exits by itself once the test process (its last client) has gone, and is never shut down
+    under a live QApplication (which would abort the process with an X I/O error).
+    """
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb is not installed (apt-get install xvfb libgl1-mesa-dri; .ci/run does it)")
+    pytest.importorskip("qtpy", reason='the view extra is not installed: pip install -e ".[view]"')
+    read, write = os.pipe()
+    proc = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write), "-screen", "0", "1600x1000x24", "-nolisten", "tcp", "-terminate"],
+        pass_fds=(write,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write)
+    _SERVERS.append(proc)
+    with os.fdopen(read) as fh:
+        number = fh.readline().strip()  # written once the server accepts clients
+    if not number:
+        proc.kill()
+        pytest.fail("Xvfb did not start")
+    os.environ["DISPLAY"] = f":{number}"
+    os.environ.pop("QT_QPA_PLATFORM", None)
+    os.environ.pop("WAYLAND_DISPLAY", None)
+    from qtpy import QtWidgets
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(["livedenoise-tests"])
+    app.setQuitOnLastWindowClosed(False)
+    yield f":{number}"
+
+
+@pytest.fixture(scope="session")
+def qapp(display: str) -> Any:
+    from qtpy import QtWidgets
+
+    return QtWidgets.QApplication.instance()
