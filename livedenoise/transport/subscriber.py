@@ -181,7 +181,10 @@ class Subscriber:
                 if now - self._last_warning >= 10.0:  # a stream of bad messages: one line per 10 s
                     self._last_warning = now
                     log.warning(
-                        "skipped a message from %s (%d skipped so far): %s", self.endpoint, self.malformed, exc
+                        "skipped a message from %s (%d skipped so far): %s",
+                        self.endpoint,
+                        self.malformed,
+                        exc,
                     )
                 continue
             array.flags.writeable = False  # a view of the received buffer

@@ -118,7 +118,12 @@ def test_the_window_shows_the_demo_and_restoration_removed_noise(window: Any) ->
     assert abs(float(raw_e.mean()) - float(truth.mean())) < 0.1 * float(truth.mean()) + 1
     assert np.std(raw_e - truth) > 1.5 * np.std(den - truth)  # the restoration removed noise
     info = window.info.text()
-    assert "frame" in info and "fps received" in info and "model rln-denoise-v2" in info and "calibration" in info
+    assert (
+        "frame" in info
+        and "fps received" in info
+        and "model rln-denoise-v2" in info
+        and "calibration" in info
+    )
     # on screen: the raw panel is visibly rougher than the restored one, with the same contrast
     assert _pump(lambda: window.frames_shown >= 8, 10)
     clims = {p.topic: (p.lut.clims.min, p.lut.clims.max) for p in window.panels}
@@ -144,9 +149,9 @@ def test_linked_zoom_and_flip(window: Any) -> None:
 
 def test_view_command_writes_a_screenshot_of_the_window(demo: str, display: str, tmp_path: Path) -> None:
     shot = tmp_path / "view.png"
+    argv = ["view", "--endpoint", demo, "--seconds", "2", "--screenshot", str(shot), "--size", "1200x500"]
     proc = subprocess.run(
-        [sys.executable, "-m", "livedenoise", "view", "--endpoint", demo, "--seconds", "2"]
-        + ["--screenshot", str(shot), "--size", "1200x500"],
+        [sys.executable, "-m", "livedenoise", *argv],
         capture_output=True,
         text=True,
         timeout=120,
