@@ -85,7 +85,7 @@ def remove_stale_parts(path: str | os.PathLike[str]) -> list[Path]:
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)(\.headers)?\.part$")
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for p in sorted(folder.iterdir()):
@@ -275,11 +275,12 @@ class StackRecorder:
             for ax in "XY":
                 meta[f"PhysicalSize{ax}"] = self.pixel_size_um
                 meta[f"PhysicalSize{ax}Unit"] = "µm"
+        height, width = self._shape
         omexml = tifffile.OmeXml(Creator="livedenoise")
         omexml.addimage(
             dtype=self._dtype,
             shape=(n, *self._shape),
-            storedshape=(n, 1, 1, *self._shape, 1),
+            storedshape=(n, 1, 1, height, width, 1),
             axes="TYX",
             **meta,
         )

@@ -150,7 +150,7 @@ def _loop(sub: Any, args: argparse.Namespace, recorders: dict[str, Any] | None) 
 
     stop = threading.Event()
     caught: list[str] = []
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
 
     def handler(signum: int, frame: Any) -> None:
         caught.append(signal.Signals(signum).name)
@@ -162,8 +162,8 @@ def _loop(sub: Any, args: argparse.Namespace, recorders: dict[str, Any] | None) 
     try:
         result = _receive(sub, args, recorders, stop)
     finally:
-        for sig, prev in previous.items():
-            signal.signal(sig, prev)
+        for signum, prev in previous.items():
+            signal.signal(signum, prev)
     if caught:
         result["stopped_by"] = caught[0]
     return result

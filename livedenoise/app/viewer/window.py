@@ -70,7 +70,8 @@ class _Panel:
     @property
     def camera(self) -> Any:
         # ndv has no public "link views"; its vispy canvas keeps the camera here
-        return self.viewer._canvas._camera
+        canvas: Any = self.viewer._canvas
+        return canvas._camera
 
     def show(self, image: np.ndarray) -> bool:
         """Copy ``image`` into the buffer and redraw; True if the shape changed (a new ROI)."""
