@@ -38,6 +38,9 @@ def display() -> Iterator[str]:
     if not number:
         proc.kill()
         pytest.fail("Xvfb did not start")
+    # With a QApplication alive, pymmcore-plus would route every later test's core signals
+    # through Qt's event loop, which only the viewer tests run: keep them on psygnal.
+    os.environ["PYMM_SIGNALS_BACKEND"] = "psygnal"
     os.environ["DISPLAY"] = f":{number}"
     os.environ.pop("QT_QPA_PLATFORM", None)
     os.environ.pop("WAYLAND_DISPLAY", None)

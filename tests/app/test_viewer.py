@@ -110,8 +110,13 @@ def window(qapp: Any, demo: str) -> Iterator[Any]:
 
 
 def test_the_window_shows_the_demo_and_restoration_removed_noise(window: Any) -> None:
-    assert _pump(lambda: window.frames_shown >= 5 and {"raw", "denoised", "truth"} <= set(window.images), 30)
-    raw_e, den, truth = (window.images[t] for t in ("raw", "denoised", "truth"))
+    from livedenoise.app.viewer.feed import raw_to_photoelectrons
+
+    topics = {"raw", "denoised", "truth"}
+    assert _pump(lambda: window.frames_shown >= 5 and set(window.last.messages) == topics, 30)
+    msgs = window.last.messages  # one camera frame as the three topics published it
+    raw_e = raw_to_photoelectrons(msgs["raw"].array, msgs["raw"].header)[0]
+    den, truth = msgs["denoised"].array, msgs["truth"].array
     assert raw_e.shape == den.shape == truth.shape == (96, 96)
     # raw is on the photoelectron scale (from the daemon's median calibration in the raw header)
     assert "e⁻ = (ADU −" in window.panels[0].title.text()
@@ -149,7 +154,7 @@ def test_linked_zoom_and_flip(window: Any) -> None:
 
 def test_view_command_writes_a_screenshot_of_the_window(demo: str, display: str, tmp_path: Path) -> None:
     shot = tmp_path / "view.png"
-    argv = ["view", "--endpoint", demo, "--seconds", "2", "--screenshot", str(shot), "--size", "1200x500"]
+    argv = ["view", "--endpoint", demo, "--seconds", "3", "--screenshot", str(shot), "--size", "1200x500"]
     proc = subprocess.run(
         [sys.executable, "-m", "livedenoise", *argv],
         capture_output=True,

@@ -44,6 +44,14 @@ def test_take_returns_the_newest_frame_that_every_topic_has_once() -> None:
         assert wait_for(got, 10)
         assert snap.messages["raw"].header["frame"] == snap.messages["denoised"].header["frame"] == snap.frame
         assert snap.header["model"] == "m1"  # the denoised header
+        last = snap
+
+        def newest() -> bool:  # frame i - 1 may not have been paired yet
+            nonlocal last
+            last = feed.take() or last
+            return last.frame == i - 1
+
+        assert wait_for(newest, 10) and set(last.messages) == {"raw", "denoised"}
         assert feed.take() is None  # the same frame is not handed out twice
         assert feed.status().state == "live"
         line = format_info(snap, feed.status())
