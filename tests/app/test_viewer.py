@@ -139,6 +139,33 @@ def test_the_window_shows_the_demo_and_restoration_removed_noise(window: Any) ->
     assert _roughness(crop["raw"]) > 1.5 * _roughness(crop["denoised"])
 
 
+def test_a_panel_redraws_every_new_frame(qapp: Any, rng: np.random.Generator) -> None:
+    """What is on screen follows the buffer: noisy frames, then smooth ones, must look smooth."""
+    from ndv.models import ClimsManual
+
+    from livedenoise.app.viewer.window import _Panel
+
+    os.environ.setdefault("NDV_SYNCHRONOUS", "1")
+    panel = _Panel("raw")
+    panel.lut.clims = ClimsManual(min=0, max=100)
+    panel.widget.resize(500, 500)
+    panel.widget.show()
+    smooth = np.tile(np.linspace(0, 100, 128, dtype=np.float32), (128, 1))
+    try:
+        for _ in range(5):
+            panel.show(smooth + rng.normal(0, 20, smooth.shape).astype(np.float32))
+            _pump(lambda: False, 0.04)
+        noisy = _roughness(_grey(panel.viewer.widget().grab().toImage())[60:-80, 20:-20])
+        for _ in range(5):
+            panel.show(smooth)
+            _pump(lambda: False, 0.04)
+        calm = _roughness(_grey(panel.viewer.widget().grab().toImage())[60:-80, 20:-20])
+        assert calm < noisy / 4, (noisy, calm)
+    finally:
+        panel.viewer.close()
+        panel.widget.close()
+
+
 def test_linked_zoom_and_flip(window: Any) -> None:
     assert _pump(lambda: window.frames_shown >= 2, 30)
     raw_panel, den_panel = window.panels[0], window.panels[1]

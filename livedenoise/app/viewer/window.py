@@ -5,8 +5,8 @@ contrast, the histogram. What this module adds through ndv's public API and the 
 behind its canvas: linked zoom and pan (the vispy cameras are linked; ndv has no public
 "link views"), one shared contrast across panels (the panels' LUT models kept in step), the
 flip between topics in one panel, the info and status lines, and the live feed. Each panel
-shows a buffer that is updated in place, then redrawn with
-``display_model.current_index.update()`` (ndv's streaming recipe), only for the newest frame.
+shows a buffer that is updated in place, then redrawn by emitting its ``DataWrapper``'s
+``data_changed`` (ndv's streaming recipe), only for the newest frame.
 """
 
 from __future__ import annotations
@@ -81,7 +81,9 @@ class _Panel:
             self.viewer.data = self.buffer  # a new shape: ndv resets the view to it
             return True
         np.copyto(self.buffer, image, casting="unsafe")
-        self.viewer.display_model.current_index.update()
+        # ndv 0.5 redraws on current_index.update() only when the index changed: tell it the
+        # data changed instead (its DataWrapper's signal; the streaming recipe of older ndv)
+        self.viewer.data_wrapper.data_changed.emit()
         return False
 
 
