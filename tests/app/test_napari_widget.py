@@ -82,3 +82,21 @@ def test_dock_widget_keeps_raw_and_denoised_layers_live(display: str, stream: An
     finally:
         widget.disconnect_feed()
         viewer.close()
+
+
+def test_napari_opens_a_recording_as_a_time_series(display: str, tmp_path: Any) -> None:
+    from livedenoise.app.recording import StackRecorder
+
+    path = tmp_path / "rec.tif"
+    rec = StackRecorder(path, "denoised", pixel_size_um=0.1)
+    for i in range(7):
+        header = {"frame": i, "t_acquired": 100.0 + i / 20, "exposure_ms": 5.0, "units": "photoelectrons"}
+        rec.write(header, np.full((16, 20), i, np.float32))
+    assert rec.close(complete=True, stopped_by="count") == path
+    viewer = napari.Viewer(show=False)
+    try:
+        (layer,) = viewer.open(str(path))
+        assert layer.data.shape == (7, 16, 20)  # T, Y, X: a slider over time
+        np.testing.assert_array_equal(np.asarray(layer.data)[:, 0, 0], np.arange(7))
+    finally:
+        viewer.close()
