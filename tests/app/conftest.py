@@ -10,8 +10,6 @@ from typing import Any
 
 import pytest
 
-_SERVERS: list[subprocess.Popen] = []  # held to the end of the process (see display())
-
 
 @pytest.fixture(scope="session")
 def display() -> Iterator[str]:
@@ -25,18 +23,14 @@ def display() -> Iterator[str]:
         pytest.skip("Xvfb is not installed (apt-get install xvfb libgl1-mesa-dri; .ci/run does it)")
     pytest.importorskip("qtpy", reason='the view extra is not installed: pip install -e ".[view]"')
     read, write = os.pipe()
-    proc = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write), "-screen", "0", "1600x1000x24", "-nolisten", "tcp", "-terminate"],
-        pass_fds=(write,),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # started in the background by a shell that exits at once: Xvfb is nobody's child here, so
+    # nothing has to wait for it (it ends by itself, -terminate, after the last client)
+    args = f"Xvfb -displayfd {write} -screen 0 1600x1000x24 -nolisten tcp -terminate"
+    subprocess.run(["sh", "-c", f"{args} >/dev/null 2>&1 &"], pass_fds=(write,), check=True, timeout=30)
     os.close(write)
-    _SERVERS.append(proc)
     with os.fdopen(read) as fh:
         number = fh.readline().strip()  # written once the server accepts clients
     if not number:
-        proc.kill()
         pytest.fail("Xvfb did not start")
     # With a QApplication alive, pymmcore-plus would route every later test's core signals
     # through Qt's event loop, which only the viewer tests run: keep them on psygnal.
