@@ -19,7 +19,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "livedenoise"
 MAX_LINES = 600
-HEAVY_THIRD_PARTY = {"torch", "zmq", "matplotlib", "skimage", "onnx", "onnxruntime", "tensorrt"}
+HEAVY_THIRD_PARTY = {
+    *("torch", "zmq", "matplotlib", "skimage", "onnx", "onnxruntime", "tensorrt"),
+    *("qtpy", "PyQt6", "ndv", "napari", "vispy", "superqt"),  # the optional viewer extras
+}
 
 
 def _modules() -> dict[str, Path]:

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "serve": "serve",
     "subscribe": "subscribe",
+    "view": "view",
     "denoise": "denoise",
     "calibrate": "calibrate",
     "collect-pairs": "collect_pairs",

@@ -108,6 +108,8 @@ class Pipeline:
         self._roi: Roi | None = None
         self._converter: PhotonConverter | None = None
         self._cal_roi: Calibration | None = None
+        self._raw_scale_cal: Calibration | None = None  # _raw_scale() computed for this one
+        self._raw_scale_keys: dict[str, float] = {}
         self._ring: RingBuffer | None = None
         self._reserved: Slot | None = None
         self._t_reserve = 0.0
@@ -460,7 +462,8 @@ class Pipeline:
             "calibration": cal_id,
         }
         dropped = self.stats.dropped_total
-        pub.publish("raw", slot.raw, dropped=dropped, **common)
+        raw_extra: dict[str, Any] = self._raw_scale()
+        pub.publish("raw", slot.raw, dropped=dropped, **common, **raw_extra)
         truth = None
         if self.config.publish_truth and slot.truth_id is not None:
             truth = self.source.truth(slot.truth_id)
@@ -487,6 +490,19 @@ class Pipeline:
         qc = frame_qc(e, restored, cal.read_var_e2, stride=stride)
         self.qc.add(qc)
         return qc
+
+    def _raw_scale(self) -> dict[str, float]:
+        """Additive raw-header keys: the ROI's median offset and gain, for viewers showing raw in e⁻."""
+        cal = self._cal_roi
+        if cal is None:
+            return {}
+        if cal is not self._raw_scale_cal:  # once per calibration crop (ROI change), not per frame
+            self._raw_scale_cal = cal
+            self._raw_scale_keys = {
+                "median_offset_adu": round(float(np.median(cal.offset_adu)), 3),
+                "median_gain_adu_per_e": round(float(np.median(cal.gain_adu_per_e)), 5),
+            }
+        return self._raw_scale_keys
 
     # -- status and control ----------------------------------------------------------------------
 

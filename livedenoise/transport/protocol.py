@@ -27,7 +27,11 @@ in to remote access, which then requires CURVE keys). Every message has exactly 
    - on ``denoised`` only, when the daemon computes it: ``qc``, the frame's trust score
      ``{"chi2": float, "structure": float, "ok": bool}``: the residual ``raw_e - denoised``
      checked against the calibrated Poisson + read-noise model (``chi2`` ≈ 1 and
-     ``structure`` ≈ 0 when consistent; see :mod:`livedenoise.live.qc`).
+     ``structure`` ≈ 0 when consistent; see :mod:`livedenoise.live.qc`);
+   - on ``raw`` only: ``median_offset_adu`` and ``median_gain_adu_per_e``, the medians of the
+     calibration maps over the current ROI, so that a viewer can show raw frames approximately
+     in photoelectrons, ``(adu - median_offset_adu) / median_gain_adu_per_e`` (the per-pixel
+     maps differ by a few %).
 
    Subscribers must ignore keys they do not know: keys are added without changing the
    protocol name.

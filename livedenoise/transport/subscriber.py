@@ -16,6 +16,7 @@ frame faults in fresh pages.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -58,6 +59,10 @@ class TopicStats:
     dropped: int = 0
     latencies_s: deque[float] = field(default_factory=deque)
     arrivals: deque[float] = field(default_factory=deque)
+    qc_frames: int = 0
+    qc_ok: int = 0
+    qc_chi2_sum: float = 0.0
+    last_qc: dict[str, Any] | None = None
 
     def update(self, header: dict[str, Any], now: float) -> None:
         seq = int(header["seq"])
@@ -68,6 +73,12 @@ class TopicStats:
         self.last_seq = seq
         self.frames += 1
         self.dropped = int(header["dropped"])
+        qc = header.get("qc")
+        if isinstance(qc, dict) and isinstance(qc.get("chi2"), int | float):
+            self.qc_frames += 1
+            self.qc_ok += bool(qc.get("ok"))
+            self.qc_chi2_sum += float(qc["chi2"])
+            self.last_qc = qc
         for q, v in ((self.latencies_s, now - float(header["t_acquired"])), (self.arrivals, now)):
             q.append(v)
             if len(q) > self.window:
@@ -95,6 +106,14 @@ class TopicStats:
             "latency_p50_ms": _round(self.latency_ms(50)),
             "latency_p99_ms": _round(self.latency_ms(99)),
             "dropped": self.dropped,
+            "qc": None
+            if not self.qc_frames
+            else {
+                "frames": self.qc_frames,
+                "ok_fraction": round(self.qc_ok / self.qc_frames, 4),
+                "chi2_mean": round(self.qc_chi2_sum / self.qc_frames, 4),
+                "last": self.last_qc,
+            },
         }
 
 
@@ -156,6 +175,7 @@ class Subscriber:
             raise
         self.stats = {t: TopicStats() for t in self.topics}
         self.malformed = 0
+        self._last_warning = -math.inf
 
     def recv(self, timeout_s: float | None = None) -> Message | None:
         """The next message, or None after ``timeout_s`` seconds (None = wait forever).
@@ -175,7 +195,15 @@ class Subscriber:
                 self.stats[topic].update(header, time.time())
             except (ProtocolError, TypeError, ValueError) as exc:  # e.g. "seq": "x"
                 self.malformed += 1
-                log.warning("skipped a message from %s: %s", self.endpoint, exc)
+                now = time.monotonic()
+                if now - self._last_warning >= 10.0:  # a stream of bad messages: one line per 10 s
+                    self._last_warning = now
+                    log.warning(
+                        "skipped a message from %s (%d skipped so far): %s",
+                        self.endpoint,
+                        self.malformed,
+                        exc,
+                    )
                 continue
             array.flags.writeable = False  # a view of the received buffer
             return Message(topic, header, array)
