@@ -170,6 +170,11 @@ def adapt(
     if ft.threads:
         torch.set_num_threads(int(ft.threads))
     module, init_card = load_model(init)
+    if init_card.task != "denoise":
+        raise ValueError(
+            f"model {init_card.id!r} is a {init_card.task} model; self-supervision with noisy views as "
+            "targets teaches denoising only: start from a denoise model (`livedenoise models`)"
+        )
     module.train()
     before = evaluate_pairs(module, val_pairs)
     log.info(

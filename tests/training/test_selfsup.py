@@ -88,6 +88,17 @@ def test_too_few_frames_for_temporal_is_refused() -> None:
         adapt(e, "rln-denoise-v2", config=SelfSupConfig(method="temporal", finetune=FAST), progress=False)
 
 
+def test_a_model_of_another_task_is_refused(tmp_path: Path) -> None:
+    from livedenoise.inference.modelio import ModelCard, save_model
+    from livedenoise.inference.nets import build_network
+
+    path = tmp_path / "deconv.pt"
+    save_model(build_network("rln"), ModelCard(id="deconv", architecture="rln", task="deconvolve"), path)
+    e = frames_to_e(_frames(8), _camera())
+    with pytest.raises(ValueError, match="deconvolve model"):
+        adapt(e, str(path), config=SelfSupConfig(method="temporal", finetune=FAST), progress=False)
+
+
 def test_adapting_on_noisy_frames_alone_improves_the_held_out_measure(tmp_path: Path) -> None:
     e = frames_to_e(_frames(12), _camera())
     out = tmp_path / "adapted.pt"
