@@ -169,5 +169,15 @@ def running_source(source: Any, sink: Any, *, raise_errors: bool = True) -> Iter
         raise errors[0]
 
 
+def assert_accounted(status: Mapping[str, Any]) -> None:
+    """The rule at the end of every run: every frame acquired was restored or dropped for a reason."""
+    frames, drops = status["frames"], status["drops"]
+    assert frames["pending"] == 0, f"frames still in the ring or the engine after the run: {frames}"
+    assert status["dropped"] == sum(drops.values()), status
+    assert frames["acquired"] == frames["restored"] + sum(drops.values()), (
+        f"acquired {frames['acquired']} != restored {frames['restored']} + dropped {drops}"
+    )
+
+
 def livedenoise_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("livedenoise-")]

@@ -63,6 +63,9 @@ class PipelineConfig:
         Consecutive engine failures after which the pipeline stops (1-100000).
     latency_samples : int
         Size of each per-stage latency reservoir (64-1000000).
+    drain_timeout_s : float
+        At stop, the frames already acquired are restored for at most this long (0-3600 s); the
+        ones still waiting then are counted as dropped (``stopped``), so a stop is bounded.
     """
 
     ring_slots: int = 8
@@ -82,6 +85,7 @@ class PipelineConfig:
     publish_truth: bool = False
     max_engine_failures: int = 10
     latency_samples: int = 4096
+    drain_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         _int_range(self, "ring_slots", 2, 4096)
@@ -133,6 +137,7 @@ class PipelineConfig:
         _float_range(self, "poll_interval_ms", 0.05, 100.0)
         _int_range(self, "max_engine_failures", 1, 100000)
         _int_range(self, "latency_samples", 64, 1_000_000)
+        _float_range(self, "drain_timeout_s", 0.0, 3600.0)
         for name in ("no_calibration", "allow_remote", "publish_truth"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} = {getattr(self, name)!r}: expected true or false")

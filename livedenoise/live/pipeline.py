@@ -5,14 +5,23 @@ Two threads:
 - **acquisition** (runs :meth:`FrameSource.run`): every frame is copied into a claimed
   ring slot, converted to photoelectrons in place (:class:`PhotonConverter`) and
   committed. It never waits for a viewer, a disk or the network; under ``drop-oldest``
-  it never waits at all.
+  it never waits at all. A source that hands frames over on *another program's* threads
+  (``delivers_on_foreign_threads``, the attached source) only has them copied there; the
+  worker converts them.
 - **worker**: takes the oldest slot, restores it into a preallocated output with the
   engine, publishes ``raw``, ``denoised`` (and ``truth`` for the simulator) with one
   ``frame`` number, and releases the slot.
 
-Every frame that is not restored is counted by reason (``ring-full``, ``camera``,
-``not-seen``, ``engine-error``, ``bad-frame``), emitted as ``frameDropped`` and carried in
-the cumulative ``dropped`` header field.
+Every frame is accounted for: ``frames.acquired`` counts every camera frame the pipeline knows
+of (received, or missed by the core or the other program), and at the end of any run
+``acquired == restored + dropped``, the drops counted by reason (``ring-full``, ``camera``,
+``not-seen``, ``engine-error``, ``bad-frame``, ``stopped``), each emitted as ``frameDropped``
+and carried in the cumulative ``dropped`` header field. While running, ``frames.pending`` are
+the frames in the ring or in the engine.
+
+A stop is bounded: the camera stops, the frames it already gave are still restored for up to
+``drain_timeout_s``, what is left is counted as ``stopped``, and the threads are joined; an
+engine call that does not return in time is left behind with its frame counted as ``stopped``.
 
 Example
 -------
@@ -35,7 +44,7 @@ from livedenoise.calibration.maps import Calibration, CalibrationError, PhotonCo
 from livedenoise.inference.engines import Engine
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.events import PipelineEvents
-from livedenoise.live.ringbuffer import RingBuffer, Slot
+from livedenoise.live.ringbuffer import RingBuffer, RingClosed, Slot
 from livedenoise.live.sink import FrameSink
 from livedenoise.live.sources import FrameInfo, FrameSource, SourceError
 from livedenoise.live.stats import PipelineStats
@@ -101,6 +110,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pending_engine: Engine | None = None
+        self._pending_shape: tuple[int, int] | None = None
         self._engine_lock = threading.Lock()
         self._expected_index = 0
         self._roi: Roi | None = None
@@ -111,19 +121,31 @@ class Pipeline:
         self._t_reserve = 0.0
         self._t_start = 0.0
         self._engine_failed = False
+        # sources handing frames over on another program's threads only copy there (see module doc)
+        self._convert_on_worker = bool(getattr(source, "delivers_on_foreign_threads", False))
+        self._deadline: float | None = None  # stopping: after this (monotonic s) what is left is dropped
+        self._in_flight: int | None = None  # frame the worker holds
+        self._flight_lock = threading.Lock()
+        self._abandoned = False  # stop gave up waiting for the worker's engine call
+        self._engine_swapped = threading.Condition()
+        self._state_changed = threading.Condition()
+        self._starts = 0
         self.control_endpoint: str | None = None
         self.control: _Closable | None = None  # the control server the application attached
 
     # -- life cycle -----------------------------------------------------------------
 
     def _set_state(self, state: PipelineState) -> None:
-        self.state = state
+        with self._state_changed:
+            self.state = state
+            self._state_changed.notify_all()
         self.events.stateChanged.emit(state)
 
     def start(self) -> Pipeline:
         """Prepare the ring and engine for the camera's current ROI and start both threads."""
         if self._threads:
             raise RuntimeError("pipeline already started")
+        self._starts += 1
         self._set_state(PipelineState.STARTING)
         try:
             roi = self.source.geometry()
@@ -135,6 +157,9 @@ class Pipeline:
         self._stop.clear()
         self.failure = None
         self._engine_failed = False
+        self._deadline = None
+        self._in_flight = None
+        self._abandoned = False
         self._t_start = time.time()
         acq = threading.Thread(target=self._acquire_loop, name="livedenoise-acquire", daemon=True)
         work = threading.Thread(target=self._work_loop, name="livedenoise-worker", daemon=True)
@@ -145,29 +170,74 @@ class Pipeline:
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop acquisition, let the worker finish the frames already acquired, join threads."""
+        """Stop acquisition, restore what was acquired (bounded), join the threads.
+
+        The camera stops and the frames it already gave enter the ring; the worker restores
+        the ring's frames for up to ``config.drain_timeout_s``, and counts the rest as dropped
+        (``stopped``). Each thread then gets ``timeout_s`` more to finish; an engine call still
+        running after that is left behind, its frame counted as ``stopped``.
+        """
         if not self._threads:
             return
         if self.state is not PipelineState.FAILED:
             self._set_state(PipelineState.STOPPING)
-        self._stop.set()
+        self._begin_stop()
         acq, work = self._threads
-        acq.join(timeout_s)
+        acq.join(self.config.drain_timeout_s + timeout_s)
         if self._ring is not None:
             self._ring.close()
-        work.join(timeout_s)
+        work.join(max(0.0, (self._deadline or 0.0) - time.monotonic()) + timeout_s)
         alive = [t.name for t in self._threads if t.is_alive()]
-        self._threads = []
         if alive:
-            log.error("threads still alive after %s s: %s", timeout_s, alive)
+            self._abandon(alive, timeout_s)
+        else:
+            self._threads = []
         if self.state is not PipelineState.FAILED:
             self._set_state(PipelineState.STOPPED)
 
+    def _begin_stop(self) -> None:
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.config.drain_timeout_s
+        self._stop.set()
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() > self._deadline
+
+    def _abandon(self, alive: list[str], timeout_s: float) -> None:
+        """Give up on threads that did not end; their frame is counted, they touch nothing more."""
+        with self._flight_lock:
+            self._abandoned = True
+            frame, self._in_flight = self._in_flight, None
+        left = [frame] if frame is not None else []
+        if self._ring is not None:
+            left += self._ring.discard()
+        for f in left:
+            self._drop(f, DropReason.STOPPED)
+        log.error(
+            "%s still busy %.0f s after the stop (the engine did not return%s); left behind. "
+            "If this repeats, check the engine (`livedenoise bench --engine-only`)",
+            ", ".join(alive),
+            self.config.drain_timeout_s + timeout_s,
+            f"; {len(left)} frame(s) counted as dropped (stopped)" if left else "",
+        )
+        self._threads = [t for t in self._threads if t.is_alive()]
+
     def close(self) -> None:
-        """Stop, then close the control socket, the engine, the source and the publisher."""
+        """Stop, then close the control socket, the engine, the source and the publisher.
+
+        What a left-behind thread still uses (engine and publisher, or source) is not closed
+        (see :meth:`stop`).
+        """
         self.stop()
+        busy = {t.name for t in self._threads}
+        worker_busy = "livedenoise-worker" in busy
+        skip = {
+            id(self.engine): worker_busy,
+            id(self.publisher): worker_busy,
+            id(self.source): "livedenoise-acquire" in busy,
+        }
         for obj in (self.control, self.engine, self.source, self.publisher):
-            if obj is None:
+            if obj is None or skip.get(id(obj), False):
                 continue
             try:
                 obj.close()
@@ -182,6 +252,22 @@ class Pipeline:
     def running(self) -> bool:
         return bool(self._threads) and not self._stop.is_set()
 
+    def wait_running(self, timeout_s: float | None = None) -> bool:
+        """Wait until the stream runs (True), or it ended or never started within ``timeout_s`` (False).
+
+        A pipeline that was not started yet, or is still starting (preparing its engine), is
+        waited for: control commands sent right after the daemon's start use this.
+        """
+
+        def settled() -> bool:
+            if self.running and self.state in (PipelineState.RUNNING, PipelineState.PAUSED):
+                return True
+            return self._starts > 0 and self.state in (PipelineState.STOPPED, PipelineState.FAILED)
+
+        with self._state_changed:
+            self._state_changed.wait_for(settled, timeout_s)
+        return self.running
+
     def pause(self, timeout_s: float = 5.0) -> None:
         """Stop the camera (frames already acquired are still restored and published)."""
         self.source.pause(timeout_s)
@@ -193,31 +279,48 @@ class Pipeline:
         self._set_state(PipelineState.RUNNING)
 
     def _fail(self, where: str, message: str) -> None:
+        if self.failure is not None:
+            return  # the first failure is the story
         log.error("%s: %s", where, message)
         self.failure = f"{where}: {message}"
         self.events.error.emit(where, message)
         self._set_state(PipelineState.FAILED)
-        self._stop.set()
+        self._begin_stop()
         if self._ring is not None:
             self._ring.close()
 
     # -- engine and model -----------------------------------------------------------------
 
-    def set_engine(self, engine: Engine) -> None:
-        """Use ``engine`` from the next frame on (the old one is closed by the worker)."""
+    def set_engine(self, engine: Engine, prepared_shape: tuple[int, int] | None = None) -> None:
+        """Use ``engine`` from the next frame on (the old one is closed by the worker).
+
+        ``prepared_shape``: the frame shape ``engine`` was already prepared for (off the worker
+        thread, see ``livedenoise.app.daemon.set_model``), so the swap between two frames costs
+        nothing; otherwise the worker prepares it. :meth:`wait_engine` waits for the swap.
+        """
         with self._engine_lock:
             self._pending_engine = engine
+            self._pending_shape = prepared_shape
         if not self._threads:
             self._swap_engine(None)
+
+    def wait_engine(self, engine: Engine, timeout_s: float = 5.0) -> bool:
+        """Wait until ``engine`` is the one in use (True), or ``timeout_s`` passes."""
+        with self._engine_swapped:
+            return self._engine_swapped.wait_for(lambda: self.engine is engine, timeout_s)
 
     def _swap_engine(self, shape: tuple[int, int] | None) -> None:
         with self._engine_lock:
             new, self._pending_engine = self._pending_engine, None
+            prepared, self._pending_shape = self._pending_shape, None
         if new is None:
             return
-        if shape is not None:
+        if shape is not None and tuple(shape) != prepared:
             new.prepare(shape)
-        old, self.engine = self.engine, new
+        old = self.engine
+        with self._engine_swapped:
+            self.engine = new
+            self._engine_swapped.notify_all()
         if old is not new:
             try:
                 old.close()
@@ -285,8 +388,8 @@ class Pipeline:
         assert ring is not None
         if self.config.ring_policy is RingPolicy.BLOCK:
             slot = None
-            while slot is None and not ring.closed:
-                slot = ring.claim(timeout_s=0.5)
+            while slot is None and not ring.closed and not self._past_deadline():
+                slot = ring.claim(timeout_s=0.2)
             return slot
         return ring.claim()
 
@@ -308,9 +411,11 @@ class Pipeline:
             self._ring.abort(slot)
 
     def _sink(self, raw: np.ndarray, info: FrameInfo) -> None:
+        """Take one frame from the source: every frame ends committed to the ring or counted as dropped."""
         t0 = time.perf_counter()
         ring = self._ring
         assert ring is not None
+        acquired = self.stats.rates["acquired"]
         slot = self._reserved
         if slot is not None:
             self._reserved = None
@@ -319,53 +424,67 @@ class Pipeline:
             else:  # not the reserved array after all: give it back, take the normal path
                 ring.abort(slot)
                 slot = None
-        if info.index > self._expected_index:
+        if info.index > self._expected_index:  # frames the core or the other program lost
+            acquired.tick(info.index - self._expected_index)
             for frame in range(self._expected_index, info.index):
                 self._drop(frame, info.missed_reason)
         self._expected_index = max(self._expected_index, info.index + 1)
-        if raw.dtype != np.uint16 or raw.ndim != 2:
+        acquired.tick()
+
+        def refuse(reason: DropReason) -> None:
             if slot is not None:
                 ring.abort(slot)
-            self._drop(info.index, DropReason.BAD_FRAME)
+            self._drop(info.index, reason)
+
+        if ring.closed:  # stopping or failed: the frames the camera still gives are counted
+            refuse(DropReason.STOPPED)
+            return
+        if raw.dtype != np.uint16 or raw.ndim != 2:
+            refuse(DropReason.BAD_FRAME)
             self.events.error.emit(
                 "source", f"frame {info.index} is {raw.dtype} {raw.shape}, expected uint16 2D"
             )
             return
         if raw.shape != ring.shape or info.roi != self._roi:
-            if slot is not None:  # same shape, new ROI position: keep the data, re-crop the maps
-                try:
+            try:
+                if slot is not None:  # same shape, new ROI position: keep the data, re-crop the maps
                     self._commit_geometry_change(info.roi, raw.shape)
-                except SourceError:
-                    ring.abort(slot)
-                    self._drop(info.index, DropReason.BAD_FRAME)
-                    raise
-            else:
-                try:
+                else:
                     self._configure(info.roi, raw.shape)  # type: ignore[arg-type]
-                except (CalibrationError, TimeoutError) as exc:
-                    self._drop(info.index, DropReason.BAD_FRAME)
-                    raise SourceError(str(exc)) from exc
+            except (CalibrationError, SourceError, TimeoutError, RingClosed) as exc:
+                refuse(DropReason.BAD_FRAME if not isinstance(exc, RingClosed) else DropReason.STOPPED)
+                if not isinstance(exc, RingClosed):
+                    self._fail("acquisition", str(exc))
+                return
         if slot is None:
             slot = self._claim()
-            if slot is None:  # closed while waiting: the pipeline is stopping
+            if slot is None:  # closed or past the stop's deadline while waiting (block policy)
                 self._drop(info.index, DropReason.STOPPED)
                 return
             np.copyto(slot.raw, raw)
         t1 = time.perf_counter()
-        self._converter(slot.raw, slot.e)  # type: ignore[misc]
-        t2 = time.perf_counter()
+        slot.converter = self._converter
+        slot.calibration = self._cal_roi.id if self._cal_roi is not None else None
+        if self._convert_on_worker:
+            slot.converted = False
+            t2 = t1
+        else:
+            self._converter(slot.raw, slot.e)  # type: ignore[misc]
+            slot.converted = True
+            t2 = time.perf_counter()
         slot.frame = info.index
         slot.exposure_ms = info.exposure_ms
         slot.t_acquired = info.t_acquired
         slot.camera = info.camera
         slot.truth_id = info.truth_id
+        slot.identity = dict(info.identity) if info.identity else None
         slot.t_pop = t0
         slot.acquire_s = t1 - t0
         slot.convert_s = t2 - t1
         ring.commit(slot)
         self.stats.latency["acquire"].add(t1 - t0)
-        self.stats.latency["convert"].add(t2 - t1)
-        self.stats.rates["acquired"].tick()
+        if slot.converted:
+            self.stats.latency["convert"].add(t2 - t1)
         self.events.frameAcquired.emit(info.index, info.t_acquired)
 
     def _acquire_loop(self) -> None:
@@ -374,8 +493,10 @@ class Pipeline:
         except Exception as exc:
             self._fail("acquisition", str(exc) or type(exc).__name__)
         finally:
+            if self._reserved is not None:
+                self._unreserve()
             if self._ring is not None and self._stop.is_set():
-                self._ring.close()
+                self._ring.close()  # after the source delivered what the camera already gave
 
     # -- worker thread -------------------------------------------------------------------------
 
@@ -391,18 +512,34 @@ class Pipeline:
             if slot is None:
                 if ring.closed:
                     break
+                if self._pending_engine is not None:  # idle: swap now
+                    self._swap_engine(ring.shape)
                 continue
             t_get = time.perf_counter()
             lent = None
+            with self._flight_lock:
+                if self._abandoned:  # stop() gave up on this thread and counted what was left
+                    ring.release(slot)
+                    break
+                self._in_flight = slot.frame
             try:
+                if self._past_deadline():  # stopping, and the time to restore is up
+                    self._settle(slot.frame, DropReason.STOPPED)
+                    continue
                 shape = slot.e.shape
                 if out.shape != shape:
                     out = np.zeros(shape, np.float32)
                     self.engine.prepare(shape)
                 if self._pending_engine is not None:
                     self._swap_engine(shape)
+                if not slot.converted:
+                    slot.converter(slot.raw, slot.e)  # type: ignore[misc]
+                    slot.converted = True
+                    t_conv = time.perf_counter()
+                    lat["convert"].add(t_conv - t_get)
+                    t_get = t_conv
                 if self._engine_failed:
-                    self._drop(slot.frame, DropReason.ENGINE_ERROR)
+                    self._settle(slot.frame, DropReason.ENGINE_ERROR)
                     continue
                 lat["queue"].add(t_get - slot.t_commit)
                 restored = None
@@ -414,7 +551,8 @@ class Pipeline:
                     failures = 0
                 except Exception as exc:
                     failures += 1
-                    self._drop(slot.frame, DropReason.ENGINE_ERROR)
+                    if not self._settle(slot.frame, DropReason.ENGINE_ERROR):
+                        break  # left behind by stop(): touch nothing more
                     self.events.error.emit("engine", f"frame {slot.frame}: {exc}")
                     log.warning("engine failed on frame %s: %s", slot.frame, exc)
                     if failures >= self.config.max_engine_failures:
@@ -426,8 +564,9 @@ class Pipeline:
                         )
                 t_eng = time.perf_counter()
                 if restored is not None:
+                    if not self._settle(slot.frame, None):
+                        break  # left behind by stop(): its frame is already counted
                     lat["engine"].add(t_eng - t_get)
-                    stats.rates["restored"].tick()
                 self._publish(slot, restored)
                 t_pub = time.perf_counter()
                 lat["publish"].add(t_pub - t_eng)
@@ -435,6 +574,7 @@ class Pipeline:
                 if restored is not None:
                     self.events.frameRestored.emit(slot.frame, t_pub - slot.t_pop)
             except Exception as exc:  # a publisher or observer fault: report, keep going
+                self._settle(slot.frame, DropReason.ENGINE_ERROR)  # no-op if already counted
                 self.events.error.emit("worker", f"frame {slot.frame}: {exc}")
                 log.warning("worker failed on frame %s: %s", slot.frame, exc)
             finally:
@@ -442,21 +582,39 @@ class Pipeline:
                     self.publisher.give_back("denoised", lent)
                 ring.release(slot)
 
+    def _settle(self, frame: int, reason: DropReason | None) -> bool:
+        """Count the worker's frame once: restored (``reason`` None) or dropped for ``reason``.
+
+        Returns False when :meth:`stop` left the worker behind (the frame was counted there).
+        """
+        with self._flight_lock:
+            if self._abandoned:
+                return False
+            if self._in_flight != frame:
+                return True  # already counted
+            self._in_flight = None
+        if reason is None:
+            self.stats.rates["restored"].tick()
+        else:
+            self._drop(frame, reason)
+        return True
+
     def _borrow(self, shape: tuple[int, ...]) -> np.ndarray | None:
         return self.publisher.borrow("denoised", shape, np.float32)
 
     def _publish(self, slot: Slot, restored: np.ndarray | None) -> None:
         pub = self.publisher
         model = self.engine.model_id
-        cal_id = self._cal_roi.id if self._cal_roi is not None else None
-        common = {
+        common: dict[str, Any] = {
             "frame": slot.frame,
             "exposure_ms": slot.exposure_ms,
             "t_acquired": slot.t_acquired,
             "camera": slot.camera,
             "model": model,
-            "calibration": cal_id,
+            "calibration": slot.calibration,
         }
+        if slot.identity:
+            common.update(slot.identity)
         dropped = self.stats.dropped_total
         pub.publish("raw", slot.raw, dropped=dropped, **common)
         truth = None
@@ -480,6 +638,7 @@ class Pipeline:
         """JSON-able state for the control socket and the live display."""
         snap = self.stats.snapshot()
         ring = self._ring.counters() if self._ring is not None else {}
+        snap["frames"]["pending"] = ring.get("queued", 0) + int(self._in_flight is not None)
         try:
             engine = self.engine.describe()
         except Exception as exc:

@@ -64,7 +64,8 @@ class FrameInfo(NamedTuple):
 
     ``index`` is the frame number since acquisition start (it runs on across pauses);
     a jump of ``index`` means frames were lost before the pipeline saw them, for the
-    reason ``missed_reason``.
+    reason ``missed_reason``. ``identity`` places the frame in an MDA (``index``, ``channel``,
+    ``position_um``: see :func:`livedenoise.live.attached.event_identity`), None outside one.
     """
 
     index: int
@@ -74,6 +75,7 @@ class FrameInfo(NamedTuple):
     roi: Roi
     truth_id: int | None
     missed_reason: DropReason = DropReason.CAMERA
+    identity: Mapping[str, Any] | None = None
 
 
 class Sink(Protocol):
@@ -355,7 +357,7 @@ class CoreSource:
             camera=self.camera,
             roi=roi,
             truth_id=None if tid is None else int_value(tid, -1),
-            missed_reason="camera",
+            missed_reason=DropReason.CAMERA,
         )
 
     def run(self, sink: Sink, stop: threading.Event) -> None:

@@ -8,7 +8,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _pipeline_helpers import SlowEngine, fake_core, livedenoise_threads, sim_core, wait_for
+from _pipeline_helpers import (
+    SlowEngine,
+    assert_accounted,
+    fake_core,
+    livedenoise_threads,
+    sim_core,
+    wait_for,
+)
 
 from livedenoise.app.daemon import serve_control
 from livedenoise.calibration.maps import Calibration
@@ -112,6 +119,7 @@ def test_frames_are_contiguous_matched_and_follow_the_protocol() -> None:
         n = rig.pipe.status()["frames"]["restored"]
         rig.settle("denoised", n)
         rig.settle("raw", n)
+    assert_accounted(rig.pipe.status())
     cal = _roi_cal(cam, (8, 4, 48, 32, 1))
     raw = {h["frame"]: (h, a) for h, a in rig.rx.msgs["raw"]}
     for topic, dtype, units in (
@@ -150,6 +158,7 @@ def test_slow_subscriber_does_not_slow_acquisition() -> None:
     # the camera runs at 100 frames/s; a shared 2-core machine may slow the simulator itself
     assert (n1 - n0) >= 40, f"acquired only {n1 - n0} frames/s with a stalled subscriber"
     assert st["dropped"] == 0 and st["frames"]["restored"] == st["frames"]["acquired"]
+    assert_accounted(st)
     assert rig.rx.count("denoised") == 0 and elapsed < 10
 
 
@@ -165,6 +174,7 @@ def test_drop_oldest_counts_every_lost_frame_exactly() -> None:
     ring_drops = st["drops"]["ring-full"]
     assert set(st["drops"]) == {"ring-full"}
     assert restored + ring_drops == acquired
+    assert_accounted(st)
     assert st["ring"]["dropped"] == ring_drops and len(rig.drops) == ring_drops
     assert [n for _, _, n in rig.drops] == list(range(1, ring_drops + 1))
     published = [h["frame"] for h, _ in rig.rx.msgs["denoised"]]
@@ -185,6 +195,7 @@ def test_block_policy_loses_nothing() -> None:
         rig.settle("denoised", st["frames"]["restored"])
     assert st["dropped"] == 0 and st["drops"] == {}
     assert st["frames"]["restored"] == st["frames"]["acquired"]
+    assert_accounted(st)
     frames = [h["frame"] for h, _ in rig.rx.msgs["denoised"]]
     assert frames == list(range(st["frames"]["acquired"]))
 
@@ -207,6 +218,7 @@ def test_roi_and_binning_change_mid_stream_recrop_and_continue() -> None:
         rig.settle("raw", st["frames"]["acquired"])
     assert roi_after_crop == [8, 16, 32, 24, 1]
     assert st["state"] == "stopped" and st["dropped"] == 0
+    assert_accounted(st)
     raw = {h["frame"]: a for h, a in rig.rx.msgs["raw"]}
     cal_crop, cal_bin = _roi_cal(cam, roi_after_crop), _roi_cal(cam, roi_binned)
     seen = set()
@@ -232,6 +244,7 @@ def test_camera_error_mid_acquisition_stops_cleanly() -> None:
     st = rig.pipe.status()
     assert st["state"] == "failed" and "stopped acquiring by itself after 15 frames" in st["failure"]
     assert st["frames"]["acquired"] == st["frames"]["restored"] == 15  # nothing acquired was lost
+    assert_accounted(st)
     assert [w for w, _ in rig.errors] == ["acquisition"]
     assert livedenoise_threads() == []
 
@@ -247,6 +260,7 @@ def test_engine_errors_are_counted_and_repeated_failures_stop() -> None:
     assert st["state"] == "stopped"
     assert st["drops"] == {"engine-error": flaky.calls // 4}
     assert st["frames"]["restored"] + st["dropped"] == st["frames"]["acquired"]
+    assert_accounted(st)
     assert rig.rx.count("raw") == st["frames"]["acquired"]  # raw frames still published
     assert all(w == "engine" for w, _ in rig.errors) and len(rig.errors) == st["dropped"]
 
@@ -256,6 +270,8 @@ def test_engine_errors_are_counted_and_repeated_failures_stop() -> None:
         assert rig2.pipe.wait(10.0)
     st2 = rig2.pipe.status()
     assert st2["state"] == "failed" and "3 consecutive frames failed" in st2["failure"]
+    assert st2["frames"]["restored"] == 0 and set(st2["drops"]) <= {"engine-error", "stopped"}
+    assert_accounted(st2)
     assert livedenoise_threads() == []
 
 
@@ -285,6 +301,7 @@ def test_control_socket_status_model_swap_and_stop() -> None:
     models = [h["model"] for h, _ in rig.rx.msgs["denoised"]]
     k = models.index("second")
     assert set(models[:k]) == {"first"} and set(models[k:]) == {"second"}
+    assert_accounted(rig.pipe.status())
     assert livedenoise_threads() == []
 
 
@@ -301,6 +318,7 @@ def test_pause_resume_with_roi_change_keeps_numbering() -> None:
         st = rig.pipe.status()
         rig.settle("denoised", st["frames"]["restored"])
     assert st["dropped"] == 0 and st["roi"] == [16, 16, 16, 32, 1]
+    assert_accounted(st)
     assert [h["frame"] for h, _ in rig.rx.msgs["denoised"]] == list(range(st["frames"]["acquired"]))
 
 
@@ -330,6 +348,7 @@ def test_attached_pipeline_restores_another_programs_mda() -> None:
     assert len(theirs) == 8  # the other program's MDA got all its frames
     assert [h["frame"] for h, _ in rx.msgs["denoised"]] == list(range(8))
     assert pipe.status()["dropped"] == 0
+    assert_accounted(pipe.status())
 
 
 def test_stop_leaves_no_threads_and_is_idempotent() -> None:
@@ -353,6 +372,7 @@ def test_a_stopped_pipeline_starts_again() -> None:
         assert wait_for(lambda: rig.rx.count("denoised") >= n + 3)
     frames = [h["frame"] for h, _ in rig.rx.msgs["denoised"]]
     assert frames == list(range(len(frames))) and rig.pipe.status()["dropped"] == 0
+    assert_accounted(rig.pipe.status())
 
 
 def test_calibration_that_does_not_cover_the_roi_is_refused() -> None:
@@ -381,10 +401,14 @@ def test_roi_moving_outside_the_calibration_fails_with_a_clear_message() -> None
         core.setROI(0, 32, 32, 32)  # rows 32..63: the maps end at row 47
         assert rig.pipe.wait(10.0)
         rig.pipe.stop()
+        rig.settle("denoised", rig.pipe.status()["frames"]["restored"])
     st = rig.pipe.status()
     assert st["state"] == "failed" and "camera ROI is 32×32 at (0, 32)" in st["failure"]
-    assert st["frames"]["acquired"] == st["frames"]["restored"]  # what was acquired was restored
-    assert st["drops"] == {"bad-frame": 1}
+    # the first frame of the new ROI is refused; those the camera gave after it are counted as stopped
+    assert st["drops"]["bad-frame"] == 1 and set(st["drops"]) <= {"bad-frame", "stopped"}
+    assert_accounted(st)
+    restored = [h["frame"] for h, _ in rig.rx.msgs["denoised"]]
+    assert restored == list(range(st["frames"]["restored"]))  # every frame before the bad one
     assert livedenoise_threads() == []
 
 
