@@ -351,6 +351,98 @@ def test_attached_pipeline_restores_another_programs_mda() -> None:
     assert_accounted(pipe.status())
 
 
+class _Attached:
+    """An attached pipeline (publisher + subscriber) on ``core``, for the ``with`` block."""
+
+    def __init__(self, core: Any, calibration: Calibration, **source: Any) -> None:
+        from livedenoise.live.attached import AttachedSource
+
+        self.pub = Publisher("tcp://127.0.0.1:*")
+        self.rx = Received(self.pub.endpoint, ("raw", "denoised"))
+        assert wait_for(lambda: self.pub.has_subscribers("raw") and self.pub.has_subscribers("denoised"), 5.0)
+        self.source = AttachedSource(core, **source)
+        config = PipelineConfig(pub_endpoint=self.pub.endpoint)
+        self.pipe = Pipeline(self.source, PassthroughEngine(), self.pub, calibration, config)
+
+    def __enter__(self) -> _Attached:
+        self.pipe.start()
+        assert self.source.attached.wait(5.0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pipe.close()
+        self.rx.close()
+
+    def finish(self) -> dict[str, Any]:
+        """Stop, wait for every published message; the status."""
+        self.pipe.stop()
+        st = self.pipe.status()
+        assert wait_for(lambda: self.rx.count("denoised") >= st["frames"]["restored"], 5.0)
+        return st
+
+
+def test_attached_mda_frames_carry_their_event_identity_and_convert_on_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import useq
+
+    from livedenoise.calibration.maps import PhotonConverter
+
+    threads: set[str] = set()
+    convert = PhotonConverter.__call__
+
+    def spy(self: Any, raw: np.ndarray, out: Any = None) -> Any:
+        threads.add(threading.current_thread().name)
+        return convert(self, raw, out)
+
+    monkeypatch.setattr(PhotonConverter, "__call__", spy)
+    core, cam = sim_core(64, exposure_ms=2.0)
+    seq = useq.MDASequence(
+        channels=["GFP", "GFP-low"],
+        stage_positions=[(10.0, 20.0, 5.0), (30.0, 40.0, 6.0)],
+        time_plan={"interval": 0, "loops": 2},
+    )
+    with _Attached(core, cam.true_calibration()) as rig:
+        core.mda.run(seq)
+        assert wait_for(lambda: rig.rx.count("denoised") >= 8)
+        st = rig.finish()
+    assert_accounted(st)
+    assert st["frames"]["acquired"] == 8 and st["dropped"] == 0
+    expected = [
+        ({"t": e.index["t"], "p": e.index["p"], "c": e.index["c"]}, e.channel.config, e.x_pos, e.y_pos, e.z_pos)
+        for e in seq
+    ]
+    for topic in ("raw", "denoised"):
+        got = [
+            (h["index"], h["channel"], h["position_um"]["x"], h["position_um"]["y"], h["position_um"]["z"])
+            for h, _ in rig.rx.msgs[topic]
+        ]
+        assert got == expected, topic
+    assert threads == {"livedenoise-worker"}  # the MDA thread only copied the frames
+
+
+def test_attached_pipeline_follows_a_live_mode_already_running_and_popping() -> None:
+    from _pipeline_helpers import OtherProgram
+
+    core, cam = sim_core(64, exposure_ms=4.0)
+    other = OtherProgram(core, burst=8).start()  # live mode, popping in bursts, before the attach
+    assert wait_for(lambda: len(other.popped) >= 16)
+    with _Attached(core, cam.true_calibration(), poll_interval_ms=0.5) as rig:
+        other.attached = rig.source.attached
+        assert wait_for(lambda: rig.rx.count("denoised") >= 40), rig.pipe.status()
+        other.stop()
+        described = rig.source.describe()
+        assert wait_for(lambda: rig.pipe.status()["frames"]["acquired"] >= described["seen"])
+        st = rig.finish()
+    assert_accounted(st)
+    seen, not_seen = rig.source.seen, rig.source.not_seen
+    assert st["frames"]["acquired"] == seen + not_seen and not_seen == 0
+    assert st["frames"]["restored"] == rig.rx.count("denoised") and st["frames"]["restored"] > 0
+    assert set(st["drops"]) <= {"ring-full"}  # a loaded machine may fall behind: counted, never lost
+    frames = [h["frame"] for h, _ in rig.rx.msgs["denoised"]]
+    assert frames == sorted(set(frames)) and frames[-1] < seen
+
+
 def test_stop_leaves_no_threads_and_is_idempotent() -> None:
     core, cam = sim_core(64, exposure_ms=3.0)
     rig = Rig(core, PassthroughEngine(), cam.true_calibration())
