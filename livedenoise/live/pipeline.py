@@ -130,6 +130,7 @@ class Pipeline:
         self._engine_swapped = threading.Condition()
         self._state_changed = threading.Condition()
         self._starts = 0
+        self._close_later: dict[str, list[Any]] = {}
         self.control_endpoint: str | None = None
         self.control: _Closable | None = None  # the control server the application attached
 
@@ -178,6 +179,9 @@ class Pipeline:
         running after that is left behind, its frame counted as ``stopped``.
         """
         if not self._threads:
+            return
+        if self._abandoned:  # an earlier stop left a thread behind: nothing more to wait for
+            self._threads = [t for t in self._threads if t.is_alive()]
             return
         if self.state is not PipelineState.FAILED:
             self._set_state(PipelineState.STOPPING)
@@ -229,20 +233,24 @@ class Pipeline:
         (see :meth:`stop`).
         """
         self.stop()
-        busy = {t.name for t in self._threads}
-        worker_busy = "livedenoise-worker" in busy
-        skip = {
-            id(self.engine): worker_busy,
-            id(self.publisher): worker_busy,
-            id(self.source): "livedenoise-acquire" in busy,
-        }
+        with self._flight_lock:  # a left-behind thread closes what it uses when it ends
+            busy = {t.name for t in self._threads if t.is_alive()}
+            self._close_later = {
+                "livedenoise-worker": [self.engine, self.publisher] if "livedenoise-worker" in busy else [],
+                "livedenoise-acquire": [self.source] if "livedenoise-acquire" in busy else [],
+            }
+        later = [id(o) for objs in self._close_later.values() for o in objs]
         for obj in (self.control, self.engine, self.source, self.publisher):
-            if obj is None or skip.get(id(obj), False):
+            if obj is None or id(obj) in later:
                 continue
-            try:
-                obj.close()
-            except Exception as exc:
-                log.warning("closing %s failed: %s", type(obj).__name__, exc)
+            _close(obj)
+
+    def _closing_thread_ends(self, name: str) -> None:
+        """A thread that :meth:`stop` left behind ends: close what :meth:`close` left to it."""
+        with self._flight_lock:
+            objs = self._close_later.pop(name, [])
+        for obj in objs:
+            _close(obj)
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Wait until the pipeline stopped (by :meth:`stop`, a fault or a ``stop`` request)."""
@@ -363,7 +371,11 @@ class Pipeline:
             self._ring = RingBuffer(
                 self.config.ring_slots, shape, self.config.ring_policy, on_drop=self._drop
             )
+            name = f"{getattr(self.engine, 'name', type(self.engine).__name__)}: {self.engine.model_id}"
+            log.info("preparing the engine (%s) for %d×%d frames ...", name, shape[1], shape[0])
+            t0 = time.perf_counter()
             self.engine.prepare(shape)
+            log.info("engine ready in %.1f s", time.perf_counter() - t0)
         else:
             self._ring.resize(shape)
         if self._roi is not None:
@@ -497,10 +509,17 @@ class Pipeline:
                 self._unreserve()
             if self._ring is not None and self._stop.is_set():
                 self._ring.close()  # after the source delivered what the camera already gave
+            self._closing_thread_ends("livedenoise-acquire")
 
     # -- worker thread -------------------------------------------------------------------------
 
     def _work_loop(self) -> None:
+        try:
+            self._work()
+        finally:
+            self._closing_thread_ends("livedenoise-worker")
+
+    def _work(self) -> None:
         ring = self._ring
         assert ring is not None
         out = np.zeros(ring.shape, np.float32)
@@ -666,6 +685,13 @@ class Pipeline:
     def request_stop(self) -> None:
         """Ask the pipeline to stop; whoever waits on :meth:`wait` does the joining."""
         self._stop.set()
+
+
+def _close(obj: _Closable) -> None:
+    try:
+        obj.close()
+    except Exception as exc:
+        log.warning("closing %s failed: %s", type(obj).__name__, exc)
 
 
 class _Sink:

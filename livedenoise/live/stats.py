@@ -105,6 +105,7 @@ class PipelineStats:
 
     def add_drop(self, reason: str, n: int = 1) -> int:
         """Count ``n`` drops for ``reason``; returns the total over all reasons."""
+        reason = str(reason)  # the plain string of a DropReason: status, JSON and logs read alike
         with self._lock:
             self.drops[reason] = self.drops.get(reason, 0) + n
             return sum(self.drops.values())

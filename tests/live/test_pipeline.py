@@ -409,7 +409,13 @@ def test_attached_mda_frames_carry_their_event_identity_and_convert_on_the_worke
     assert_accounted(st)
     assert st["frames"]["acquired"] == 8 and st["dropped"] == 0
     expected = [
-        ({"t": e.index["t"], "p": e.index["p"], "c": e.index["c"]}, e.channel.config, e.x_pos, e.y_pos, e.z_pos)
+        (
+            {"t": e.index["t"], "p": e.index["p"], "c": e.index["c"]},
+            e.channel.config,
+            e.x_pos,
+            e.y_pos,
+            e.z_pos,
+        )
         for e in seq
     ]
     for topic in ("raw", "denoised"):
@@ -441,6 +447,52 @@ def test_attached_pipeline_follows_a_live_mode_already_running_and_popping() -> 
     assert set(st["drops"]) <= {"ring-full"}  # a loaded machine may fall behind: counted, never lost
     frames = [h["frame"] for h, _ in rig.rx.msgs["denoised"]]
     assert frames == sorted(set(frames)) and frames[-1] < seen
+
+
+def test_stop_is_bounded_with_a_slow_engine_and_counts_what_is_left() -> None:
+    core, cam = sim_core(64, exposure_ms=2.0)
+    engine = SlowEngine(delay_s=1.0)  # 8 frames in the ring would take 8 s to restore
+    with Rig(core, engine, cam.true_calibration(), ring_slots=8, drain_timeout_s=0.5) as rig:
+        assert wait_for(lambda: rig.pipe.status()["frames"]["pending"] >= 8 and engine.calls >= 1)
+        t0 = time.monotonic()
+        rig.pipe.stop()
+        elapsed = time.monotonic() - t0
+        st = rig.pipe.status()
+        rig.settle("denoised", st["frames"]["restored"])
+    assert elapsed < 4.0, f"stop took {elapsed:.1f} s"  # drain 0.5 s + the engine call in flight
+    assert st["state"] == "stopped" and st["drops"]["stopped"] >= 5
+    assert set(st["drops"]) <= {"ring-full", "stopped"}
+    assert_accounted(st)
+    assert livedenoise_threads() == [] and not core.isSequenceRunning()
+
+
+def test_stop_leaves_a_hung_engine_behind_and_counts_its_frame() -> None:
+    release = threading.Event()
+
+    class Hung(SlowEngine):
+        def restore(self, frame_e: np.ndarray, out: np.ndarray) -> np.ndarray:
+            self.calls += 1
+            release.wait(60.0)  # an engine call that does not return
+            return super().restore(frame_e, out)
+
+    core, cam = sim_core(64, exposure_ms=2.0)
+    engine = Hung(delay_s=0.0)
+    try:
+        with Rig(core, engine, cam.true_calibration(), drain_timeout_s=0.2) as rig:
+            assert wait_for(lambda: engine.calls >= 1)
+            t0 = time.monotonic()
+            rig.pipe.stop(timeout_s=0.5)
+            elapsed = time.monotonic() - t0
+            st = rig.pipe.status()
+        assert elapsed < 3.0, f"stop took {elapsed:.1f} s"
+        assert st["state"] == "stopped" and st["frames"]["restored"] == 0
+        assert_accounted(st)  # the frame in the engine and those in the ring: stopped
+        assert livedenoise_threads() == ["livedenoise-worker"] and not engine.closed
+    finally:
+        release.set()
+    assert wait_for(lambda: livedenoise_threads() == [])  # once the call returns, the worker ends
+    assert_accounted(rig.pipe.status())  # and counts nothing twice
+    assert wait_for(lambda: engine.closed)  # and closes what close() left to it
 
 
 def test_stop_leaves_no_threads_and_is_idempotent() -> None:
