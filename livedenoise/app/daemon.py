@@ -60,11 +60,27 @@ def server_security(config: PipelineConfig) -> ServerSecurity | None:
     return ServerSecurity(Path(config.security_dir), allow_remote=True)
 
 
-def set_model(pipeline: Pipeline, name: str | None) -> dict[str, Any]:
-    """Load model ``name`` on the pipeline's current backend and swap it in between frames."""
+def set_model(pipeline: Pipeline, name: str, *, swap_timeout_s: float = 30.0) -> dict[str, Any]:
+    """Load model ``name`` on the pipeline's backend and swap it in between two frames.
+
+    The new engine is made and prepared (and so validated) for the current frame shape here,
+    on the caller's thread, while the worker goes on restoring with the old one: no frame waits
+    for it. The swap happens before the worker's next frame. Returns the description of the
+    engine in use after the swap; a model that fails to load or prepare raises, and the old
+    engine stays.
+    """
     engine = make_engine(pipeline.engine.name, model=name)
-    pipeline.set_engine(engine)
-    return engine.describe()
+    shape = pipeline.frame_shape
+    try:
+        if shape is not None:
+            engine.prepare(shape)
+    except BaseException:
+        engine.close()
+        raise
+    pipeline.set_engine(engine, prepared_shape=shape)
+    if not pipeline.wait_engine(engine, swap_timeout_s):
+        return {**engine.describe(), "in_use": False, "note": "takes over at the next frame"}
+    return {**pipeline.engine.describe(), "in_use": True}
 
 
 def control_handlers(pipeline: Pipeline) -> dict[str, Handler]:
@@ -80,13 +96,19 @@ def control_handlers(pipeline: Pipeline) -> dict[str, Handler]:
 
     def set_model_handler(req: dict[str, Any]) -> dict[str, Any]:
         name = req.get("model")
-        if name is not None and not isinstance(name, str):
+        if name is None:
+            return {
+                "ok": False,
+                "error": 'set_model needs "model": a model id (`livedenoise models` lists them) or the '
+                'path of a model file, e.g. {"cmd": "set_model", "model": "rln-denoise-v1"}',
+            }
+        if not isinstance(name, str) or not name:
             return {"ok": False, "error": f"'model' must be a model id or path string, got {name!r}"}
         try:
             described = set_model(pipeline, name)
         except Exception as exc:
             return {"ok": False, "error": f"cannot load model {name!r}: {exc}"}
-        return {"engine": described}
+        return {"engine": described, "model": described.get("model")}
 
     return {"status": status, "stop": stop, "set_model": set_model_handler}
 

@@ -257,6 +257,11 @@ class Pipeline:
         return self._stop.wait(timeout_s)
 
     @property
+    def frame_shape(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the frames the ring and the engine are prepared for (None before the start)."""
+        return self._ring.shape if self._ring is not None else None
+
+    @property
     def running(self) -> bool:
         return bool(self._threads) and not self._stop.is_set()
 

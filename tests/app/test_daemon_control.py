@@ -1,0 +1,109 @@
+"""Control commands of a running pipeline on a real core: set_model, set, and queued jobs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from _pipeline_helpers import assert_accounted, livedenoise_threads, sim_core, wait_for
+
+from livedenoise.app.daemon import serve_control
+from livedenoise.inference.engines import make_engine
+from livedenoise.live.config import PipelineConfig
+from livedenoise.live.pipeline import Pipeline
+from livedenoise.live.sources import CoreSource
+from livedenoise.transport.client import request
+
+
+class _Sink:
+    """An in-process FrameSink that keeps the headers of what it is given."""
+
+    endpoint = None
+
+    def __init__(self) -> None:
+        self.headers: dict[str, list[dict[str, Any]]] = {"raw": [], "denoised": [], "truth": []}
+        self.lock = threading.Lock()
+
+    def publish(self, topic: str, array: np.ndarray, **header: Any) -> None:
+        with self.lock:
+            self.headers[topic].append(header)
+
+    def borrow(self, topic: str, shape: tuple[int, ...], dtype: Any) -> None:
+        return None
+
+    def give_back(self, topic: str, array: np.ndarray) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def count(self, topic: str) -> int:
+        with self.lock:
+            return len(self.headers[topic])
+
+
+def _pipeline(exposure_ms: float = 20.0, size: int = 64, **config: Any) -> tuple[Pipeline, Any, _Sink]:
+    core, cam = sim_core(size, exposure_ms=exposure_ms)
+    sink = _Sink()
+    pipe = Pipeline(
+        CoreSource(core), make_engine("cpu"), sink, cam.true_calibration(), PipelineConfig(**config)
+    )
+    return pipe, core, sink
+
+
+def test_set_model_prepares_off_the_worker_and_swaps_between_frames() -> None:
+    pipe, _, sink = _pipeline(ring_policy="block")  # block: a slow swap would show as a stall
+    pipe.start()
+    server = serve_control(pipe, "tcp://127.0.0.1:*")
+    try:
+        assert wait_for(lambda: sink.count("denoised") >= 3)
+        before = pipe.engine
+        n0 = sink.count("denoised")
+        t0 = time.monotonic()
+        reply = request(server.endpoint, {"cmd": "set_model", "model": "rln-denoise-v1"}, timeout_s=60)
+        took = time.monotonic() - t0
+        assert reply["ok"], reply
+        assert reply["model"] == "rln-denoise-v1" and reply["engine"]["in_use"] is True
+        assert pipe.engine is not before and pipe.engine.model_id == "rln-denoise-v1"
+        assert reply["engine"]["precision"] in ("fp32", "bf16")  # the precision validation ran
+        # the worker kept restoring with the old model while the new one was prepared
+        restored_meanwhile = sink.count("denoised") - n0
+        assert restored_meanwhile >= min(2, int(took / 0.05)), (restored_meanwhile, took)
+        assert wait_for(lambda: sink.headers["denoised"][-1]["model"] == "rln-denoise-v1")
+        pipe.stop()
+    finally:
+        pipe.close()
+    models = [h["model"] for h in sink.headers["denoised"]]
+    k = models.index("rln-denoise-v1")
+    assert set(models[:k]) == {"rln-denoise-v2"} and set(models[k:]) == {"rln-denoise-v1"}
+    frames = [h["frame"] for h in sink.headers["denoised"]]
+    st = pipe.status()
+    assert frames == list(range(st["frames"]["acquired"])) and st["dropped"] == 0  # none lost
+    assert_accounted(st)
+    assert livedenoise_threads() == []
+
+
+@pytest.mark.parametrize(
+    ("request_", "error"),
+    [
+        ({"cmd": "set_model"}, 'needs "model"'),
+        ({"cmd": "set_model", "model": None}, 'needs "model"'),
+        ({"cmd": "set_model", "model": ""}, "must be a model id"),
+        ({"cmd": "set_model", "model": "no-such-model"}, "no-such-model"),
+    ],
+)
+def test_set_model_refuses_a_request_without_a_usable_model(request_: dict[str, Any], error: str) -> None:
+    pipe, _, sink = _pipeline()
+    pipe.start()
+    server = serve_control(pipe, "tcp://127.0.0.1:*")
+    try:
+        assert wait_for(lambda: sink.count("denoised") >= 1)
+        engine = pipe.engine
+        reply = request(server.endpoint, request_, timeout_s=30)
+        assert not reply["ok"] and error in reply["error"], reply
+        assert pipe.engine is engine and pipe.running  # nothing changed
+    finally:
+        pipe.close()
