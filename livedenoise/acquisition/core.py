@@ -7,12 +7,21 @@ import logging
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from livedenoise.drivers import DRIVERS_DIR
 
-__all__ = ["CoreError", "CoreSettings", "load_core", "needs_device_adapters", "new_unicore"]
+__all__ = [
+    "CameraSettings",
+    "CoreError",
+    "CoreSettings",
+    "apply_camera_settings",
+    "load_core",
+    "needs_device_adapters",
+    "new_unicore",
+]
 
 log = logging.getLogger("livedenoise")
 
@@ -166,3 +175,89 @@ class CoreSettings:
 
     def __exit__(self, *exc: object) -> None:
         self.restore()
+
+
+@dataclass(frozen=True)
+class CameraSettings:
+    """Exposure, binning and ROI to give the camera; None leaves a setting as it is.
+
+    ``roi`` is ``(x, y, width, height)`` in binned pixels (as Micro-Manager sets it), applied
+    after the binning; ``roi=None`` with a new binning gives the full sensor at that binning.
+    """
+
+    exposure_ms: float | None = None
+    binning: int | None = None
+    roi: tuple[int, int, int, int] | None = None
+
+    @classmethod
+    def from_request(cls, req: dict[str, Any]) -> CameraSettings:
+        """Read ``exposure_ms``, ``binning`` and ``roi`` of a control request; CoreError names a bad one."""
+        exposure, binning, roi = req.get("exposure_ms"), req.get("binning"), req.get("roi")
+        if exposure is not None and (
+            isinstance(exposure, bool) or not isinstance(exposure, int | float) or not 0 < exposure <= 3.6e6
+        ):
+            raise CoreError(f"exposure_ms must be a number of milliseconds > 0, got {exposure!r}")
+        if binning is not None and (isinstance(binning, bool) or not isinstance(binning, int) or binning < 1):
+            raise CoreError(f"binning must be an integer >= 1 (1, 2, 4...), got {binning!r}")
+        if roi is not None:
+            ok = isinstance(roi, list | tuple) and len(roi) == 4
+            ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in roi)
+            if not ok or min(roi) < 0 or roi[2] < 1 or roi[3] < 1:
+                raise CoreError(
+                    f"roi must be [x, y, width, height] in pixels (x, y >= 0; width, height >= 1), got {roi!r}"
+                )
+            roi = tuple(roi)
+        if exposure is None and binning is None and roi is None:
+            raise CoreError('set needs at least one of "exposure_ms", "binning", "roi"')
+        return cls(None if exposure is None else float(exposure), binning, roi)
+
+
+def _binning_value(core: Any, camera: str, binning: int) -> str:
+    """The camera's own value for ``binning`` (``2`` or ``2x2``...); CoreError lists the allowed ones."""
+    if not core.hasProperty(camera, "Binning"):
+        if binning == 1:
+            return "1"
+        raise CoreError(f"camera {camera!r} has no Binning property: it cannot bin {binning}×{binning}")
+    allowed = list(core.getAllowedPropertyValues(camera, "Binning"))
+    for value in allowed or [str(binning)]:
+        try:
+            if int(str(value).split("x")[0]) == binning:
+                return str(value)
+        except ValueError:
+            continue
+    raise CoreError(f"camera {camera!r} cannot bin {binning}: its Binning values are {', '.join(allowed)}")
+
+
+def apply_camera_settings(core: Any, settings: CameraSettings) -> None:
+    """Set binning, then ROI, then exposure on the core's camera (not while it streams).
+
+    Raises
+    ------
+    CoreError
+        A value the camera refuses; the message says what it allows.
+    """
+    camera = core.getCameraDevice()
+    if not camera:
+        raise CoreError("the core has no camera (Core-Camera is empty)")
+    if settings.binning is not None:
+        core.setProperty(camera, "Binning", _binning_value(core, camera, settings.binning))
+        if settings.roi is None:
+            core.clearROI()
+    if settings.roi is not None:
+        x, y, w, h = settings.roi
+        core.clearROI()
+        sw, sh = int(core.getImageWidth()), int(core.getImageHeight())
+        if x + w > sw or y + h > sh:
+            raise CoreError(
+                f"ROI {w}×{h} at ({x}, {y}) does not fit the {sw}×{sh} sensor of {camera!r} (in binned "
+                "pixels at the current binning); choose a smaller ROI"
+            )
+        try:
+            core.setROI(x, y, w, h)
+        except Exception as exc:
+            raise CoreError(f"camera {camera!r} refused ROI {w}×{h} at ({x}, {y}): {exc}") from exc
+    if settings.exposure_ms is not None:
+        try:
+            core.setExposure(settings.exposure_ms)
+        except Exception as exc:
+            raise CoreError(f"camera {camera!r} refused exposure {settings.exposure_ms:g} ms: {exc}") from exc

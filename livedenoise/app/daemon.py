@@ -19,14 +19,16 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from livedenoise.acquisition.core import CameraSettings, CoreError, apply_camera_settings
 from livedenoise.acquisition.jobs import JobManager, install_pair_commands
-from livedenoise.calibration.maps import Calibration
+from livedenoise.calibration.maps import Calibration, CalibrationError
 from livedenoise.imaging.metrics import psnr
 from livedenoise.inference.engines import Engine, EngineUnavailable, PassthroughEngine, make_engine
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.pipeline import Pipeline, PipelineError
-from livedenoise.live.sources import CoreSource, FrameSource
+from livedenoise.live.sources import CoreGeometry, CoreSource, FrameSource
 from livedenoise.live.stats import format_line, format_summary
+from livedenoise.live.types import PipelineState, Roi
 from livedenoise.transport.control import ControlServer
 from livedenoise.transport.publisher import Publisher
 from livedenoise.transport.security import ServerSecurity, ensure_server_keys
@@ -39,6 +41,7 @@ __all__ = [
     "run_live",
     "serve_control",
     "server_security",
+    "set_camera",
     "set_model",
 ]
 
@@ -83,8 +86,61 @@ def set_model(pipeline: Pipeline, name: str, *, swap_timeout_s: float = 30.0) ->
     return {**pipeline.engine.describe(), "in_use": True}
 
 
+def set_camera(
+    pipeline: Pipeline, settings: CameraSettings, *, pause_timeout_s: float = 10.0
+) -> dict[str, Any]:
+    """Give the camera a new exposure, binning and/or ROI between two frames of the stream.
+
+    Refused (CoreError, nothing changed) when the calibration does not cover the new ROI, the
+    camera refuses a value, or the stream is not running (starting, or paused by a job). The
+    stream pauses (the frames already taken are still restored), the camera gets the settings,
+    the stream resumes; the calibration is re-cropped on the first frame of the new geometry.
+    Returns the camera's ``roi`` (``[x, y, width, height, binning]``) and ``exposure_ms`` now.
+    """
+    source = pipeline.source
+    if not isinstance(source, CoreSource):
+        raise CoreError(
+            "attached to another program's core: change exposure, binning and ROI in that program"
+        )
+    if pipeline.state is not PipelineState.RUNNING:
+        why = {
+            PipelineState.STARTING: "is starting (preparing its engine); send it again once status says running",
+            PipelineState.PAUSED: "is paused (a collect_pairs job uses the camera); wait for the job",
+        }.get(pipeline.state, f"is {pipeline.state}")
+        raise CoreError(f"cannot change the camera now: the stream {why}")
+    core = source.core
+    geometry = CoreGeometry(core)
+    before = CameraSettings(core.getExposure(), geometry.roi().binning, None)
+    old_roi = geometry.roi()
+    pipeline.pause(pause_timeout_s)
+    try:
+        try:
+            apply_camera_settings(core, settings)
+            pipeline.check_geometry(geometry.roi())
+        except (CoreError, CalibrationError) as exc:
+            _put_back(core, before, old_roi)
+            raise CoreError(f"{exc}; the camera keeps ROI {old_roi.as_list()}") from exc
+        except Exception as exc:
+            _put_back(core, before, old_roi)
+            raise CoreError(
+                f"the camera refused the settings ({exc}); it keeps ROI {old_roi.as_list()}"
+            ) from exc
+    finally:
+        pipeline.resume()
+    return {"roi": geometry.roi().as_list(), "exposure_ms": float(core.getExposure())}
+
+
+def _put_back(core: Any, before: CameraSettings, roi: Roi) -> None:
+    try:
+        apply_camera_settings(
+            core, CameraSettings(before.exposure_ms, before.binning, (roi.x, roi.y, roi.width, roi.height))
+        )
+    except Exception as exc:  # the camera is in an unknown state: say so, the stream shows it
+        log.error("could not put the camera's settings back: %s", exc)
+
+
 def control_handlers(pipeline: Pipeline) -> dict[str, Handler]:
-    """Control-socket handlers of a pipeline: ``status``, ``stop``, ``set_model``."""
+    """Control-socket handlers of a pipeline: ``status``, ``stop``, ``set_model``, ``set``."""
 
     def status(req: dict[str, Any]) -> dict[str, Any]:
         return pipeline.status()
@@ -110,7 +166,19 @@ def control_handlers(pipeline: Pipeline) -> dict[str, Handler]:
             return {"ok": False, "error": f"cannot load model {name!r}: {exc}"}
         return {"engine": described, "model": described.get("model")}
 
-    return {"status": status, "stop": stop, "set_model": set_model_handler}
+    def set_handler(req: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(req) - {"cmd", "exposure_ms", "binning", "roi"})
+        if unknown:
+            return {
+                "ok": False,
+                "error": f"set got unknown argument(s) {', '.join(unknown)}; known: exposure_ms, binning, roi",
+            }
+        try:
+            return set_camera(pipeline, CameraSettings.from_request(req))
+        except (CoreError, TimeoutError) as exc:
+            return {"ok": False, "error": str(exc)}
+
+    return {"status": status, "stop": stop, "set_model": set_model_handler, "set": set_handler}
 
 
 def serve_control(

@@ -2,9 +2,9 @@
 
 Two threads:
 
-- **acquisition** (runs :meth:`FrameSource.run`): every frame is copied into a claimed
-  ring slot, converted to photoelectrons in place (:class:`PhotonConverter`) and
-  committed. It never waits for a viewer, a disk or the network; under ``drop-oldest``
+- **acquisition** (runs :meth:`FrameSource.run`, handing frames to the
+  :class:`~livedenoise.live.intake.Intake`): every frame is copied into a claimed ring slot,
+  converted to photoelectrons in place (``PhotonConverter``) and committed. It never waits for a viewer, a disk or the network; under ``drop-oldest``
   it never waits at all. A source that hands frames over on *another program's* threads
   (``delivers_on_foreign_threads``, the attached source) only has them copied there; the
   worker converts them.
@@ -40,15 +40,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from livedenoise.calibration.maps import Calibration, CalibrationError, PhotonConverter
+from livedenoise.calibration.maps import Calibration
 from livedenoise.inference.engines import Engine
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.events import PipelineEvents
-from livedenoise.live.ringbuffer import RingBuffer, RingClosed, Slot
+from livedenoise.live.intake import Intake
+from livedenoise.live.ringbuffer import RingBuffer, Slot
 from livedenoise.live.sink import FrameSink
-from livedenoise.live.sources import FrameInfo, FrameSource, SourceError
+from livedenoise.live.sources import FrameSource
 from livedenoise.live.stats import PipelineStats
-from livedenoise.live.types import DropReason, PipelineState, RingPolicy, Roi
+from livedenoise.live.types import DropReason, PipelineState, Roi
 
 __all__ = ["Pipeline", "PipelineError"]
 
@@ -112,17 +113,19 @@ class Pipeline:
         self._pending_engine: Engine | None = None
         self._pending_shape: tuple[int, int] | None = None
         self._engine_lock = threading.Lock()
-        self._expected_index = 0
-        self._roi: Roi | None = None
-        self._converter: PhotonConverter | None = None
-        self._cal_roi: Calibration | None = None
         self._ring: RingBuffer | None = None
-        self._reserved: Slot | None = None
-        self._t_reserve = 0.0
         self._t_start = 0.0
         self._engine_failed = False
-        # sources handing frames over on another program's threads only copy there (see module doc)
-        self._convert_on_worker = bool(getattr(source, "delivers_on_foreign_threads", False))
+        self._intake = Intake(
+            calibration,
+            self.config,
+            self.stats,
+            self.events,
+            fail=self._fail,
+            past_deadline=self._past_deadline,
+            # sources handing frames over on another program's threads only copy there (module doc)
+            convert_on_worker=bool(getattr(source, "delivers_on_foreign_threads", False)),
+        )
         self._deadline: float | None = None  # stopping: after this (monotonic s) what is left is dropped
         self._in_flight: int | None = None  # frame the worker holds
         self._flight_lock = threading.Lock()
@@ -150,8 +153,12 @@ class Pipeline:
         self._set_state(PipelineState.STARTING)
         try:
             roi = self.source.geometry()
-            self._ring = None  # a fresh ring (a stopped one is closed)
-            self._configure(roi, roi.shape)
+            self._ring = self._intake.new_ring(roi)  # a fresh ring (a stopped one is closed)
+            name = f"{getattr(self.engine, 'name', type(self.engine).__name__)}: {self.engine.model_id}"
+            log.info("preparing the engine (%s) for %d×%d frames ...", name, roi.width, roi.height)
+            t0 = time.perf_counter()
+            self.engine.prepare(roi.shape)
+            log.info("engine ready in %.1f s", time.perf_counter() - t0)
         except BaseException:
             self._set_state(PipelineState.STOPPED)
             raise
@@ -342,176 +349,22 @@ class Pipeline:
         self.events.modelChanged.emit(str(new.model_id))
         log.info("engine now %s", new.describe())
 
-    # -- drops ----------------------------------------------------------------------------
-
     def _drop(self, frame: int, reason: DropReason) -> None:
-        total = self.stats.add_drop(reason)
-        self.events.frameDropped.emit(frame, reason, total)
+        self._intake.drop(frame, reason)
 
-    # -- geometry ---------------------------------------------------------------------------
-
-    def _calibration_for(self, roi: Roi, shape: tuple[int, int]) -> Calibration:
-        cal = self.calibration
-        if cal.meta.get("source") == "nominal":
-            if cal.shape == shape:
-                return cal
-            return Calibration(
-                np.full(shape, cal.offset_adu.flat[0] * roi.binning**2, np.float32),
-                np.full(shape, cal.gain_adu_per_e.flat[0], np.float32),
-                np.full(shape, cal.read_var_e2.flat[0], np.float32),
-                meta=dict(cal.meta),
-            )
-        if roi.shape != shape:
-            raise CalibrationError(
-                f"the camera reports ROI {roi.width}×{roi.height} but delivers {shape[1]}×{shape[0]} frames"
-            )
-        return cal.for_roi(roi.x, roi.y, roi.width, roi.height, roi.binning)
-
-    def _configure(self, roi: Roi, shape: tuple[int, int]) -> None:
-        """Crop the calibration and (re)size the ring for frames of ``roi``."""
-        cal = self._calibration_for(roi, shape)
-        self._converter = PhotonConverter(cal)
-        self._cal_roi = cal
-        if self._ring is None:
-            self._ring = RingBuffer(
-                self.config.ring_slots, shape, self.config.ring_policy, on_drop=self._drop
-            )
-            name = f"{getattr(self.engine, 'name', type(self.engine).__name__)}: {self.engine.model_id}"
-            log.info("preparing the engine (%s) for %d×%d frames ...", name, shape[1], shape[0])
-            t0 = time.perf_counter()
-            self.engine.prepare(shape)
-            log.info("engine ready in %.1f s", time.perf_counter() - t0)
-        else:
-            self._ring.resize(shape)
-        if self._roi is not None:
-            log.info("camera geometry changed %s -> %s; calibration re-cropped", self._roi, roi)
-        self._roi = roi
-
-    def _commit_geometry_change(self, roi: Roi, shape: tuple[int, int]) -> None:
-        """An ROI that moved without changing shape: only the calibration is re-cropped."""
-        try:
-            cal = self._calibration_for(roi, shape)
-        except CalibrationError as exc:
-            raise SourceError(str(exc)) from exc
-        self._converter = PhotonConverter(cal)
-        self._cal_roi = cal
-        log.info("camera geometry changed %s -> %s; calibration re-cropped", self._roi, roi)
-        self._roi = roi
+    def check_geometry(self, roi: Roi) -> None:
+        """Raise :class:`CalibrationError` (saying what to do) if the calibration cannot cover ``roi``."""
+        self._intake.calibration_for(roi, roi.shape)
 
     # -- acquisition thread ------------------------------------------------------------------
 
-    def _claim(self) -> Slot | None:
-        ring = self._ring
-        assert ring is not None
-        if self.config.ring_policy is RingPolicy.BLOCK:
-            slot = None
-            while slot is None and not ring.closed and not self._past_deadline():
-                slot = ring.claim(timeout_s=0.2)
-            return slot
-        return ring.claim()
-
-    def _reserve(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray | None:
-        """A claimed slot's raw array for the next frame (None: the source uses its own)."""
-        ring = self._ring
-        if ring is None or tuple(shape) != ring.shape or np.dtype(dtype) != np.uint16 or self._reserved:
-            return None
-        slot = self._claim()
-        if slot is None:
-            return None
-        self._reserved = slot
-        self._t_reserve = time.perf_counter()
-        return slot.raw
-
-    def _unreserve(self) -> None:
-        slot, self._reserved = self._reserved, None
-        if slot is not None and self._ring is not None:
-            self._ring.abort(slot)
-
-    def _sink(self, raw: np.ndarray, info: FrameInfo) -> None:
-        """Take one frame from the source: every frame ends committed to the ring or counted as dropped."""
-        t0 = time.perf_counter()
-        ring = self._ring
-        assert ring is not None
-        acquired = self.stats.rates["acquired"]
-        slot = self._reserved
-        if slot is not None:
-            self._reserved = None
-            if raw is slot.raw:
-                t0 = self._t_reserve
-            else:  # not the reserved array after all: give it back, take the normal path
-                ring.abort(slot)
-                slot = None
-        if info.index > self._expected_index:  # frames the core or the other program lost
-            acquired.tick(info.index - self._expected_index)
-            for frame in range(self._expected_index, info.index):
-                self._drop(frame, info.missed_reason)
-        self._expected_index = max(self._expected_index, info.index + 1)
-        acquired.tick()
-
-        def refuse(reason: DropReason) -> None:
-            if slot is not None:
-                ring.abort(slot)
-            self._drop(info.index, reason)
-
-        if ring.closed:  # stopping or failed: the frames the camera still gives are counted
-            refuse(DropReason.STOPPED)
-            return
-        if raw.dtype != np.uint16 or raw.ndim != 2:
-            refuse(DropReason.BAD_FRAME)
-            self.events.error.emit(
-                "source", f"frame {info.index} is {raw.dtype} {raw.shape}, expected uint16 2D"
-            )
-            return
-        if raw.shape != ring.shape or info.roi != self._roi:
-            try:
-                if slot is not None:  # same shape, new ROI position: keep the data, re-crop the maps
-                    self._commit_geometry_change(info.roi, raw.shape)
-                else:
-                    self._configure(info.roi, raw.shape)  # type: ignore[arg-type]
-            except (CalibrationError, SourceError, TimeoutError, RingClosed) as exc:
-                refuse(DropReason.BAD_FRAME if not isinstance(exc, RingClosed) else DropReason.STOPPED)
-                if not isinstance(exc, RingClosed):
-                    self._fail("acquisition", str(exc))
-                return
-        if slot is None:
-            slot = self._claim()
-            if slot is None:  # closed or past the stop's deadline while waiting (block policy)
-                self._drop(info.index, DropReason.STOPPED)
-                return
-            np.copyto(slot.raw, raw)
-        t1 = time.perf_counter()
-        slot.converter = self._converter
-        slot.calibration = self._cal_roi.id if self._cal_roi is not None else None
-        if self._convert_on_worker:
-            slot.converted = False
-            t2 = t1
-        else:
-            self._converter(slot.raw, slot.e)  # type: ignore[misc]
-            slot.converted = True
-            t2 = time.perf_counter()
-        slot.frame = info.index
-        slot.exposure_ms = info.exposure_ms
-        slot.t_acquired = info.t_acquired
-        slot.camera = info.camera
-        slot.truth_id = info.truth_id
-        slot.identity = dict(info.identity) if info.identity else None
-        slot.t_pop = t0
-        slot.acquire_s = t1 - t0
-        slot.convert_s = t2 - t1
-        ring.commit(slot)
-        self.stats.latency["acquire"].add(t1 - t0)
-        if slot.converted:
-            self.stats.latency["convert"].add(t2 - t1)
-        self.events.frameAcquired.emit(info.index, info.t_acquired)
-
     def _acquire_loop(self) -> None:
         try:
-            self.source.run(_Sink(self), self._stop)
+            self.source.run(self._intake, self._stop)
         except Exception as exc:
             self._fail("acquisition", str(exc) or type(exc).__name__)
         finally:
-            if self._reserved is not None:
-                self._unreserve()
+            self._intake.unreserve()
             if self._ring is not None and self._stop.is_set():
                 self._ring.close()  # after the source delivered what the camera already gave
             self._closing_thread_ends("livedenoise-acquire")
@@ -667,7 +520,7 @@ class Pipeline:
             engine = self.engine.describe()
         except Exception as exc:
             engine = {"error": str(exc)}
-        cal = self._cal_roi or self.calibration
+        cal = self._intake.cal_roi or self.calibration
         return {
             "state": self.state,
             "failure": self.failure,
@@ -675,7 +528,7 @@ class Pipeline:
             "endpoints": {"pub": self.publisher.endpoint, "control": self.control_endpoint},
             "camera": self.source.camera,
             "source": self.source.describe(),
-            "roi": self._roi.as_list() if self._roi else None,
+            "roi": self._intake.roi.as_list() if self._intake.roi else None,
             "frames": snap["frames"],
             "fps": snap["fps"],
             "dropped": snap["dropped"],
@@ -697,17 +550,3 @@ def _close(obj: _Closable) -> None:
         obj.close()
     except Exception as exc:
         log.warning("closing %s failed: %s", type(obj).__name__, exc)
-
-
-class _Sink:
-    """What the pipeline hands its source: ``sink(raw, info)`` plus ``reserve``/``unreserve``."""
-
-    __slots__ = ("_pipeline", "reserve", "unreserve")
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self._pipeline = pipeline
-        self.reserve = pipeline._reserve
-        self.unreserve = pipeline._unreserve
-
-    def __call__(self, raw: np.ndarray, info: FrameInfo) -> None:
-        self._pipeline._sink(raw, info)

@@ -75,10 +75,11 @@ class Rig:
         *,
         truth: Any = None,
         sub_kwargs: dict[str, Any] | None = None,
+        sndhwm: int = 1000,
         **config: Any,
     ) -> None:
         self.core = core
-        self.pub = Publisher("tcp://127.0.0.1:*", sndhwm=1000)
+        self.pub = Publisher("tcp://127.0.0.1:*", sndhwm=sndhwm)
         self.config = PipelineConfig(pub_endpoint=self.pub.endpoint, **config)
         self.rx = Received(self.pub.endpoint, **(sub_kwargs or {}))
         assert wait_for(lambda: all(self.pub.has_subscribers(t) for t in self.rx.msgs), 5.0)
@@ -145,21 +146,20 @@ def test_frames_are_contiguous_matched_and_follow_the_protocol() -> None:
 
 
 def test_slow_subscriber_does_not_slow_acquisition() -> None:
-    core, cam = sim_core(256, exposure_ms=10.0)  # 100 frames/s of 384 kB
-    rig = Rig(core, PassthroughEngine(), cam.true_calibration(), sub_kwargs={"rcvhwm": 1, "stall_s": 30.0})
+    """A subscriber that reads nothing fills its queues; acquisition goes on past them, losing nothing."""
+    core, cam = sim_core(128, exposure_ms=5.0)
+    rig = Rig(
+        core, PassthroughEngine(), cam.true_calibration(), sub_kwargs={"rcvhwm": 1, "stall_s": 60.0}, sndhwm=20
+    )
     with rig:
-        t0 = time.monotonic()
-        assert wait_for(lambda: rig.pipe.status()["frames"]["acquired"] >= 10)
-        n0 = rig.pipe.status()["frames"]["acquired"]
-        time.sleep(1.0)
-        n1 = rig.pipe.status()["frames"]["acquired"]
-        elapsed = time.monotonic() - t0
+        # far more frames than the queues (20 + 1 messages, 2 a frame), the sockets' kernel buffers
+        # and the ring (8) hold: a publisher that waited for the subscriber would stop the stream
+        assert wait_for(lambda: rig.pipe.status()["frames"]["restored"] >= 400, 60.0), rig.pipe.status()
+        rig.pipe.stop()
     st = rig.pipe.status()
-    # the camera runs at 100 frames/s; a shared 2-core machine may slow the simulator itself
-    assert (n1 - n0) >= 40, f"acquired only {n1 - n0} frames/s with a stalled subscriber"
     assert st["dropped"] == 0 and st["frames"]["restored"] == st["frames"]["acquired"]
     assert_accounted(st)
-    assert rig.rx.count("denoised") == 0 and elapsed < 10
+    assert rig.rx.count("denoised") == 0  # it read nothing all along
 
 
 def test_drop_oldest_counts_every_lost_frame_exactly() -> None:
