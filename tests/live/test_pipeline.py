@@ -149,7 +149,11 @@ def test_slow_subscriber_does_not_slow_acquisition() -> None:
     """A subscriber that reads nothing fills its queues; acquisition goes on past them, losing nothing."""
     core, cam = sim_core(128, exposure_ms=5.0)
     rig = Rig(
-        core, PassthroughEngine(), cam.true_calibration(), sub_kwargs={"rcvhwm": 1, "stall_s": 60.0}, sndhwm=20
+        core,
+        PassthroughEngine(),
+        cam.true_calibration(),
+        sub_kwargs={"rcvhwm": 1, "stall_s": 60.0},
+        sndhwm=20,
     )
     with rig:
         # far more frames than the queues (20 + 1 messages, 2 a frame), the sockets' kernel buffers
