@@ -18,6 +18,8 @@ __all__ = [
     "CoreError",
     "CoreSettings",
     "apply_camera_settings",
+    "device_adapters",
+    "find_micromanager_for",
     "load_core",
     "needs_device_adapters",
     "new_unicore",
@@ -35,24 +37,98 @@ class CoreError(ValueError):
 _CPP_DEVICE = re.compile(r"^\s*Device\s*,", re.MULTILINE)
 
 
+_DEVICE_LINE = re.compile(r"^\s*Device\s*,\s*([^,]*?)\s*,\s*([^,]*?)\s*,", re.MULTILINE)
+
+# what to install for the adapters a newcomer most often meets (the rest: Micro-Manager's own list)
+_ADAPTER_HINTS = {
+    "HamamatsuHam": "Hamamatsu's DCAM-API driver",
+    "PVCAM": "Teledyne Photometrics' PVCAM",
+    "AndorSDK3": "Andor's SDK3 (Andor Driver Pack)",
+    "PCO_Camera": "PCO's camera SDK",
+    "TeledyneCam": "Teledyne's camera SDK",
+}
+
+_OWNER_HINT = (
+    "a camera has one owner at a time: if Micro-Manager's own GUI (or another program) has this "
+    "camera open, close it first, or run livedenoise beside that program by attaching to its core "
+    "(README: 'Attaching to a program that already drives the core')"
+)
+
+
 def needs_device_adapters(config_text: str | None) -> bool:
     """Whether a configuration loads C++ device adapters (a Micro-Manager installation)."""
     return bool(config_text) and _CPP_DEVICE.search(config_text) is not None
 
 
-def new_unicore(config_text: str | None = None) -> Any:
+def device_adapters(config_text: str) -> list[str]:
+    """The C++ device adapter libraries a configuration loads, in order (``Device,Label,Library,Name``)."""
+    return list(dict.fromkeys(m.group(2) for m in _DEVICE_LINE.finditer(config_text) if m.group(2)))
+
+
+def _adapter_files(folder: Path, library: str) -> list[Path]:
+    return [
+        p for p in folder.glob(f"*mmgr_dal_{library}*") if p.suffix in {".dll", ".0", "", ".so", ".dylib"}
+    ]
+
+
+def find_micromanager_for(config_name: str, libraries: list[str]) -> str:
+    """The Micro-Manager folder with ``libraries``; CoreError in one line saying what to install.
+
+    pymmcore-plus looks in ``MICROMANAGER_PATH``, the folder chosen with ``mmcore use``, those
+    installed with ``mmcore install`` and the usual application folders.
+    """
+    from pymmcore_plus import find_micromanager
+
+    quiet = logging.getLogger("pymmcore-plus")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # its own "not found" report is many lines: ours is one
+    try:
+        found = find_micromanager()
+    finally:
+        quiet.setLevel(level)
+    needed = ", ".join(libraries)
+    if not found:
+        raise CoreError(
+            f"{config_name} needs Micro-Manager device adapters ({needed}) and pymmcore-plus found no "
+            "Micro-Manager installation: install Micro-Manager 2.0 (the nightly build matching pymmcore) "
+            "and set MICROMANAGER_PATH to its folder, or run `mmcore install`"
+        )
+    missing = [lib for lib in libraries if not _adapter_files(Path(found), lib)]
+    if missing:
+        extra = [f"{_ADAPTER_HINTS[m]} for {m}" for m in missing if m in _ADAPTER_HINTS]
+        raise CoreError(
+            f"{config_name} needs device adapter(s) {', '.join(missing)}, which the Micro-Manager "
+            f"installation at {found} does not have (no mmgr_dal_{missing[0]} library): install a "
+            "Micro-Manager build that includes them"
+            + (f", with {'; '.join(extra)}" if extra else "")
+            + ", or point MICROMANAGER_PATH at the Micro-Manager folder that has them"
+        )
+    return str(found)
+
+
+def new_unicore(config_text: str | None = None, *, mm_path: str | None = None) -> Any:
     """A new ``UniMMCore``.
 
     A core for Python devices only (the simulator, the replay camera) is made without
     searching for a Micro-Manager installation, which would log a misleading error on a
-    machine that has none; a configuration with C++ devices gets the normal search.
+    machine that has none; a configuration with C++ devices uses ``mm_path`` (see
+    :func:`find_micromanager_for`), or the normal search.
     """
     from pymmcore_plus.experimental.unicore import UniMMCore
 
     if needs_device_adapters(config_text):
-        return UniMMCore()
+        return UniMMCore(mm_path=mm_path) if mm_path else UniMMCore()
 
     return UniMMCore(mm_path=str(DRIVERS_DIR))
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of a Micro-Manager error on one line, without pymmcore-plus's install advice."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    lines = [
+        ln for ln in lines if not ln.startswith(("Discovered installations", "Please run 'mmcore install'"))
+    ]
+    return "; ".join(lines).replace("\x1b[0m", "") or type(exc).__name__
 
 
 def load_core(config: str | os.PathLike[str], *, text: str | None = None) -> Any:
@@ -74,7 +150,11 @@ def load_core(config: str | os.PathLike[str], *, text: str | None = None) -> Any
     path = Path(config)
     if text is None and not path.is_file():
         raise CoreError(f"Micro-Manager configuration {path} does not exist")
-    core = new_unicore(path.read_text(errors="replace") if text is None else text)
+    config_text = path.read_text(errors="replace") if text is None else text
+    libraries = device_adapters(config_text)
+    mm_path = find_micromanager_for(str(path), libraries) if libraries else None
+    core = new_unicore(config_text, mm_path=mm_path)
+    log.info("loading the Micro-Manager configuration %s ...", path)
     try:
         if text is None:
             core.loadSystemConfiguration(str(path))
@@ -84,7 +164,8 @@ def load_core(config: str | os.PathLike[str], *, text: str | None = None) -> Any
                 cfg.write_text(text)
                 core.loadSystemConfiguration(str(cfg))
     except Exception as exc:
-        raise CoreError(f"cannot load Micro-Manager configuration {path}: {exc}") from exc
+        hint = f"; {_OWNER_HINT}" if libraries else ""
+        raise CoreError(f"cannot load Micro-Manager configuration {path}: {_one_line(exc)}{hint}") from exc
     if not core.getCameraDevice():
         raise CoreError(
             f"{path} defines no camera (Core-Camera is empty); add one and set it as the core camera"

@@ -11,7 +11,7 @@ import pytest
 from _pipeline_helpers import assert_accounted, livedenoise_threads, sim_core, wait_for
 
 from livedenoise.app.daemon import serve_control
-from livedenoise.inference.engines import make_engine
+from livedenoise.inference.engines import PassthroughEngine, make_engine
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.pipeline import Pipeline
 from livedenoise.live.sources import CoreSource
@@ -29,7 +29,7 @@ class _Sink:
 
     def publish(self, topic: str, array: np.ndarray, **header: Any) -> None:
         with self.lock:
-            self.headers[topic].append(header)
+            self.headers[topic].append({**header, "shape": array.shape})
 
     def borrow(self, topic: str, shape: tuple[int, ...], dtype: Any) -> None:
         return None
@@ -107,3 +107,74 @@ def test_set_model_refuses_a_request_without_a_usable_model(request_: dict[str, 
         assert pipe.engine is engine and pipe.running  # nothing changed
     finally:
         pipe.close()
+
+
+def test_set_changes_exposure_binning_and_roi_between_frames() -> None:
+    pipe, core, sink = _pipeline(exposure_ms=5.0, size=128)
+    pipe.engine = PassthroughEngine()
+    pipe.start()
+    server = serve_control(pipe, "tcp://127.0.0.1:*")
+    try:
+        assert wait_for(lambda: sink.count("denoised") >= 3)
+        reply = request(
+            server.endpoint,
+            {"cmd": "set", "binning": 2, "roi": [8, 4, 32, 24], "exposure_ms": 7.5},
+            timeout_s=20,
+        )
+        assert reply["ok"], reply
+        assert reply["roi"] == [8, 4, 32, 24, 2] and reply["exposure_ms"] == 7.5
+        assert wait_for(lambda: sink.headers["denoised"][-1]["exposure_ms"] == 7.5)
+        reply = request(server.endpoint, {"cmd": "set", "roi": [0, 0, 16, 16]}, timeout_s=20)  # ROI only
+        assert reply["ok"] and reply["roi"] == [0, 0, 16, 16, 2], reply
+        n = sink.count("denoised")
+        assert wait_for(lambda: sink.count("denoised") >= n + 3)
+        assert pipe.status()["roi"] == [0, 0, 16, 16, 2]
+        pipe.stop()
+    finally:
+        pipe.close()
+    st = pipe.status()
+    assert_accounted(st)
+    assert st["dropped"] == 0  # the stream paused between two frames: nothing lost
+    heads = sink.headers["denoised"]
+    assert [h["frame"] for h in heads] == list(range(st["frames"]["acquired"]))
+    shapes = [h["shape"] for h in heads]
+    assert sorted(set(shapes)) == [(16, 16), (24, 32), (128, 128)]
+    assert shapes == sorted(shapes, key=[(128, 128), (24, 32), (16, 16)].index)  # in that order
+    assert {h["exposure_ms"] for h in heads} == {5.0, 7.5}
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        ({}, "at least one of"),
+        ({"exposure_ms": -1}, "exposure_ms must be a number"),
+        ({"exposure_ms": "fast"}, "exposure_ms must be a number"),
+        ({"binning": 3}, "cannot bin 3: its Binning values are 1, 2, 4"),
+        ({"binning": 1.5}, "binning must be an integer"),
+        ({"roi": [0, 0, 10]}, "roi must be [x, y, width, height]"),
+        ({"roi": [0, 0, 100, 100]}, "does not fit the 64×64 sensor"),
+        ({"roi": [0, 40, 16, 16]}, "calibration is 64×48"),  # rows 40..55: the maps end at row 47
+        ({"gain": 2}, "unknown argument(s) gain"),
+    ],
+)
+def test_set_refuses_what_the_camera_or_the_calibration_cannot_do(args: dict[str, Any], error: str) -> None:
+    from livedenoise.calibration.maps import Calibration
+
+    core, _ = sim_core(64, exposure_ms=5.0)
+    core.setROI(0, 0, 32, 32)
+    sink = _Sink()
+    cal = Calibration.uniform((48, 64), offset_adu=100, gain_adu_per_e=2.0, source="file")
+    pipe = Pipeline(CoreSource(core), PassthroughEngine(), sink, cal, PipelineConfig())
+    pipe.start()
+    server = serve_control(pipe, "tcp://127.0.0.1:*")
+    try:
+        assert wait_for(lambda: sink.count("denoised") >= 2)
+        reply = request(server.endpoint, {"cmd": "set", **args}, timeout_s=20)
+        assert not reply["ok"] and error in reply["error"], reply
+        assert pipe.state == "running" and pipe.status()["roi"] == [0, 0, 32, 32, 1]
+        assert core.getROI() == [0, 0, 32, 32] and core.getExposure() == 5.0  # put back
+        n = sink.count("denoised")
+        assert wait_for(lambda: sink.count("denoised") >= n + 2)  # the stream goes on
+    finally:
+        pipe.close()
+    assert_accounted(pipe.status())
