@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "models": "models",
     "export": "export",
     "bench": "bench",
+    "ctl": "ctl",
 }
 
 EPILOG = """\

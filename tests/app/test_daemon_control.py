@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from _pipeline_helpers import assert_accounted, livedenoise_threads, sim_core, wait_for
 
 from livedenoise.app.daemon import serve_control
+from livedenoise.cli import main
 from livedenoise.inference.engines import PassthroughEngine, make_engine
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.pipeline import Pipeline
@@ -178,3 +180,96 @@ def test_set_refuses_what_the_camera_or_the_calibration_cannot_do(args: dict[str
     finally:
         pipe.close()
     assert_accounted(pipe.status())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _SlowToPrepare(PassthroughEngine):
+    """Passthrough whose preparation takes a while (as a real engine's does at 2048²)."""
+
+    def __init__(self, prepare_s: float) -> None:
+        super().__init__()
+        self.prepare_s = prepare_s
+        self.preparing = threading.Event()
+
+    def prepare(self, shape: tuple[int, int]) -> None:
+        self.preparing.set()
+        time.sleep(self.prepare_s)
+        super().prepare(shape)
+
+
+def test_collect_pairs_sent_during_the_start_up_waits_for_the_stream(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+
+    from livedenoise.app.daemon import run_live
+
+    core, cam = sim_core(64, exposure_ms=5.0)
+    ctl = f"tcp://127.0.0.1:{_free_port()}"
+    config = PipelineConfig(pub_endpoint=f"tcp://127.0.0.1:{_free_port()}", control_endpoint=ctl)
+    engine = _SlowToPrepare(prepare_s=3.0)
+    out = io.StringIO()
+    rc: list[int] = []
+    daemon = threading.Thread(
+        target=lambda: rc.append(
+            run_live(CoreSource(core), engine, cam.true_calibration(), config, seconds=120, out=out)
+        )
+    )
+    daemon.start()
+    try:
+        assert engine.preparing.wait(30)
+        status = request(ctl, {"cmd": "status"})
+        assert status["state"] == "starting", status  # the control socket answers before the stream runs
+        dataset = tmp_path / "pairs"
+        # from the shell: `livedenoise ctl collect-pairs ... --wait`
+        args = ["--short-ms", "5", "--long-ms", "20", "--pairs", "2", "-o", str(dataset), "--wait"]
+        assert main(["ctl", "--control", ctl, "collect-pairs", *args]) == 0
+        printed = capsys.readouterr().out
+        assert "job-1: running" in printed and "waiting for the stream to start" in printed, printed
+        assert printed.rstrip().splitlines()[-1].startswith("job-1: done")
+        assert len(json.loads((dataset / "pairs.json").read_text())["pairs"]) == 2
+        n = request(ctl, {"cmd": "status"})["frames"]["restored"]
+        assert wait_for(lambda: request(ctl, {"cmd": "status"})["frames"]["restored"] > n)  # streaming again
+        assert main(["ctl", "--control", ctl, "job", "job-1"]) == 0
+        assert capsys.readouterr().out.startswith("job-1: done")
+        assert main(["ctl", "--control", ctl, "stop"]) == 0
+    finally:
+        daemon.join(60)
+    assert rc == [0], out.getvalue()[-2000:]
+    assert "state: stopped" in out.getvalue()
+
+
+def test_ctl_status_set_model_set_and_stop_from_the_shell(capsys: pytest.CaptureFixture[str]) -> None:
+    pipe, _, sink = _pipeline(exposure_ms=5.0)
+    pipe.engine = PassthroughEngine()
+    pipe.start()
+    server = serve_control(pipe, "tcp://127.0.0.1:*")
+    ctl = ["ctl", "--control", server.endpoint]
+    try:
+        assert wait_for(lambda: sink.count("denoised") >= 2)
+        assert main([*ctl, "status"]) == 0
+        out = capsys.readouterr().out
+        assert "state: running" in out and "ROI [x, y, w, h, binning]: [0, 0, 64, 64, 1]" in out
+        assert "frames: acquired" in out and "endpoints:" in out
+        assert main([*ctl, "--json", "status"]) == 0
+        assert json.loads(capsys.readouterr().out)["state"] == "running"
+        assert main([*ctl, "set", "--roi", "0,0,32,16", "--exposure-ms", "6"]) == 0
+        assert "camera ROI [0, 0, 32, 16, 1]" in capsys.readouterr().out
+        assert main([*ctl, "set-model", "no-such-model"]) == 1
+        assert "refused" in capsys.readouterr().err
+        assert main([*ctl, "job", "job-9"]) == 1  # no jobs here: the daemon says what it knows
+        assert main([*ctl, "set"]) == 2  # nothing to set: a usage error, nothing sent
+        assert main([*ctl, "stop"]) == 0 and "stopping" in capsys.readouterr().out
+        assert pipe.wait(10.0)
+    finally:
+        pipe.close()
+    assert_accounted(pipe.status())
+    assert main(["ctl", "--control", server.endpoint, "--timeout", "0.5", "status"]) == 2
+    assert "no livedenoise daemon answered" in capsys.readouterr().err
