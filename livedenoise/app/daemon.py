@@ -35,6 +35,7 @@ from livedenoise.transport.security import ServerSecurity, ensure_server_keys
 from livedenoise.util.memory import keep_freed_memory
 
 __all__ = [
+    "KeepUpCheck",
     "QualitySampler",
     "choose_engine",
     "control_handlers",
@@ -297,6 +298,7 @@ def run_live(
         )
         restore_sigterm = _sigterm_as_interrupt()
         recent = _RecentRates()
+        keep_up = KeepUpCheck()
         try:
             deadline = None if seconds is None else time.monotonic() + seconds
             while True:
@@ -306,11 +308,12 @@ def run_live(
                 if pipeline.wait(wait):
                     break
                 status = pipeline.status()
-                print(
-                    format_line(status, sampler.latest if sampler else None, recent(status)),
-                    file=out,
-                    flush=True,
-                )
+                rates = recent(status)
+                print(format_line(status, sampler.latest if sampler else None, rates), file=out, flush=True)
+                warning = keep_up(status, rates)
+                if warning:
+                    print(f"livedenoise: warning: {warning}", file=out, flush=True)
+                    log.warning("%s", warning)
                 if deadline is not None and time.monotonic() >= deadline:
                     break
         except KeyboardInterrupt:
@@ -334,6 +337,43 @@ def run_live(
         )
     out.flush()
     return 1 if status["state"] == "failed" else 0
+
+
+class KeepUpCheck:
+    """Says once, early, that the engine restores fewer frames than the camera gives, and what to do.
+
+    Called with each status and the rates since the previous one; returns the warning the first
+    time the engine's median time per frame exceeds the camera's frame period (before many frames
+    are lost), or frames are being dropped for it (``ring-full``, or ``camera`` under ``block``).
+    """
+
+    def __init__(self, min_restored: int = 5, tolerance: float = 1.15) -> None:
+        self.min_restored = min_restored
+        self.tolerance = tolerance
+        self.said = False
+
+    def __call__(self, status: dict[str, Any], rates: dict[str, float]) -> str | None:
+        if self.said:
+            return None
+        frames, drops = status["frames"], status["drops"]
+        if frames["restored"] < self.min_restored:
+            return None
+        camera_fps = rates.get("acquired", 0.0)
+        engine_ms = status["latency_ms"]["engine"]["p50"]
+        lost = drops.get("ring-full", 0) + drops.get("camera", 0)
+        too_slow = bool(engine_ms and camera_fps > 0 and engine_ms > self.tolerance * 1000.0 / camera_fps)
+        if not too_slow and lost <= 0.05 * max(frames["acquired"], 1):
+            return None
+        self.said = True
+        engine_fps = 1000.0 / engine_ms if engine_ms else rates.get("restored", 0.0)
+        share = 100.0 * max(0.0, 1.0 - engine_fps / camera_fps) if camera_fps > 0 else 0.0
+        return (
+            f"the engine cannot keep up: it restores about {engine_fps:.1f} frames/s ({engine_ms:.0f} ms a "
+            f"frame) while the camera gives {camera_fps:.1f} frames/s, so about {share:.0f} % of the frames "
+            "will be dropped (counted as ring-full, never silently). To keep up: a smaller ROI or binning "
+            "(--roi, --binning, or `livedenoise ctl set`), a longer exposure, a faster model "
+            "(`livedenoise models`; rln-denoise-v2 is the fastest), or a GPU (--engine cuda)"
+        )
 
 
 class _RecentRates:

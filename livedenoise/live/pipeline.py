@@ -275,7 +275,11 @@ class Pipeline:
     @property
     def ended(self) -> bool:
         """Whether the pipeline was started and has stopped (or failed) since."""
-        return self._starts > 0 and not self.running and self.state in (PipelineState.STOPPED, PipelineState.FAILED)
+        return (
+            self._starts > 0
+            and not self.running
+            and self.state in (PipelineState.STOPPED, PipelineState.FAILED)
+        )
 
     def wait_running(self, timeout_s: float | None = None) -> bool:
         """Wait until the stream runs (True), or it ended or never started within ``timeout_s`` (False).
@@ -285,7 +289,9 @@ class Pipeline:
         """
 
         def settled() -> bool:
-            return (self.running and self.state in (PipelineState.RUNNING, PipelineState.PAUSED)) or self.ended
+            return (
+                self.running and self.state in (PipelineState.RUNNING, PipelineState.PAUSED)
+            ) or self.ended
 
         with self._state_changed:
             self._state_changed.wait_for(settled, timeout_s)

@@ -273,3 +273,48 @@ def test_ctl_status_set_model_set_and_stop_from_the_shell(capsys: pytest.Capture
     assert_accounted(pipe.status())
     assert main(["ctl", "--control", server.endpoint, "--timeout", "0.5", "status"]) == 2
     assert "no livedenoise daemon answered" in capsys.readouterr().err
+
+
+def test_an_engine_that_cannot_keep_up_is_said_once_early_with_what_to_do() -> None:
+    import io
+
+    from _pipeline_helpers import SlowEngine
+
+    from livedenoise.app.daemon import run_live
+
+    core, cam = sim_core(64, exposure_ms=5.0)  # 200 frames/s into a 20 frames/s engine
+    config = PipelineConfig(
+        pub_endpoint=f"tcp://127.0.0.1:{_free_port()}",
+        control_endpoint=f"tcp://127.0.0.1:{_free_port()}",
+        stats_interval_s=0.2,
+    )
+    out = io.StringIO()
+    rc = run_live(
+        CoreSource(core), SlowEngine(delay_s=0.05), cam.true_calibration(), config, seconds=3, out=out
+    )
+    text = out.getvalue()
+    assert rc == 0, text[-2000:]
+    warnings = [ln for ln in text.splitlines() if "cannot keep up" in ln]
+    assert len(warnings) == 1, text[-3000:]
+    assert "--roi" in warnings[0] and "faster model" in warnings[0] and "GPU" in warnings[0]
+    lines = text.splitlines()
+    assert lines.index(warnings[0]) <= 12  # early: within the first statistics lines
+
+
+def test_an_engine_that_keeps_up_is_not_warned_about() -> None:
+    import io
+
+    from livedenoise.app.daemon import run_live
+
+    core, cam = sim_core(64, exposure_ms=20.0)
+    config = PipelineConfig(
+        pub_endpoint=f"tcp://127.0.0.1:{_free_port()}",
+        control_endpoint=f"tcp://127.0.0.1:{_free_port()}",
+        stats_interval_s=0.2,
+    )
+    out = io.StringIO()
+    assert (
+        run_live(CoreSource(core), PassthroughEngine(), cam.true_calibration(), config, seconds=2, out=out)
+        == 0
+    )
+    assert "cannot keep up" not in out.getvalue()
