@@ -39,6 +39,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,6 +86,10 @@ LINE_TIME_US = 9.74
 TRUTH_FRAMES = 64
 TRUTH_MAX_BYTES = 256 * 2**20
 EXPOSURE_LIMITS_MS = (0.01, 60_000.0)
+# frames of at least this many physical pixels are rendered in RENDER_BANDS row bands in parallel,
+# each band with its own seeded stream (so a frame depends on the seed only, not on the machine)
+PARALLEL_MIN_PIXELS = 1024 * 1024
+RENDER_BANDS = 2
 
 
 # -- the sensor ------------------------------------------------------------------------------
@@ -164,6 +169,8 @@ class SimSCMOSCamera(CameraDevice):
         self._sensor: _Sensor | None = None
         self._scene: Any = None
         self._rng: np.random.Generator | None = None
+        self._band_rngs: list[np.random.Generator] = []
+        self._executor: ThreadPoolExecutor | None = None
         self._geom: _Geometry | None = None
         self._t_scene_s = 0.0
         self._truth: OrderedDict[int, np.ndarray] = OrderedDict()
@@ -344,11 +351,22 @@ class SimSCMOSCamera(CameraDevice):
         if self._sensor is not None:
             return
         t0 = time.perf_counter()
+        big = self._sensor_shape[0] * self._sensor_shape[1] >= PARALLEL_MIN_PIXELS
+        if big:  # seconds at 2048²: say so
+            log.info(
+                "simulated sCMOS %dx%d: generating its per-pixel maps and scene ...",
+                *self._sensor_shape[::-1],
+            )
         sensor = _Sensor(self._sensor_shape, self._seed)
         self._rng = np.random.default_rng(np.random.SeedSequence([self._seed, 0x4015E]))
+        self._band_rngs = [
+            np.random.default_rng(np.random.SeedSequence([self._seed, 0x4015E, band]))
+            for band in range(RENDER_BANDS)
+        ]
         self._scene = make_scene(self._scene_name, self._sensor_shape, self._seed)
         self._sensor = sensor
-        log.debug(
+        log.log(
+            logging.INFO if big else logging.DEBUG,
             "simulated sCMOS %dx%d (seed %d) ready in %.2f s",
             self._sensor_shape[1],
             self._sensor_shape[0],
@@ -359,6 +377,9 @@ class SimSCMOSCamera(CameraDevice):
     def shutdown(self) -> None:
         with self._truth_lock:
             self._truth.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     def _ready(self) -> _Sensor:
         if self._sensor is None:
@@ -441,15 +462,14 @@ class SimSCMOSCamera(CameraDevice):
         flux = scene.flux(self._t_scene_s, g.py, g.px, g.ph, g.pw, g.flux)
         lam = np.multiply(flux, np.float32(exp_s * light * is_open))
         lam += g.dark * np.float32(exp_s)
-        counts = self._rng.poisson(lam)
         noise = g.work
-        self._rng.standard_normal(out=noise, dtype=np.float32)
-        noise *= g.read_std
-        noise += counts
-        noise *= g.gain
-        noise += g.offset
-        np.rint(noise, out=noise)
-        np.clip(noise, 0, 65535, out=noise)
+        if lam.size < PARALLEL_MIN_PIXELS:
+            self._noisy_adu(self._rng, lam, g, np.s_[:, :])
+        else:  # large frames: row bands on threads, each with its own stream (numpy frees the GIL)
+            bands = self._band_rngs
+            rows = np.linspace(0, g.ph, len(bands) + 1).astype(int)
+            parts = [np.s_[rows[i] : rows[i + 1], :] for i in range(len(bands))]
+            list(self._pool().map(lambda i: self._noisy_adu(bands[i], lam, g, parts[i]), range(len(bands))))
         if g.b == 1:
             np.copyto(out, noise, casting="unsafe")
             return lam, is_open
@@ -458,6 +478,24 @@ class SimSCMOSCamera(CameraDevice):
         np.clip(summed, 0, 65535, out=summed)
         np.copyto(out, summed, casting="unsafe")
         return lam.reshape(g.h, b, g.w, b).sum(axis=(1, 3), dtype=np.float32), is_open
+
+    @staticmethod
+    def _noisy_adu(rng: np.random.Generator, lam: np.ndarray, g: _Geometry, rows: Any) -> None:
+        """ADU (float, rounded and clipped) of ``rows`` of the frame into ``g.work``: shot + read noise."""
+        counts = rng.poisson(lam[rows])
+        noise = g.work[rows]
+        rng.standard_normal(out=noise, dtype=np.float32)
+        noise *= g.read_std[rows]
+        noise += counts
+        noise *= g.gain[rows]
+        noise += g.offset[rows]
+        np.rint(noise, out=noise)
+        np.clip(noise, 0, 65535, out=noise)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(len(self._band_rngs), thread_name_prefix="simcam-render")
+        return self._executor
 
     def _keep_truth(self, frame_id: int, truth: np.ndarray) -> None:
         truth.setflags(write=False)
