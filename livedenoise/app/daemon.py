@@ -21,9 +21,10 @@ import numpy as np
 
 from livedenoise.acquisition.core import CameraSettings, CoreError, apply_camera_settings
 from livedenoise.acquisition.jobs import JobManager, install_pair_commands
-from livedenoise.calibration.maps import Calibration, CalibrationError
+from livedenoise.calibration.maps import Calibration, CalibrationError, read_calibration
 from livedenoise.imaging.metrics import psnr
 from livedenoise.inference.engines import Engine, EngineUnavailable, PassthroughEngine, make_engine
+from livedenoise.live.attached import AttachedSource
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.pipeline import Pipeline, PipelineError
 from livedenoise.live.sources import CoreGeometry, CoreSource, FrameSource
@@ -37,6 +38,7 @@ from livedenoise.util.memory import keep_freed_memory
 __all__ = [
     "KeepUpCheck",
     "QualitySampler",
+    "attach",
     "choose_engine",
     "control_handlers",
     "run_live",
@@ -196,6 +198,37 @@ def serve_control(
     pipeline.control = server
     pipeline.control_endpoint = server.endpoint
     return server
+
+
+def attach(
+    core: Any,
+    calibration: Calibration | str | Path,
+    *,
+    engine: str = "cpu",
+    model: str | None = None,
+    config: PipelineConfig | None = None,
+) -> Pipeline:
+    """Restore every frame of a core that another program drives, in that program's process.
+
+    For napari-micromanager, pymmcore-gui or a script of one's own: run this where their
+    ``CMMCorePlus`` lives (their Python console, a plugin), e.g.
+    ``attach(CMMCorePlus.instance(), "cal.tif")``. Nothing is started, stopped or popped: the
+    program keeps all its frames (:class:`~livedenoise.live.attached.AttachedSource`). Frames are
+    published on ``config.pub_endpoint`` and the control socket answers on
+    ``config.control_endpoint``; ``close()`` the returned pipeline to detach.
+    """
+    config = config or PipelineConfig()
+    cal = calibration if isinstance(calibration, Calibration) else read_calibration(calibration)
+    security = server_security(config)
+    publisher = Publisher(config.pub_endpoint, security=security)
+    try:
+        pipeline = Pipeline(AttachedSource(core), make_engine(engine, model=model), publisher, cal, config)
+        serve_control(pipeline, config.control_endpoint, security=security)
+        pipeline.start()
+    except BaseException:
+        publisher.close()
+        raise
+    return pipeline
 
 
 def choose_engine(

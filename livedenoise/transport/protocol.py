@@ -1,8 +1,33 @@
 """Wire format ``livedenoise/1``: three-frame ZeroMQ messages ``[topic, header, payload]``.
 
-The header is a UTF-8 JSON object (see DESIGN.md); the payload is the array's bytes in
-C order, exactly ``prod(shape) * itemsize`` long. This module builds and checks
-headers and has no ZeroMQ dependency, so any program can reuse it.
+1. topic: ASCII ``raw`` (uint16 ADU), ``denoised`` or ``truth`` (float32 photoelectrons;
+   ``truth`` is the simulator's noise-free image, demo only).
+2. header: a UTF-8 JSON object with
+
+   - ``protocol`` (``"livedenoise/1"``), ``stream`` (the topic);
+   - ``frame``: camera frame number since the acquisition started, the same for the ``raw``,
+     ``denoised`` and ``truth`` messages of one frame; ``seq``: per-topic message counter
+     from 0 (a gap means the subscriber lost messages);
+   - ``shape`` ``[H, W]``, ``dtype`` (NumPy dtype string), ``units`` (``adu`` or
+     ``photoelectrons``);
+   - ``exposure_ms``; ``t_acquired`` (the frame left the core) and ``t_published``, in
+     seconds since the Unix epoch;
+   - ``dropped``: frames the daemon did not restore so far (cumulative);
+   - ``camera`` (device label), ``model`` (model id or null), ``calibration`` (calibration
+     id or null);
+   - present when known (additive keys, same protocol): where the frame belongs in an MDA,
+     so that a subscriber can place frames after a drop:
+
+     - ``index``: the useq MDA event index, e.g. ``{"t": 3, "c": 1, "z": 5, "p": 0}``;
+     - ``channel``: the channel's config name, e.g. ``"GFP"``;
+     - ``position_um``: the stage position, ``{"x": .., "y": .., "z": ..}`` (the axes known;
+       measured when the MDA recorded it, else the event's requested position).
+
+   Subscribers ignore keys they do not know; a new key never changes the protocol name.
+3. payload: the array's bytes in C order, exactly ``prod(shape) * itemsize`` long.
+
+This module builds and checks headers and has no ZeroMQ dependency, so any program can
+reuse it.
 """
 
 from __future__ import annotations

@@ -318,3 +318,44 @@ def test_an_engine_that_keeps_up_is_not_warned_about() -> None:
         == 0
     )
     assert "cannot keep up" not in out.getvalue()
+
+
+def test_attach_restores_another_programs_mda_and_answers_the_control_socket() -> None:
+    import useq
+
+    from livedenoise.app.daemon import attach
+    from livedenoise.transport.subscriber import Subscriber
+
+    core, cam = sim_core(64, exposure_ms=2.0)
+    config = PipelineConfig(
+        pub_endpoint=f"tcp://127.0.0.1:{_free_port()}", control_endpoint=f"tcp://127.0.0.1:{_free_port()}"
+    )
+    sub = Subscriber(config.pub_endpoint, ("denoised",), rcvhwm=100)
+    pipe = attach(core, cam.true_calibration(), engine="passthrough", config=config)
+    try:
+        assert wait_for(lambda: pipe.source.attached.is_set())
+        got: list[dict[str, Any]] = []
+        # the subscriber's connection is up once a first frame arrives; then the program's MDA
+        for _ in range(60):
+            core.mda.run(useq.MDASequence(time_plan={"interval": 0, "loops": 1}))
+            m = sub.recv(timeout_s=1.0)
+            if m is not None:
+                got.append(m.header)
+                break
+        assert got, "the subscriber never received a frame"
+        core.mda.run(useq.MDASequence(channels=["GFP"], time_plan={"interval": 0, "loops": 5}))
+        while len(got) < 6:
+            m = sub.recv(timeout_s=5.0)
+            assert m is not None, pipe.status()
+            got.append(m.header)
+        assert [h["index"]["t"] for h in got[-5:]] == list(range(5)) and got[-1]["channel"] == "GFP"
+        st = request(config.control_endpoint, {"cmd": "status"})
+        assert st["ok"] and st["source"]["kind"] == "attached"
+        refused = request(config.control_endpoint, {"cmd": "set", "exposure_ms": 5})
+        assert not refused["ok"] and "attached" in refused["error"]
+    finally:
+        pipe.close()
+        sub.close()
+    assert_accounted(pipe.status())
+    assert "popNextImageMD" not in vars(core)  # detached: the core is as it was
+    assert livedenoise_threads() == []
