@@ -463,7 +463,8 @@ def test_stop_is_bounded_with_a_slow_engine_and_counts_what_is_left() -> None:
         elapsed = time.monotonic() - t0
         st = rig.pipe.status()
         rig.settle("denoised", st["frames"]["restored"])
-    assert elapsed < 4.0, f"stop took {elapsed:.1f} s"  # drain 0.5 s + the engine call in flight
+    # drain 0.5 s + the engine call in flight, with slack for a loaded machine (unbounded: 8 s and more)
+    assert elapsed < 6.0, f"stop took {elapsed:.1f} s"
     assert st["state"] == "stopped" and st["drops"]["stopped"] >= 5
     assert set(st["drops"]) <= {"ring-full", "stopped"}
     assert_accounted(st)
@@ -488,7 +489,7 @@ def test_stop_leaves_a_hung_engine_behind_and_counts_its_frame() -> None:
             rig.pipe.stop(timeout_s=0.5)
             elapsed = time.monotonic() - t0
             st = rig.pipe.status()
-        assert elapsed < 3.0, f"stop took {elapsed:.1f} s"
+        assert elapsed < 5.0, f"stop took {elapsed:.1f} s"  # not the 60 s the engine call hangs
         assert st["state"] == "stopped" and st["frames"]["restored"] == 0
         assert_accounted(st)  # the frame in the engine and those in the ring: stopped
         assert livedenoise_threads() == ["livedenoise-worker"] and not engine.closed
