@@ -154,11 +154,12 @@ class Pipeline:
         try:
             roi = self.source.geometry()
             self._ring = self._intake.new_ring(roi)  # a fresh ring (a stopped one is closed)
-            name = f"{getattr(self.engine, 'name', type(self.engine).__name__)}: {self.engine.model_id}"
-            log.info("preparing the engine (%s) for %d×%d frames ...", name, roi.width, roi.height)
-            t0 = time.perf_counter()
-            self.engine.prepare(roi.shape)
-            log.info("engine ready in %.1f s", time.perf_counter() - t0)
+            with _Beside(getattr(self.source, "prepare", None)):  # e.g. the camera's buffer made resident
+                name = f"{getattr(self.engine, 'name', type(self.engine).__name__)}: {self.engine.model_id}"
+                log.info("preparing the engine (%s) for %d×%d frames ...", name, roi.width, roi.height)
+                t0 = time.perf_counter()
+                self.engine.prepare(roi.shape)
+                log.info("engine ready in %.1f s", time.perf_counter() - t0)
         except BaseException:
             self._set_state(PipelineState.STOPPED)
             raise
@@ -552,6 +553,33 @@ class Pipeline:
     def request_stop(self) -> None:
         """Ask the pipeline to stop; whoever waits on :meth:`wait` does the joining."""
         self._stop.set()
+
+
+class _Beside:
+    """Run ``fn()`` on a thread while the ``with`` block runs; joined (and its error raised) on exit."""
+
+    def __init__(self, fn: Callable[[], Any] | None) -> None:
+        self.fn = fn
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        try:
+            self.fn()  # type: ignore[misc]
+        except BaseException as exc:
+            self.error = exc
+
+    def __enter__(self) -> _Beside:
+        if self.fn is not None:
+            self.thread = threading.Thread(target=self._run, name="livedenoise-prepare", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
 
 
 def _close(obj: _Closable) -> None:

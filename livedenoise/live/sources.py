@@ -235,6 +235,14 @@ class CoreSource:
     def close(self) -> None:
         self._stop_sequence()
 
+    def prepare(self) -> None:
+        """Before the start, off the acquisition thread: make the core's sequence buffer resident.
+
+        The pipeline runs this while it prepares its engine, so the two waits overlap.
+        """
+        if not self.core.isSequenceRunning():
+            self._make_sequence_buffer_resident()
+
     # -- acquisition ------------------------------------------------------------------
 
     def _start_sequence(self) -> None:
