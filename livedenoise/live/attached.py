@@ -306,10 +306,11 @@ class AttachedSource:
 
     def _install_tap(self) -> None:
         core = self.core
-        pop_md = getattr(core, "popNextImageMD", None)
-        pop = getattr(core, "popNextImage", None)
+        pop_md: Callable[..., Any] | None = getattr(core, "popNextImageMD", None)
+        pop: Callable[..., Any] | None = getattr(core, "popNextImage", None)
 
         def pop_next_image_md(*args: Any) -> Any:
+            assert pop_md is not None
             if not self._taking():
                 return pop_md(*args)
             self._in_tap.busy = True
@@ -322,6 +323,7 @@ class AttachedSource:
             return img
 
         def pop_next_image(*args: Any, **kwargs: Any) -> Any:
+            assert pop is not None
             if not self._taking():
                 return pop(*args, **kwargs)
             md = oldest_slot_metadata(core)
