@@ -115,7 +115,11 @@ def set_camera(
     geometry = CoreGeometry(core)
     before = CameraSettings(core.getExposure(), geometry.roi().binning, None)
     old_roi = geometry.roi()
-    pipeline.pause(pause_timeout_s)
+    try:
+        pipeline.pause(pause_timeout_s)
+    except TimeoutError as exc:
+        pipeline.resume()
+        raise CoreError(f"the stream did not pause between two frames ({exc}); nothing was changed") from exc
     try:
         try:
             apply_camera_settings(core, settings)
