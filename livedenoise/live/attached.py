@@ -278,19 +278,19 @@ class AttachedSource:
             with self._lock:
                 if self._seq_base is not None and target <= self._seq_last:
                     continue  # popped through the tap meanwhile
-            try:
-                img, md = core.getNBeforeLastImageAndMD(newest - target)
-            except (IndexError, RuntimeError):
-                continue
-            number = int_value(metadata_value(md, "ImageNumber"), -1)
-            if number != target:
-                # the buffer moved on (new frames arrived or the program popped): re-aim once
+            back = newest - target
+            for _ in range(4):  # the buffer moves on as frames arrive: re-aim by the number found
                 try:
-                    img, md = core.getNBeforeLastImageAndMD(newest - target + (number - target))
+                    img, md = core.getNBeforeLastImageAndMD(back)
                 except (IndexError, RuntimeError):
-                    continue
-                if int_value(metadata_value(md, "ImageNumber"), -1) != target:
-                    continue  # gone: counted as not seen when a later one is placed
+                    md = None
+                    break
+                number = int_value(metadata_value(md, "ImageNumber"), -1)
+                if number == target or number < 0 or number < target:
+                    break  # found, or the frame is gone (popped, or overwritten)
+                back += number - target
+            if md is None or int_value(metadata_value(md, "ImageNumber"), -1) != target:
+                continue  # gone: popped through the tap (placed), or counted as not seen later
             self._offer(img, md)
 
     # -- the pop tap -------------------------------------------------------------------------
@@ -313,32 +313,34 @@ class AttachedSource:
             assert pop_md is not None
             if not self._taking():
                 return pop_md(*args)
-            self._in_tap.busy = True
-            try:
-                img = pop_md(*args)
-            finally:
-                self._in_tap.busy = False
-            if args:
-                self._offer(np.asarray(img), args[-1])
+            with self._lock:  # pop and placement together: a peek in between would see a gap
+                self._in_tap.busy = True
+                try:
+                    img = pop_md(*args)
+                finally:
+                    self._in_tap.busy = False
+                if args:
+                    self._offer(np.asarray(img), args[-1])
             return img
 
         def pop_next_image(*args: Any, **kwargs: Any) -> Any:
             assert pop is not None
             if not self._taking():
                 return pop(*args, **kwargs)
-            md = oldest_slot_metadata(core)
-            if md is None and core.getRemainingImageCount() > 0:
-                try:  # not a UniMMCore: read the next frame's number before it leaves
-                    _, md = core.getNBeforeLastImageAndMD(core.getRemainingImageCount() - 1)
-                except (IndexError, RuntimeError):
-                    md = None
-            self._in_tap.busy = True
-            try:
-                img = pop(*args, **kwargs)
-            finally:
-                self._in_tap.busy = False
-            if md:
-                self._offer(np.asarray(img), md)
+            with self._lock:  # pop and placement together: a peek in between would see a gap
+                md = oldest_slot_metadata(core)
+                if md is None and core.getRemainingImageCount() > 0:
+                    try:  # not a UniMMCore: read the next frame's number before it leaves
+                        _, md = core.getNBeforeLastImageAndMD(core.getRemainingImageCount() - 1)
+                    except (IndexError, RuntimeError):
+                        md = None
+                self._in_tap.busy = True
+                try:
+                    img = pop(*args, **kwargs)
+                finally:
+                    self._in_tap.busy = False
+                if md:
+                    self._offer(np.asarray(img), md)
             return img
 
         for name, original, wrapper in (

@@ -96,6 +96,9 @@ def daemon(tmp_path):
     jm.close(timeout_s=10)
     server.close()
     pipe.close()
+    from _pipeline_helpers import assert_accounted
+
+    assert_accounted(pipe.status())  # the pauses of the jobs lost no frame uncounted
 
 
 def _wait_job(endpoint, job_id, states=("done", "failed"), timeout_s=30.0):
