@@ -20,6 +20,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _probe_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Engines cache their start-up probes; the suite keeps them in a folder of its own, not ~/.cache."""
+    import os
+
+    old = os.environ.get("LIVEDENOISE_CACHE")
+    os.environ["LIVEDENOISE_CACHE"] = str(tmp_path_factory.mktemp("livedenoise-cache"))
+    yield
+    if old is None:
+        os.environ.pop("LIVEDENOISE_CACHE", None)
+    else:
+        os.environ["LIVEDENOISE_CACHE"] = old
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:  # noqa: F821
     import numpy as np

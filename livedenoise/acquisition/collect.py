@@ -4,7 +4,7 @@ Each pair is a few :class:`useq.MDAEvent` at one stage position: ``K`` short exp
 and one long exposure (``MDAEvent.exposure`` per event), fed to ``core.mda.run`` as a
 generator (queue-driven acquisition: the engine does not merge or reorder them). Frames
 come back through ``core.mda.events.frameReady``; a pair is written to the dataset
-(:class:`livedenoise.acquisition.pairs.PairWriter`) as soon as its last frame arrives.
+(:class:`livedenoise.acquisition.writer.PairWriter`) as soon as its last frame arrives.
 
 Exposures are batched: consecutive pairs alternate their order (long, shorts | shorts,
 long | long, shorts ...), so one exposure change is made per pair instead of two (a real
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import re
 import shutil
 import threading
@@ -32,8 +33,10 @@ from typing import Any
 import numpy as np
 
 from livedenoise.acquisition.core import CoreSettings
-from livedenoise.acquisition.pairs import PairsError, PairWriter, QualityThresholds
+from livedenoise.acquisition.pairs import PairsError, QualityThresholds
+from livedenoise.acquisition.writer import PairWriter
 from livedenoise.calibration.maps import Calibration
+from livedenoise.util.paths import PathError, confine
 
 __all__ = [
     "CameraBusyError",
@@ -148,12 +151,21 @@ def validate_request(
     return CollectRequest(short_ms=s, long_ms=lng, pairs=n, output=out, shorts_per_pair=k)
 
 
-def parse_positions(spec: Sequence[str] | str | None, core: Any) -> list[dict[str, float | None]] | None:
+MAX_POSITIONS_FILE_BYTES = 1 << 20
+"""Largest positions list accepted (1 MiB: tens of thousands of positions)."""
+
+
+def parse_positions(
+    spec: Sequence[str] | str | None, core: Any, *, root: str | os.PathLike[str] | None = None
+) -> list[dict[str, float | None]] | None:
     """Stage positions (µm) from ``current``, ``list FILE`` or ``grid NxM STEP_UM``.
 
     ``None`` or ``current`` means no stage moves (returns ``None``). A list file holds
-    one position per line, ``x y`` or ``x y z`` (commas or spaces; ``#`` comments). A
-    grid of N columns × M rows, ``STEP_UM`` apart, is centred on the current position.
+    one position per line, ``x y`` or ``x y z`` (commas or spaces; ``#`` comments), at most
+    :data:`MAX_POSITIONS_FILE_BYTES`. A grid of N columns × M rows, ``STEP_UM`` apart, is
+    centred on the current position. With ``root`` (control requests), the list file must
+    lie inside that folder (:func:`livedenoise.util.paths.confine`). Errors name the line but
+    never quote the file's contents.
     """
     if spec is None:
         return None
@@ -162,6 +174,8 @@ def parse_positions(spec: Sequence[str] | str | None, core: Any) -> list[dict[st
         if len(parts) > 1:
             raise PairsError(f"--positions current takes no arguments, got {' '.join(parts)!r}")
         return None
+    if parts[0] == "list":
+        _positions_file(parts, root)  # an invalid or outside path is refused first
     xy = core.getXYStageDevice()
     if not xy:
         raise PairsError(
@@ -169,22 +183,41 @@ def parse_positions(spec: Sequence[str] | str | None, core: Any) -> list[dict[st
             "use --positions current"
         )
     if parts[0] == "list":
-        if len(parts) != 2:
-            raise PairsError("--positions list takes one file: --positions list POSITIONS.txt")
-        path = Path(parts[1])
+        path = _positions_file(parts, root)
         if not path.is_file():
             raise PairsError(f"positions file {path} does not exist")
+        try:
+            with path.open("rb") as fh:
+                data = fh.read(MAX_POSITIONS_FILE_BYTES + 1)
+        except OSError as exc:
+            raise PairsError(f"positions file {path} cannot be read ({exc.strerror})") from None
+        if len(data) > MAX_POSITIONS_FILE_BYTES:
+            raise PairsError(
+                f"positions file {path} is larger than {MAX_POSITIONS_FILE_BYTES} bytes; a list of stage "
+                "positions ('x y' or 'x y z' in µm per line) is a few kB"
+            )
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PairsError(
+                f"positions file {path} is not UTF-8 text; expected one 'x y' or 'x y z' (µm) per line"
+            ) from None
         out: list[dict[str, float | None]] = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(text.splitlines(), 1):
             line = line.split("#", 1)[0].strip()
             if not line:
                 continue
+            fields_ = [v for v in re.split(r"[,\s]+", line) if v]
             try:
-                vals = [float(v) for v in re.split(r"[,\s]+", line) if v]
+                vals = [float(v) for v in fields_]
             except ValueError:
                 vals = []
-            if len(vals) not in (2, 3):
-                raise PairsError(f"{path} line {n}: expected 'x y' or 'x y z' in µm, got {line!r}")
+            if len(vals) not in (2, 3) or not all(math.isfinite(v) for v in vals):
+                what = f"{len(fields_)} field(s)" if not vals else f"{len(vals)} number(s)"
+                raise PairsError(
+                    f"{path} line {n}: expected 'x y' or 'x y z' (2 or 3 finite numbers in µm), "
+                    f"found {what} that do not fit; fix that line"
+                )
             out.append({"x": vals[0], "y": vals[1], "z": vals[2] if len(vals) == 3 else None})
         if not out:
             raise PairsError(f"positions file {path} lists no positions")
@@ -210,6 +243,15 @@ def parse_positions(spec: Sequence[str] | str | None, core: Any) -> list[dict[st
                 )
         return grid
     raise PairsError(f"unknown --positions {parts[0]!r}: use current, list FILE or grid NxM STEP_UM")
+
+
+def _positions_file(parts: Sequence[str], root: str | os.PathLike[str] | None) -> Path:
+    if len(parts) != 2:
+        raise PairsError("--positions list takes one file: --positions list POSITIONS.txt")
+    try:
+        return Path(parts[1]) if root is None else confine(parts[1], [root], what="positions file")
+    except PathError as exc:
+        raise PairsError(f"{exc}; put the positions file in the data folder") from None
 
 
 def camera_description(core: Any) -> dict[str, Any]:
@@ -271,17 +313,18 @@ def _events(run: _Run) -> Iterator[Any]:
         for role in roles:
             if run.cancel.is_set() or run.error is not None:
                 return
-            moves = {}
+            moves: dict[str, Any] = {}
             if run.positions:
                 moves = {"x_pos": pos["x"], "y_pos": pos["y"]}
                 if pos.get("z") is not None:
                     moves["z_pos"] = pos["z"]
-            yield useq.MDAEvent(
-                index={"p": i * len(run.positions or [0]) // req.pairs, "t": i},
-                exposure=req.short_ms if role == "short" else req.long_ms,
-                metadata={"livedenoise_pair": i, "role": role, "k": k if role == "short" else 0},
+            event: dict[str, Any] = {
+                "index": {"p": i * len(run.positions or [0]) // req.pairs, "t": i},
+                "exposure": req.short_ms if role == "short" else req.long_ms,
+                "metadata": {"livedenoise_pair": i, "role": role, "k": k if role == "short" else 0},
                 **moves,
-            )
+            }
+            yield useq.MDAEvent(**event)
             if role == "short":
                 k += 1
 
@@ -335,6 +378,19 @@ def _on_frame(run: _Run, core: Any, img: np.ndarray, event: Any, meta: Mapping[s
     except BaseException as exc:
         run.error = exc
         core.mda.cancel()
+
+
+def _space_needed(req: CollectRequest, camera: Mapping[str, Any], writer: PairWriter) -> tuple[int, str]:
+    """Bytes a collection needs, and what they are: the frames, plus the calibration for a new dataset."""
+    h, w = camera["shape"]
+    frames = req.pairs * (req.shorts_per_pair + 1) * h * w * 2
+    parts = [f"{frames / 1e6:.1f} MB of frames"]
+    need = frames + (1 << 20)  # + the index and TIFF headers
+    if writer.index is None:  # a new dataset also stores its calibration; an existing one has it
+        cal = 3 * 4 * writer.calibration.offset_adu.size
+        need += cal
+        parts.append(f"{cal / 1e6:.1f} MB for the calibration copy")
+    return need, " + ".join(parts)
 
 
 def _free_bytes(path: Path) -> int:
@@ -414,13 +470,13 @@ def collect_pairs(
         calibration_file=calibration_file,
         thresholds=thresholds,
     )
-    h, w = camera["shape"]
-    need = req.pairs * (req.shorts_per_pair + 1) * h * w * 2 + 3 * 4 * calibration.offset_adu.size + (1 << 20)
+    need, detail = _space_needed(req, camera, writer)
     free = _free_bytes(req.output)
     if free < need * 1.1:
         raise PairsError(
-            f"not enough disk space for {req.pairs} pairs of {w}×{h}: need about {need / 1e6:.1f} MB, "
-            f"{free / 1e6:.1f} MB free at {req.output}; free space or collect fewer pairs"
+            f"not enough disk space for {req.pairs} pairs of {camera['shape'][1]}×{camera['shape'][0]}: "
+            f"need about {need / 1e6:.1f} MB ({detail}), {free / 1e6:.1f} MB free at {req.output}; "
+            "free space or collect fewer pairs"
         )
     settings = CoreSettings(core, what="collect-pairs")
     here = {

@@ -23,6 +23,7 @@ __all__ = [
     "load_core",
     "needs_device_adapters",
     "new_unicore",
+    "sensor_shape",
 ]
 
 log = logging.getLogger("livedenoise")
@@ -57,7 +58,7 @@ _OWNER_HINT = (
 
 def needs_device_adapters(config_text: str | None) -> bool:
     """Whether a configuration loads C++ device adapters (a Micro-Manager installation)."""
-    return bool(config_text) and _CPP_DEVICE.search(config_text) is not None
+    return config_text is not None and _CPP_DEVICE.search(config_text) is not None
 
 
 def device_adapters(config_text: str) -> list[str]:
@@ -256,6 +257,28 @@ class CoreSettings:
 
     def __exit__(self, *exc: object) -> None:
         self.restore()
+
+
+def sensor_shape(core: Any) -> tuple[int, int]:
+    """``(H, W)`` of the camera's full sensor in unbinned pixels.
+
+    The ROI is cleared to read the full size and set back; call it while the camera is idle.
+    """
+    x, y, w, h = (int(v) for v in core.getROI())
+    core.clearROI()
+    try:
+        full_h, full_w = int(core.getImageHeight()), int(core.getImageWidth())
+    finally:
+        core.setROI(x, y, w, h)  # the user's ROI back
+    binning = 1
+    label = core.getCameraDevice()
+    try:
+        if label and core.hasProperty(label, "Binning"):
+            m = re.match(r"\d+", str(core.getProperty(label, "Binning")))
+            binning = int(m[0]) if m else 1
+    except Exception:  # a camera without a readable binning is taken as unbinned
+        binning = 1
+    return full_h * binning, full_w * binning
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,15 @@ socket only queues a job and answers with its id at once. A job is ``queued``, t
   the stream.
 - ``{"cmd": "job", "id": JOB_ID}`` -> ``{"ok": true, "id", "kind", "state", "progress",
   "result", "error", ...}``.
+- ``{"cmd": "cancel", "id": JOB_ID}`` -> ``{"ok": true, "id", "state", ...}``: a queued job
+  fails without running, a running collection stops after the frame in flight and keeps
+  its complete pairs; the job then ends ``failed`` with an error starting "cancelled".
+
+Paths: ``output`` and a ``positions`` list file resolve inside the daemon's data folder
+(``data_dir``, the ``--data-dir`` option of ``serve`` and ``demo``); a relative path is
+taken inside it, and paths leading outside it (absolute, ``..``, symbolic links), NUL
+bytes and other invalid paths are refused before anything is queued. Without a data
+folder, ``collect_pairs`` is refused.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from typing import Any
 
 from livedenoise.acquisition.collect import CollectCancelled, collect_pairs, parse_positions, validate_request
 from livedenoise.acquisition.pairs import PairsError
+from livedenoise.util.paths import PathError, confine
 
 __all__ = ["JobContext", "JobManager", "install_pair_commands"]
 
@@ -46,11 +56,14 @@ class JobContext:
     id : str
     cancel : threading.Event
         Set when the daemon stops (or the job is cancelled); the job should end soon.
+    cancel_reason : str or None
+        Why ``cancel`` was set (``"cancelled by a cancel request"``, ``"the daemon stopped"``).
     """
 
     id: str
     kind: str
     cancel: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str | None = None
     _progress: dict[str, Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -146,6 +159,7 @@ class JobManager:
                 "t_submitted": j.t_submitted,
                 "t_started": j.t_started,
                 "t_finished": j.t_finished,
+                "cancelled": j.ctx.cancel.is_set(),
             }
 
     def jobs(self) -> list[dict[str, Any]]:
@@ -165,16 +179,30 @@ class JobManager:
                 self._changed.wait(left)
         return self.job(job_id)
 
-    def cancel(self, job_id: str) -> None:
-        """Ask a job to stop (a queued one fails without running)."""
+    def cancel(self, job_id: str, reason: str = "cancelled by a cancel request") -> dict[str, Any]:
+        """Ask a job to stop (a queued one fails without running); return its state.
+
+        Raises ``KeyError`` (with the known ids) for an unknown id. Cancelling a finished
+        job changes nothing.
+        """
         with self._lock:
-            self._jobs[job_id].ctx.cancel.set()
+            j = self._jobs.get(job_id)
+            if j is None:
+                known = ", ".join(self._jobs) or "none"
+                raise KeyError(f"no job {job_id!r} (known jobs: {known})")
+            if j.state in ("queued", "running") and not j.ctx.cancel.is_set():
+                j.ctx.cancel_reason = reason
+                j.ctx.cancel.set()
+                log.info("job %s (%s): %s", job_id, j.ctx.kind, reason)
+        return self.job(job_id)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Cancel every job (running ones end ``failed``) and stop the worker. Idempotent."""
         with self._lock:
             self._closed = True
             for j in self._jobs.values():
+                if not j.ctx.cancel.is_set():
+                    j.ctx.cancel_reason = "the daemon stopped"
                 j.ctx.cancel.set()
             worker = self._worker
         self._queue.put(None)
@@ -199,11 +227,9 @@ class JobManager:
             if j is None:
                 continue
             if j.ctx.cancel.is_set():
+                why = j.ctx.cancel_reason or "the daemon stopped"
                 self._set(
-                    j,
-                    state="failed",
-                    error="cancelled before it started (the daemon is stopping)",
-                    t_finished=time.time(),
+                    j, state="failed", error=f"cancelled before it started ({why})", t_finished=time.time()
                 )
                 continue
             self._set(j, state="running", t_started=time.time())
@@ -230,6 +256,10 @@ class JobManager:
 # -- the paired-acquisition commands ------------------------------------------------------
 
 _COLLECT_KEYS = {"cmd", "short_ms", "long_ms", "pairs", "output", "shorts_per_pair", "positions"}
+NO_DATA_DIR = (
+    "this daemon collects pairs only inside a data folder named when it starts, and it was "
+    "started without one: restart it with --data-dir DIR, then give output as a folder name inside DIR"
+)
 
 
 def _wait_idle(core: Any, timeout_s: float) -> bool:
@@ -287,11 +317,10 @@ def _collect_job(
                 stop_when=daemon_stopped,
             )
         except CollectCancelled as exc:
-            why = (
-                "the daemon stopped during the collection"
-                if daemon_stopped() or ctx.cancel.is_set()
-                else "cancelled"
-            )
+            if ctx.cancel.is_set() and ctx.cancel_reason and "daemon" not in ctx.cancel_reason:
+                why = f"cancelled ({ctx.cancel_reason})"
+            else:
+                why = "cancelled: the daemon stopped during the collection"
             raise RuntimeError(f"{why}: {exc}") from exc
     finally:
         if was_streaming and not daemon_stopped():
@@ -309,8 +338,9 @@ def install_pair_commands(
     *,
     calibration: Any = None,
     calibration_file: str | Path | None = None,
+    data_dir: str | Path | None = None,
 ) -> None:
-    """Register ``collect_pairs`` and ``job`` on ``server`` (a ControlServer).
+    """Register ``collect_pairs``, ``job`` and ``cancel`` on ``server`` (a ControlServer).
 
     Parameters
     ----------
@@ -326,7 +356,12 @@ def install_pair_commands(
         Default: ``pipeline.calibration``.
     calibration_file : path-like, optional
         The calibration TIFF to copy into datasets (default: the calibration's ``path``).
+    data_dir : path-like, optional
+        The folder datasets are written in (``output`` and positions files of requests
+        resolve inside it). ``None``: ``collect_pairs`` is refused.
     """
+
+    roots = [] if data_dir is None else [Path(data_dir)]
 
     def collect_pairs(req: dict[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(req) - _COLLECT_KEYS)
@@ -337,25 +372,32 @@ def install_pair_commands(
                 f"known: {', '.join(sorted(_COLLECT_KEYS - {'cmd'}))}",
             }
         try:
+            output = req.get("output")
+            if output is not None:
+                if not roots:
+                    raise PairsError(NO_DATA_DIR)
+                output = confine(output, roots, what="output", option="--data-dir")
             request = validate_request(
                 req.get("short_ms"),
                 req.get("long_ms"),
                 req.get("pairs"),
-                req.get("output"),
+                output,
                 req.get("shorts_per_pair", 1),
             )
             spec = req.get("positions", "current")
             if not isinstance(spec, str):
                 raise PairsError(
-                    f"positions must be a string ('current', 'grid NxM STEP_UM', 'list FILE'), got {spec!r}"
+                    "positions must be a string ('current', 'grid NxM STEP_UM', 'list FILE'), "
+                    f"got a {type(spec).__name__}"
                 )
-            positions = parse_positions(spec, core)
+            positions = parse_positions(spec, core, root=roots[0])
             parent = request.output if request.output.exists() else request.output.parent
             if not parent.is_dir():
                 raise PairsError(
-                    f"output folder's parent {parent} does not exist; create it or choose another output"
+                    f"output folder's parent {parent} does not exist; create it inside the data folder "
+                    "or choose another output"
                 )
-        except PairsError as exc:
+        except (PairsError, PathError) as exc:
             return {"ok": False, "error": str(exc)}
         cal = calibration if calibration is not None else getattr(pipeline, "calibration", None)
         if cal is None:
@@ -391,5 +433,19 @@ def install_pair_commands(
         except KeyError as exc:
             return {"ok": False, "error": str(exc.args[0])}
 
+    def cancel(req: dict[str, Any]) -> dict[str, Any]:
+        job_id = req.get("id")
+        if not isinstance(job_id, str):
+            known = ", ".join(j["id"] for j in jobs.jobs()) or "none"
+            return {
+                "ok": False,
+                "error": f"cancel needs an 'id' string (from collect_pairs); known jobs: {known}",
+            }
+        try:
+            return jobs.cancel(job_id)
+        except KeyError as exc:
+            return {"ok": False, "error": str(exc.args[0])}
+
     server.register("collect_pairs", collect_pairs)
     server.register("job", job)
+    server.register("cancel", cancel)

@@ -1,6 +1,6 @@
 """Paired short/long-exposure datasets: the folder format, its writer and reader, quality checks.
 
-A dataset is a folder (DESIGN.md, "Paired dataset")::
+A dataset is a folder (the README's "File formats")::
 
     DATASET/
       pairs.json              the index (JSON, rewritten atomically after each pair)
@@ -12,7 +12,11 @@ A pair exists if and only if the index lists it. Its two files are written under
 temporary names, renamed into place, and only then is the index rewritten (atomically),
 so a crash loses at most the pair in flight. Files that the index does not list
 (temporaries, frames of a pair whose index entry never landed) are ignored on reading
-and reported in :attr:`PairDataset.stray`.
+and reported in :attr:`PairDataset.stray`; the next collection into the dataset removes
+them. A new dataset's folder (frames folder, calibration, empty index) is built under a
+hidden temporary name beside it and renamed into place, so a crash while it is made leaves
+no half-made dataset; a folder left half-made by an older version (livedenoise's own
+files but no index) is recovered: its incomplete pair is discarded.
 
 Quality checks (:func:`check_pair`) are recorded per pair: the sub-pixel shift between
 the short and the long exposure (phase correlation), the fraction of saturated pixels in
@@ -23,30 +27,27 @@ training unless asked for (:meth:`PairDataset.usable`).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
 import os
-import shutil
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
 
 from livedenoise.acquisition.registration import phase_shift, registration_confidence
-from livedenoise.calibration.maps import Calibration, PhotonConverter, read_calibration, write_calibration
-from livedenoise.util.atomic import atomic_path, check_writable_dir
-from livedenoise.util.jsonutil import json_default
+from livedenoise.calibration.maps import Calibration, PhotonConverter, read_calibration
 
 __all__ = [
     "FORMAT_VERSION",
     "INDEX_NAME",
     "PairDataset",
-    "PairWriter",
     "PairsError",
     "QualityThresholds",
     "check_pair",
@@ -60,6 +61,8 @@ FORMAT_VERSION = 1
 INDEX_NAME = "pairs.json"
 CALIBRATION_NAME = "calibration.tif"
 FRAMES_DIR = "frames"
+_PAIR_FILE = re.compile(r"\.?pair-\d{5}-(short|long)\.tif(\.part)?")
+_OWN_TEMPORARY = re.compile(r"\.(pairs\.json|calibration\.tif)\..*\.part")
 
 
 class PairsError(ValueError):
@@ -152,8 +155,9 @@ def check_pair(
     total_long = float(np.sum(long_e, dtype=np.float64))
     n_short = short_e.shape[0] if short_e.ndim == 3 else 1
     if total_short * n_short >= t.min_signal_e:
-        signal_ratio: float | None = total_long / total_short
-        deviation: float | None = signal_ratio / float(exposure_ratio) - 1.0
+        ratio = total_long / total_short
+        signal_ratio: float | None = ratio
+        deviation: float | None = ratio / float(exposure_ratio) - 1.0
     else:
         signal_ratio = deviation = None
     quality = {
@@ -181,13 +185,6 @@ def check_pair(
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-def _write_tiff(path: Path, array: np.ndarray, description: str) -> None:
-    """Write one TIFF (the single place frames hit the disk; tests inject faults here)."""
-    import tifffile
-
-    tifffile.imwrite(path, array, photometric="minisblack", description=description, metadata=None)
 
 
 def _camera_key(camera: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -224,222 +221,14 @@ def _calibrations(cal: Calibration, camera: Mapping[str, Any]) -> tuple[Calibrat
     return cal, frame_cal
 
 
-class PairWriter:
-    """Append pairs to a dataset folder, each completely or not at all.
-
-    Nothing is written until the first :meth:`add` (bad arguments and an aborted first
-    pair leave no folder behind). An existing dataset is appended to if its camera,
-    ROI, binning and calibration match, else :class:`PairsError` says what differs.
-
-    Parameters
-    ----------
-    path : path-like
-        The dataset folder (created if needed; its parent must exist and be writable).
-    camera : dict
-        ``label`` (device label), ``shape`` ([H, W]), ``roi`` ([x, y, w, h]),
-        ``binning``, ``bit_depth``; anything else JSON-able is kept.
-    calibration : Calibration
-        Full-sensor maps used to convert the frames (written as ``calibration.tif``).
-    calibration_file : path-like, optional
-        The calibration TIFF to copy instead of writing ``calibration`` (a real rig's file).
-    thresholds : QualityThresholds, optional
-        Limits for the quality flags (stored in the index).
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        camera: Mapping[str, Any],
-        calibration: Calibration,
-        calibration_file: str | os.PathLike[str] | None = None,
-        thresholds: QualityThresholds | None = None,
-    ) -> None:
-        self.path = Path(path)
-        self.camera = dict(camera)
-        self.calibration_file = Path(calibration_file) if calibration_file else None
-        self.thresholds = thresholds or QualityThresholds()
-        shape = tuple(self.camera.get("shape") or ())
-        if len(shape) != 2:
-            raise PairsError(f"camera description needs shape [H, W], got {self.camera.get('shape')!r}")
-        self.max_adu = int(2 ** int(self.camera.get("bit_depth", 16)) - 1)
-        self.calibration, self.frame_calibration = _calibrations(calibration, self.camera)
-        self._convert = PhotonConverter(self.frame_calibration)
-        self.index: dict[str, Any] | None = None
-        self._check_destination()
-
-    # -- destination --------------------------------------------------------------
-
-    def _check_destination(self) -> None:
-        p = self.path
-        if p.exists() and not p.is_dir():
-            raise PairsError(f"output {p} exists and is not a folder; choose a new folder for the dataset")
-        if (p / INDEX_NAME).is_file():
-            existing = PairDataset(p)
-            self._check_compatible(existing.index)
-            self.index = existing.index
-            check_writable_dir(p, "paired dataset")
-        elif p.is_dir():
-            if any(p.iterdir()):
-                raise PairsError(
-                    f"output folder {p} is not empty and holds no {INDEX_NAME}; "
-                    "choose a new folder (or an existing paired dataset to append to)"
-                )
-            check_writable_dir(p, "paired dataset")
-        else:
-            parent = p.parent if str(p.parent) else Path(".")
-            check_writable_dir(parent, "paired dataset")
-
-    def _check_compatible(self, index: Mapping[str, Any]) -> None:
-        old_cam = index.get("camera", {})
-        if _camera_key(old_cam) != _camera_key(self.camera):
-            raise PairsError(
-                f"cannot append to {self.path}: it holds pairs of camera {old_cam.get('label')!r} "
-                f"{old_cam.get('shape')} (ROI {old_cam.get('roi')}, binning {old_cam.get('binning')}) "
-                f"but this collection is {self.camera.get('label')!r} {list(self.camera['shape'])} "
-                f"(ROI {self.camera.get('roi')}, binning {self.camera.get('binning')}); "
-                "collect into a new folder or restore the camera settings"
-            )
-        old_cal = index.get("calibration", {}).get("id")
-        if old_cal != self.calibration.id:
-            raise PairsError(
-                f"cannot append to {self.path}: it was collected with calibration {old_cal!r}, "
-                f"this collection uses {self.calibration.id!r}; collect into a new folder"
-            )
-
-    def _create(self) -> dict[str, Any]:
-        self.path.mkdir(exist_ok=True)
-        (self.path / FRAMES_DIR).mkdir(exist_ok=True)
-        cal_path = self.path / CALIBRATION_NAME
-        if self.calibration_file is not None:
-            with atomic_path(cal_path, "calibration copy") as tmp:
-                shutil.copyfile(self.calibration_file, tmp)
-        else:
-            write_calibration(cal_path, self.calibration)
-        index = {
-            "livedenoise_pairs": FORMAT_VERSION,
-            "camera": self.camera,
-            "calibration": {"file": CALIBRATION_NAME, "id": self.calibration.id},
-            "thresholds": asdict(self.thresholds),
-            "created": _now(),
-            "updated": _now(),
-            "pairs": [],
-        }
-        self._write_index(index)
-        return index
-
-    def _write_index(self, index: Mapping[str, Any]) -> None:
-        with atomic_path(self.path / INDEX_NAME, "pairs index") as tmp:
-            tmp.write_text(json.dumps(index, indent=1, default=json_default))
-
-    # -- pairs ----------------------------------------------------------------------
-
-    @property
-    def n_pairs(self) -> int:
-        return 0 if self.index is None else len(self.index["pairs"])
-
-    def to_e(self, raw: np.ndarray) -> np.ndarray:
-        """Raw ADU frame(s) -> photoelectrons with the dataset's calibration."""
-        raw = np.asarray(raw)
-        if raw.ndim == 2:
-            return self._convert(raw)
-        return np.stack([self._convert(f) for f in raw])
-
-    def add(
-        self,
-        short_adu: np.ndarray,
-        long_adu: np.ndarray,
-        *,
-        short_exposure_ms: float,
-        long_exposure_ms: float,
-        position_um: Mapping[str, float | None] | None = None,
-        t_short: Sequence[float] = (),
-        t_long: float | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Check and write one pair; return its index entry.
-
-        ``short_adu`` is ``(H, W)`` or ``(K, H, W)`` uint16, ``long_adu`` ``(H, W)`` uint16.
-        On any error (a full disk included) nothing of this pair remains and the index
-        is as it was.
-        """
-        short_adu = np.asarray(short_adu)
-        long_adu = np.asarray(long_adu)
-        if short_adu.ndim == 2:
-            short_adu = short_adu[None]
-        shape = tuple(self.camera["shape"])
-        if short_adu.shape[1:] != shape or long_adu.shape != shape:
-            raise PairsError(
-                f"pair frames are {short_adu.shape[1:]} (short) and {long_adu.shape} (long) "
-                f"but this dataset is {shape}"
-            )
-        if short_adu.dtype != np.uint16 or long_adu.dtype != np.uint16:
-            raise PairsError(f"pair frames must be uint16 ADU, got {short_adu.dtype} and {long_adu.dtype}")
-        if not (0 < short_exposure_ms < long_exposure_ms):
-            raise PairsError(
-                f"short exposure ({short_exposure_ms} ms) must be > 0 and shorter than the "
-                f"long one ({long_exposure_ms} ms)"
-            )
-        ratio = float(long_exposure_ms) / float(short_exposure_ms)
-        quality, flags = check_pair(
-            self.to_e(short_adu),
-            self.to_e(long_adu),
-            long_adu,
-            exposure_ratio=ratio,
-            max_adu=self.max_adu,
-            thresholds=self.thresholds,
-        )
-        if self.index is None:
-            self.index = self._create()
-        index = self.index
-        pair_id = max((p["id"] for p in index["pairs"]), default=-1) + 1
-        names = {role: f"{FRAMES_DIR}/pair-{pair_id:05d}-{role}.tif" for role in ("short", "long")}
-        entry = {
-            "id": pair_id,
-            "short": names["short"],
-            "long": names["long"],
-            "short_exposure_ms": float(short_exposure_ms),
-            "n_short": int(short_adu.shape[0]),
-            "long_exposure_ms": float(long_exposure_ms),
-            "ratio": ratio,
-            "position_um": dict(position_um or {"x": None, "y": None, "z": None}),
-            "t_short": [float(t) for t in t_short],
-            "t_long": t_long,
-            "quality": quality,
-            "flags": flags,
-        }
-        if extra:
-            entry.update(extra)
-        written: list[Path] = []
-        try:
-            for role, arr in (("short", short_adu), ("long", long_adu)):
-                final = self.path / names[role]
-                tmp = final.with_name("." + final.name + ".part")
-                written.append(tmp)
-                desc = json.dumps(
-                    {"livedenoise_pair": pair_id, "role": role, "exposure_ms": entry[f"{role}_exposure_ms"]}
-                )
-                _write_tiff(tmp, arr, desc)
-            for role in ("short", "long"):
-                final = self.path / names[role]
-                os.replace(final.with_name("." + final.name + ".part"), final)
-                written.append(final)
-            new_index = dict(index, pairs=[*index["pairs"], entry], updated=_now())
-            self._write_index(new_index)
-        except BaseException as exc:
-            for p in written:
-                p.unlink(missing_ok=True)
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                raise OSError(
-                    errno.ENOSPC,
-                    f"disk full while writing pair {pair_id} to {self.path}; the dataset keeps its "
-                    f"{len(index['pairs'])} complete pairs: free space and collect again to append",
-                ) from exc
-            raise
-        self.index = new_index
-        if flags:
-            log.warning("pair %s flagged %s: %s", pair_id, ",".join(flags), quality)
-        return entry
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 # -- reading --------------------------------------------------------------------------
@@ -534,7 +323,6 @@ class PairDataset:
 
     def load_adu(self, pair: int | Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         """``(short (K, H, W), long (H, W))`` uint16 ADU of one pair."""
-        import tifffile
 
         entry = self.entry(pair) if isinstance(pair, int) else pair
         short = tifffile.imread(self.path / entry["short"])

@@ -494,7 +494,7 @@ def bench_engine(
     Returns
     -------
     dict
-        ``fps``, ``latency_ms_p50``, ``latency_ms_p99``, ``n``, ``shape``, ``batch``, and the
+        ``fps``, ``latency_ms_p50``, ``latency_ms_p99``, ``latency_ms_min``, ``n``, ``shape``, ``batch``, and the
         engine's ``describe()``.
     """
     if n < 1:
@@ -530,6 +530,7 @@ def bench_engine(
         "fps": done / total,
         "latency_ms_p50": float(np.percentile(lat, 50) * 1e3),
         "latency_ms_p99": float(np.percentile(lat, 99) * 1e3),
+        "latency_ms_min": float(lat.min() * 1e3),
         "n": done,
         "shape": list(shape),
         "batch": batch if many is not None else 1,

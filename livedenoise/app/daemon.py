@@ -19,11 +19,12 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from livedenoise.acquisition.core import CameraSettings, CoreError, apply_camera_settings
+from livedenoise.acquisition.core import CameraSettings, CoreError, apply_camera_settings, sensor_shape
 from livedenoise.acquisition.jobs import JobManager, install_pair_commands
 from livedenoise.calibration.maps import Calibration, CalibrationError, read_calibration
 from livedenoise.imaging.metrics import psnr
 from livedenoise.inference.engines import Engine, EngineUnavailable, PassthroughEngine, make_engine
+from livedenoise.inference.modelio import resolve_model_request
 from livedenoise.live.attached import AttachedSource
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.pipeline import Pipeline, PipelineError
@@ -166,9 +167,16 @@ def control_handlers(pipeline: Pipeline) -> dict[str, Handler]:
                 'path of a model file, e.g. {"cmd": "set_model", "model": "rln-denoise-v1"}',
             }
         if not isinstance(name, str) or not name:
-            return {"ok": False, "error": f"'model' must be a model id or path string, got {name!r}"}
+            return {
+                "ok": False,
+                "error": f"'model' must be a model id or path string, got {type(name).__name__} {name!r}",
+            }
+        try:  # confined to the model folders; refused before anything is looked at
+            weights = resolve_model_request(name, pipeline.config.model_dirs)
+        except (ValueError, FileNotFoundError) as exc:
+            return {"ok": False, "error": str(exc)}
         try:
-            described = set_model(pipeline, name)
+            described = set_model(pipeline, str(weights))
         except Exception as exc:
             return {"ok": False, "error": f"cannot load model {name!r}: {exc}"}
         return {"engine": described, "model": described.get("model")}
@@ -236,15 +244,21 @@ def attach(
 
 
 def choose_engine(
-    kind: str | None, model: str | None, *, fallback: bool, out: TextIO | None = None
+    kind: str | None,
+    model: str | None,
+    *,
+    fallback: bool,
+    out: TextIO | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Engine:
     """Make the engine asked for; with ``fallback``, fall back to passthrough with a message.
 
-    ``kind=None`` means ``cpu`` (the default live model on the CPU).
+    ``kind=None`` means ``cpu`` (the default live model on the CPU). ``options``: engine
+    keyword options (e.g. ``{"precision": "fp32"}``).
     """
     log.info("loading the restoration engine (%s, model %s) ...", kind or "cpu", model or "default")
     try:
-        return make_engine(kind or "cpu", model=model)
+        return make_engine(kind or "cpu", model=model, **(options or {}))
     except (EngineUnavailable, ImportError, FileNotFoundError, ValueError) as exc:
         if not fallback:
             raise
@@ -292,13 +306,25 @@ def _engine_phrase(engine: Engine) -> str:
     return f"{d.get('backend', getattr(engine, 'name', '?'))}: {model}{precision}"
 
 
-def _install_jobs(server: ControlServer, pipeline: Pipeline, source: FrameSource) -> JobManager | None:
-    """Add the ``collect_pairs`` and ``job`` control commands when the daemon owns the core."""
+def _install_jobs(
+    server: ControlServer, pipeline: Pipeline, source: FrameSource, data_dir: str | None = None
+) -> JobManager | None:
+    """Add the ``collect_pairs``, ``job`` and ``cancel`` commands when the daemon owns the core."""
     if not isinstance(source, CoreSource):
         return None  # attached to another program's core: collecting pairs would take it over
     jobs = JobManager()
-    install_pair_commands(server, pipeline, source.core, jobs)
+    install_pair_commands(server, pipeline, source.core, jobs, data_dir=data_dir)
     return jobs
+
+
+def _check_calibration_fits(source: FrameSource, calibration: Calibration) -> None:
+    """Refuse maps of another sensor size before anything starts (the daemon owns an idle core)."""
+    if not isinstance(source, CoreSource) or calibration.meta.get("source") == "nominal":
+        return
+    core = source.core
+    if core.isSequenceRunning():
+        return  # never touch a running camera's ROI
+    calibration.check_sensor(sensor_shape(core), camera=core.getCameraDevice())
 
 
 def run_live(
@@ -315,6 +341,7 @@ def run_live(
 
     0: stopped normally; 1: the pipeline failed (the summary says why).
     """
+    _check_calibration_fits(source, calibration)
     keep_freed_memory()  # copying sends reuse heap memory (see livedenoise.util.memory)
     out = out or sys.stdout
     security = server_security(config)
@@ -325,7 +352,7 @@ def run_live(
     try:
         pipeline = Pipeline(source, engine, publisher, calibration, config, observer=sampler)
         server = serve_control(pipeline, config.control_endpoint, security=security)
-        jobs = _install_jobs(server, pipeline, source)
+        jobs = _install_jobs(server, pipeline, source, config.data_dir)
         pipeline.start()
         print(
             f"livedenoise: camera {pipeline.status()['camera']} ROI {pipeline.status()['roi']}, engine "

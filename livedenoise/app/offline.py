@@ -4,7 +4,8 @@ The same calibration (ADU -> photoelectrons) and the same :class:`~livedenoise.i
 as the live pipeline, tiled with overlap for large frames (:mod:`livedenoise.inference.tiling`).
 The output TIFF has the input's shape, float32 photoelectrons, and JSON metadata in its
 ImageDescription (schema ``livedenoise.restored/1``): livedenoise version, model id and
-card sha256, calibration id, units, engine, tiling, and saturated-pixel counts.
+card sha256, calibration id, units, the precision used (``precision``: fp32, bf16...), engine,
+tiling, and saturated-pixel counts.
 
 Everything that can be checked is checked before any work is done (input dtype and
 shape, calibration shape, output folder); the output is written atomically, so a
@@ -110,14 +111,41 @@ def read_raw_stack(path: str | os.PathLike[str]) -> np.ndarray:
         raise InputError(f"input {path} is a folder; give one TIFF file")
     try:
         with tifffile.TiffFile(path) as tf:
-            series = tf.series[0]
-            axes = series.axes
-            raw = series.asarray()
+            all_series = list(tf.series)
+            n_pages = len(tf.pages)
+            if not all_series:
+                raise InputError(f"{path} holds no image; expected a uint16 TIFF of raw camera frames")
+            layout = [(tuple(s.shape), s.dtype, s.axes) for s in all_series]
+            covered = sum(len(s.pages) for s in all_series)
+            if len(all_series) > 1:
+                # e.g. a recording written one page at a time, each page its own series: every
+                # frame is read; series of different shapes (or stacks of stacks) are refused
+                shapes = {(shape, dtype) for shape, dtype, _axes in layout}
+                if len(shapes) != 1 or len(layout[0][0]) != 2:
+                    kinds = ", ".join(
+                        f"{'×'.join(map(str, sh))} {dt}" for sh, dt in sorted(shapes, key=str)[:4]
+                    )
+                    raise InputError(
+                        f"{path} holds {len(all_series)} image series of different shapes or of more "
+                        f"than one frame each ({kinds}); expected one (H, W) or (T, H, W) stack of uint16 "
+                        "camera frames: save each series as its own TIFF"
+                    )
+                raw = np.stack([s.asarray() for s in all_series])
+                axes = "T" + layout[0][2]
+            else:
+                raw = all_series[0].asarray()
+                axes = layout[0][2]
+    except InputError:
+        raise
     except Exception as exc:  # tifffile raises many types on corrupt or non-TIFF files
         raise InputError(
-            f"cannot read {path} as a TIFF ({type(exc).__name__}: {exc}); expected a uint16 "
-            "TIFF of raw camera frames"
+            f"cannot read {path} as a TIFF ({type(exc).__name__}); expected a uint16 TIFF of raw camera frames"
         ) from exc
+    if covered < n_pages:
+        raise InputError(
+            f"{path} has {n_pages} pages but only {covered} belong to its image series; it would be "
+            "restored incompletely: save the frames as one (T, H, W) stack"
+        )
     if raw.ndim == 3 and axes.endswith("S") and raw.shape[-1] in (3, 4):
         raise InputError(f"{path} is an RGB image ({raw.shape}); expected monochrome uint16 camera frames")
     validate_raw(raw, str(path))
@@ -284,6 +312,7 @@ def denoise_file(
         "created": datetime.now(UTC).isoformat(),
         "input": input_path.name,
         **_model_info(engine),
+        "precision": engine.describe().get("precision"),
         "engine": engine.describe(),
         "calibration": cal.id,
         "calibration_source": calibration_source,
@@ -296,7 +325,7 @@ def denoise_file(
         "saturated_frames": {str(k): v for k, v in list(report.saturated_per_frame.items())[:1000]},
         "warnings": report.warnings,
     }
-    with atomic_path(output_path, "restored TIFF") as tmp:
+    with atomic_path(output_path, "restored TIFF", need_bytes=restored.nbytes + (1 << 16)) as tmp:
         tifffile.imwrite(tmp, restored, photometric="minisblack", metadata=meta)
     log.info(
         "wrote %s: %s float32 photoelectrons, %d frame(s) in %.2f s",

@@ -394,7 +394,7 @@ def fit_calibration(
 
     # -- summary --------------------------------------------------------------------------
     good = ~any_defect
-    ptc = []
+    ptc: list[dict[str, Any]] = []
     for f, c in zip(flats, level_checks):
         xl = f.mean_adu.astype(np.float64) - offset
         ptc.append(

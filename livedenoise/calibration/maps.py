@@ -2,10 +2,16 @@
 
 ``e = (adu - offset_adu) / gain_adu_per_e``; everything downstream is float32 e-.
 
-The calibration file (DESIGN.md) is one TIFF with three float32 pages of the full
+The calibration file (the README's "File formats") is one TIFF with three float32 pages of the full
 sensor, in order ``offset_adu``, ``gain_adu_per_e``, ``read_var_e2``; the first page's
-ImageDescription is JSON with ``"livedenoise_calibration": 1``. Maps are full-sensor;
-:meth:`Calibration.for_roi` gives the maps of a camera ROI and binning.
+ImageDescription is JSON with ``"livedenoise_calibration": 1``. That JSON also carries
+tifffile's own ``"shape": [3, H, W]`` (first), so that plain ``tifffile.imread`` reads the
+file as the ``(3, H, W)`` stack (tifffile takes any JSON description containing a
+``"shape"`` key for its shaped metadata). Maps are full-sensor; :meth:`Calibration.for_roi`
+gives the maps of a camera ROI and binning.
+
+Values are checked whenever maps are made or read: finite, gain within
+:data:`GAIN_RANGE_ADU_PER_E`, read variance >= 0; a file must hold exactly three pages.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from livedenoise.util.atomic import atomic_path
 from livedenoise.util.jsonutil import json_default
 
 __all__ = [
+    "GAIN_RANGE_ADU_PER_E",
     "PAGES",
     "Calibration",
     "CalibrationError",
@@ -37,6 +44,8 @@ log = logging.getLogger("livedenoise")
 
 FORMAT_VERSION = 1
 PAGES = ("offset_adu", "gain_adu_per_e", "read_var_e2")
+GAIN_RANGE_ADU_PER_E = (1e-3, 1e3)
+"""Physical camera gains (ADU per photoelectron): sCMOS ~0.1-10, EMCCD with EM gain up to ~100s."""
 
 
 class CalibrationError(ValueError):
@@ -80,16 +89,26 @@ class Calibration:
             m.setflags(write=False)
             object.__setattr__(self, name, m)
         gain, var = maps[1], maps[2]
-        if not (np.all(np.isfinite(maps[0])) and np.all(np.isfinite(gain)) and np.all(np.isfinite(var))):
-            raise CalibrationError("calibration maps contain NaN or Inf; recalibrate")
-        if np.any(gain <= 0):
-            n = int(np.count_nonzero(gain <= 0))
+        if maps[0].size == 0:
+            raise CalibrationError("calibration maps are empty (0 pixels); recalibrate")
+        for name, m in zip(PAGES, maps):
+            bad = int(m.size - np.count_nonzero(np.isfinite(m)))
+            if bad:
+                raise CalibrationError(f"calibration map {name} holds {bad} NaN or Inf values; recalibrate")
+        lo, hi = GAIN_RANGE_ADU_PER_E
+        outside = (gain < lo) | (gain > hi)
+        if np.any(outside):
+            n = int(np.count_nonzero(outside))
             raise CalibrationError(
-                f"gain_adu_per_e must be > 0 everywhere, {n} pixels are not; recalibrate "
+                f"gain_adu_per_e must lie within [{lo:g}, {hi:g}] ADU per e- (a physical camera gain), "
+                f"{n} pixels do not (min {float(gain.min()):.3g}, max {float(gain.max()):.3g}); recalibrate "
                 "(or mark them as defects with a nominal gain)"
             )
         if np.any(var < 0):
-            raise CalibrationError("read_var_e2 must be >= 0 everywhere; recalibrate")
+            n = int(np.count_nonzero(var < 0))
+            raise CalibrationError(
+                f"read_var_e2 must be >= 0 everywhere, {n} pixels are not (min {float(var.min()):.3g}); recalibrate"
+            )
         if self.roi is None:
             h, w = maps[0].shape
             object.__setattr__(self, "roi", (0, 0, w, h, 1))
@@ -111,7 +130,8 @@ class Calibration:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.offset_adu.shape  # type: ignore[return-value]
+        h, w = self.offset_adu.shape
+        return (int(h), int(w))
 
     # -- constructors -----------------------------------------------------------
 
@@ -194,6 +214,25 @@ class Calibration:
             roi=(x, y, width, height, b),
         )
 
+    def check_sensor(self, sensor_shape: tuple[int, int], camera: str | None = None) -> None:
+        """Raise a clear error unless these full-sensor maps fit a sensor of ``sensor_shape`` (H, W).
+
+        Nominal (uniform) calibrations fit any sensor.
+        """
+        if self.meta.get("source") == "nominal":
+            return
+        sh, sw = (int(v) for v in sensor_shape)
+        if self.shape == (sh, sw) and self.roi is not None and self.roi[:2] == (0, 0):
+            return
+        who = f"camera {camera!r}" if camera else "the camera"
+        partial = self.meta.get("sensor_roi")
+        what = " (a partial calibration of one sensor region)" if partial else ""
+        raise CalibrationError(
+            f"calibration maps are {_shape_str(self.shape[::-1])}{what} but the sensor of {who} is "
+            f"{sw}×{sh} (unbinned); use the calibration of this camera, or calibrate its full sensor "
+            "(`livedenoise calibrate --live`)"
+        )
+
     def check_frame_shape(self, shape: tuple[int, ...]) -> None:
         """Raise a clear error if a frame of ``shape`` cannot use these maps."""
         if tuple(shape) != self.shape:
@@ -209,7 +248,7 @@ class Calibration:
 
 
 def write_calibration(path: str | os.PathLike[str], cal: Calibration, **extra_meta: Any) -> Path:
-    """Write ``cal`` as the DESIGN.md calibration TIFF, atomically.
+    """Write ``cal`` as the calibration TIFF (README, "File formats"), atomically.
 
     The file appears complete or not at all: it is written next to ``path`` under a
     temporary name, flushed, and renamed over ``path``.
@@ -219,16 +258,19 @@ def write_calibration(path: str | os.PathLike[str], cal: Calibration, **extra_me
     path = Path(path)
     if cal.roi is not None and cal.roi[4] != 1:
         raise CalibrationError("write full-sensor, unbinned maps (binning is applied on use)")
+    h, w = cal.shape
     meta = {
+        "shape": [len(PAGES), h, w],  # tifffile's key: plain tifffile.imread gives (3, H, W)
         "livedenoise_calibration": FORMAT_VERSION,
         "pages": list(PAGES),
         "camera": cal.meta.get("camera"),
         "created": cal.meta.get("created") or datetime.now(UTC).isoformat(),
     }
-    meta.update({k: v for k, v in cal.meta.items() if k not in meta})
-    meta.update(extra_meta)
+    meta.update({k: v for k, v in cal.meta.items() if k not in meta and k != "path"})
+    meta.update({k: v for k, v in extra_meta.items() if k != "shape"})
     description = json.dumps(meta, default=json_default)
-    with atomic_path(path, "calibration") as tmp, tifffile.TiffWriter(tmp) as tw:
+    need = 3 * 4 * cal.offset_adu.size + len(description) + (1 << 16)
+    with atomic_path(path, "calibration", need_bytes=need) as tmp, tifffile.TiffWriter(tmp) as tw:
         for i, name in enumerate(PAGES):
             tw.write(
                 getattr(cal, name),
@@ -240,7 +282,7 @@ def write_calibration(path: str | os.PathLike[str], cal: Calibration, **extra_me
 
 
 def read_calibration(path: str | os.PathLike[str]) -> Calibration:
-    """Read a calibration TIFF written by :func:`write_calibration` (or to DESIGN.md)."""
+    """Read a calibration TIFF written by :func:`write_calibration` (or by any program that follows the format)."""
     import tifffile
 
     path = Path(path)
@@ -251,11 +293,13 @@ def read_calibration(path: str | os.PathLike[str]) -> Calibration:
         )
     try:
         with tifffile.TiffFile(path) as tf:
-            pages = list(tf.pages)
-            desc = pages[0].description if pages else ""
-            arrays = [p.asarray() for p in pages[:3]]
+            n_pages = len(tf.pages)
+            desc = tf.pages.first.description if n_pages else ""
+            arrays = [tf.pages[i].asarray() for i in range(min(n_pages, 3))] if n_pages == 3 else []
     except Exception as exc:  # tifffile raises many types for corrupt files
-        raise CalibrationError(f"{path} is not a readable TIFF ({exc})") from exc
+        raise CalibrationError(
+            f"{path} is not a readable TIFF ({type(exc).__name__}); give a calibration from `livedenoise calibrate`"
+        ) from exc
     try:
         meta = json.loads(desc)
     except (TypeError, ValueError):
@@ -272,13 +316,20 @@ def read_calibration(path: str | os.PathLike[str]) -> Calibration:
         )
     if list(meta.get("pages", PAGES)) != list(PAGES):
         raise CalibrationError(f"{path} pages are {meta.get('pages')}, expected {list(PAGES)}")
-    if len(arrays) != 3:
-        raise CalibrationError(f"{path} has {len(arrays)} pages, expected 3 ({', '.join(PAGES)})")
+    if n_pages != 3:
+        raise CalibrationError(
+            f"{path} has {n_pages} pages, expected exactly 3 ({', '.join(PAGES)}); it is not a calibration "
+            "this livedenoise wrote: recalibrate"
+        )
     for name, a in zip(PAGES, arrays):
         if a.dtype != np.float32 or a.ndim != 2:
             raise CalibrationError(f"{path}: page {name} is {a.dtype} {a.shape}, expected 2D float32")
-    meta.setdefault("path", str(path))
-    return Calibration(*arrays, meta=meta)
+    meta.pop("shape", None)  # tifffile's key, not ours
+    meta["path"] = str(path)
+    try:
+        return Calibration(arrays[0], arrays[1], arrays[2], meta=meta)
+    except CalibrationError as exc:
+        raise CalibrationError(f"{path}: {exc}") from None
 
 
 # -- conversion ---------------------------------------------------------------------

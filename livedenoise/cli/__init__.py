@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "calibrate": "calibrate",
     "collect-pairs": "collect_pairs",
     "train": "train",
+    "adapt": "adapt",
     "evaluate": "evaluate",
     "models": "models",
     "export": "export",
@@ -52,7 +53,19 @@ def _load(name: str) -> ModuleType:
     return import_module(f"livedenoise.cli.{COMMANDS[name]}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: list[str]) -> str | None:
+    """The command named in ``argv`` (the first word that is not a top-level option), if known."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``only``, just that command's module is imported (a fast start).
+
+    The other commands are then registered by name only (enough to parse ``only``'s options).
+    """
 
     parser = argparse.ArgumentParser(
         prog="livedenoise",
@@ -66,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
+        if only is not None and name != only:
+            sub.add_parser(name)
+            continue
         try:
             mod = _load(name)
         except ModuleNotFoundError as exc:
@@ -94,7 +110,8 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=_command_in(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()

@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-__all__ = ["CLIError", "add_camera_arguments", "roi"]
+__all__ = [
+    "PRECISIONS",
+    "CLIError",
+    "add_camera_arguments",
+    "add_confinement_arguments",
+    "add_force_argument",
+    "add_precision_argument",
+    "engine_options",
+    "existing_outputs",
+    "roi",
+]
+
+PRECISIONS = ("auto", "fp32", "bf16")
+"""Values of ``--precision`` (the CPU engine's; ``auto`` leaves every backend its own default)."""
 
 
 class CLIError(Exception):
@@ -19,7 +33,57 @@ def roi(text: str) -> tuple[int, int, int, int]:
         vals = ()
     if len(vals) != 4 or vals[2] <= 0 or vals[3] <= 0 or min(vals) < 0:
         raise argparse.ArgumentTypeError(f"expected X,Y,W,H (pixels, W and H > 0), got {text!r}")
-    return vals  # type: ignore[return-value]
+    return vals[0], vals[1], vals[2], vals[3]
+
+
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    """``--precision auto|fp32|bf16`` (the same option on denoise, serve and demo)."""
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="numeric precision of the restoration: auto (bf16 where it was validated against fp32 "
+        "for the model and is faster on this machine, decided once and cached), fp32, or bf16 "
+        "(if validated, else fp32); default %(default)s",
+    )
+
+
+def engine_options(precision: str) -> dict[str, str]:
+    """Engine keyword options for ``--precision``: none for ``auto`` (each backend's own default)."""
+    return {} if precision == "auto" else {"precision": precision}
+
+
+def add_confinement_arguments(p: argparse.ArgumentParser) -> None:
+    """``--data-dir`` and ``--model-dir``: the folders control requests may use (serve, demo)."""
+    g = p.add_argument_group("folders control requests may use (paths outside them are refused)")
+    g.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=None,
+        help="folder where collect_pairs requests write datasets (their output resolves inside it); "
+        "without it the daemon collects no pairs on request",
+    )
+    g.add_argument(
+        "--model-dir",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="folder set_model requests may load models from, besides $LIVEDENOISE_MODELS and the "
+        "shipped models (repeatable); --model may also name an id found there",
+    )
+
+
+def add_force_argument(p: argparse.ArgumentParser) -> None:
+    """``--force``: overwrite existing outputs (without it a command refuses to)."""
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def existing_outputs(*paths: str | os.PathLike[str] | None) -> list[str]:
+    """The given output files that already exist (a command without --force refuses to overwrite them).
+
+    Folders are not listed: writing a file over a folder fails anyway, with its own message.
+    """
+    return [os.fspath(p) for p in paths if p is not None and os.path.lexists(p) and not os.path.isdir(p)]
 
 
 def add_camera_arguments(p: argparse.ArgumentParser, *, exposure_default: float | None = None) -> None:

@@ -6,8 +6,7 @@ import argparse
 
 from livedenoise.calibration.files import calibrate_files
 from livedenoise.calibration.live import LiveOptions, calibrate_live_config
-from livedenoise.cli import CLIError
-from livedenoise.cli._args import roi
+from livedenoise.cli._args import CLIError, add_force_argument, existing_outputs, roi
 
 HELP = "measure the camera's per-pixel offset, gain and read noise (photon transfer)"
 
@@ -52,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--report", metavar="CAL.png", help="also write a PNG report (photon-transfer curve, maps)"
     )
     p.add_argument("--camera", help="camera name recorded in the file (live: the camera's label and name)")
+    add_force_argument(p)
     g = p.add_argument_group("from files")
     g.add_argument("--dark", metavar="DARK.tif", help="uint16 stack of dark frames (shutter closed)")
     g.add_argument(
@@ -113,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
 
     # a bar on a terminal, log lines without one (see livedenoise.util.progress)
     progress = not getattr(args, "quiet", False)
+    exists = existing_outputs(args.output, args.report)
+    if exists and not args.force:
+        raise CLIError(
+            f"{' and '.join(exists)} already exist(s); pass --force to overwrite or choose another -o/--report"
+        )
     if args.live:
         if args.dark or args.flat:
             raise CLIError(

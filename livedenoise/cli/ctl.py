@@ -13,7 +13,7 @@ from livedenoise.cli._args import roi
 from livedenoise.transport.client import request
 from livedenoise.transport.security import ClientSecurity
 
-HELP = "talk to a running daemon: status, set-model, set, collect-pairs, job, stop"
+HELP = "talk to a running daemon: status, set-model, set, collect-pairs, job, cancel, stop"
 DESCRIPTION = """\
 Sends one request to the control socket of a running `livedenoise serve` or `demo`
 (default tcp://127.0.0.1:5556) and prints the answer; no ZeroMQ code to write.
@@ -24,6 +24,7 @@ Examples:
   livedenoise ctl set --exposure-ms 50 --roi 768,768,512,512 --binning 1
   livedenoise ctl collect-pairs --short-ms 10 --long-ms 100 --pairs 20 -o pairs/ --wait
   livedenoise ctl job job-1 --wait
+  livedenoise ctl cancel job-1
   livedenoise ctl stop
 
 Exit status: 0 when the daemon said ok (and a waited-for job is done), 1 when it refused
@@ -65,6 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q = sub.add_parser("job", help="a job's state and progress")
     q.add_argument("id", help="the job id collect-pairs answered with (e.g. job-1)")
     q.add_argument("--wait", action="store_true", help="wait for the job to finish, printing its progress")
+    q = sub.add_parser("cancel", help="cancel a job (a collection keeps its complete pairs)")
+    q.add_argument("id", help="the job id")
     sub.add_parser("stop", help="stop the daemon (frames already acquired are still restored)")
 
 
@@ -107,8 +110,8 @@ def _payload(args: argparse.Namespace) -> dict[str, Any]:
         if args.positions is not None:
             payload["positions"] = args.positions
         return payload
-    if cmd == "job":
-        return {"cmd": "job", "id": args.id}
+    if cmd in ("job", "cancel"):
+        return {"cmd": cmd, "id": args.id}
     return {"cmd": cmd}
 
 
@@ -184,7 +187,7 @@ def _summary(cmd: str, reply: dict[str, Any]) -> str:
         return f"model {reply.get('model')} on {engine.get('backend')} ({engine.get('precision')}){note}"
     if cmd == "set":
         return f"camera ROI {reply.get('roi')} (x, y, w, h, binning), exposure {reply.get('exposure_ms')} ms"
-    if cmd in ("collect-pairs", "job"):
+    if cmd in ("collect-pairs", "job", "cancel"):
         line = f"{reply.get('id')}: {reply.get('state')}"
         if reply.get("error"):
             line += f": {reply['error']}"

@@ -7,8 +7,14 @@ import argparse
 from livedenoise.acquisition.core import CameraSettings, apply_camera_settings
 from livedenoise.app.daemon import choose_engine, run_live
 from livedenoise.calibration.maps import read_calibration
-from livedenoise.cli import CLIError
-from livedenoise.cli._args import add_camera_arguments
+from livedenoise.cli._args import (
+    CLIError,
+    add_camera_arguments,
+    add_confinement_arguments,
+    add_precision_argument,
+    engine_options,
+)
+from livedenoise.cli.serve import configured_model
 from livedenoise.drivers.simcam import load_sim_core
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.sources import CoreSource
@@ -43,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default=None, help="model id or path (default: the engine's default live model)"
     )
+    add_precision_argument(p)
     p.add_argument(
         "--size",
         type=int,
@@ -66,6 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="when the ring is full (default %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0, help="simulator seed (default %(default)s)")
+    add_confinement_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         calibration_path=args.calibration,
         publish_truth=True,
+        data_dir=args.data_dir,
+        model_dirs=tuple(args.model_dir),
     )
     if args.size < 8:
         raise CLIError(f"--size {args.size} is too small: use at least 8 pixels")
@@ -106,7 +116,12 @@ def run(args: argparse.Namespace) -> int:
         calibration = read_calibration(args.calibration)
     else:
         calibration = camera.true_calibration()
-    engine = choose_engine(args.engine, args.model, fallback=args.engine is None and args.model is None)
+    engine = choose_engine(
+        args.engine,
+        configured_model(config),
+        fallback=args.engine is None and args.model is None,
+        options=engine_options(args.precision),
+    )
 
     source = CoreSource(core, truth=camera.truth, poll_interval_ms=config.poll_interval_ms)
     return run_live(source, engine, calibration, config, seconds=args.seconds, quality=True)

@@ -6,7 +6,7 @@ import argparse
 
 from livedenoise.app.offline import denoise_file, match_calibration, read_raw_stack
 from livedenoise.calibration.maps import Calibration, read_calibration
-from livedenoise.cli import CLIError
+from livedenoise.cli._args import CLIError, add_force_argument, add_precision_argument, engine_options
 from livedenoise.inference.engines import make_engine
 from livedenoise.util.atomic import check_writable_dir
 
@@ -62,6 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--model", help="model id (see `livedenoise models`) or model file; default: the live default"
     )
     p.add_argument("--engine", default="auto", help="auto, cpu, onnxruntime, cuda, tensorrt or passthrough")
+    add_precision_argument(p)
     p.add_argument("--tile", type=int, default=512, help="tile side in pixels for large frames (default 512)")
     p.add_argument("--overlap", type=int, default=32, help="overlap between tiles in pixels (default 32)")
     p.add_argument(
@@ -71,9 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="pixels at or above this ADU are counted as saturated, reported (default 65535)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_force_argument(p)
 
 
-def _calibration(args: argparse.Namespace) -> tuple[object | None, str]:
+def _calibration(args: argparse.Namespace) -> tuple[Calibration | None, str]:
 
     if args.no_calibration:
         if args.calibration:
@@ -103,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.is_dir():
         raise CLIError(f"-o {out} is a folder; give a file name")
+    if out.exists() and not args.force:
+        raise CLIError(f"{out} already exists; pass --force to overwrite it or choose another -o")
     check_writable_dir(out.parent if str(out.parent) else Path("."), "restored TIFF")
     cal, source = _calibration(args)
     raw = read_raw_stack(args.input)  # validates dtype, shape, emptiness
@@ -116,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         cal = match_calibration(cal, raw.shape[-2:], roi=args.roi, binning=args.binning)
-    engine = make_engine(args.engine, model=args.model)
+    engine = make_engine(args.engine, model=args.model, **engine_options(args.precision))
     try:
         report = denoise_file(
             args.input,

@@ -7,9 +7,15 @@ import argparse
 from livedenoise.acquisition.core import CameraSettings, apply_camera_settings, load_core
 from livedenoise.app.daemon import choose_engine, run_live
 from livedenoise.calibration.maps import Calibration, read_calibration
-from livedenoise.cli import CLIError
-from livedenoise.cli._args import add_camera_arguments
+from livedenoise.cli._args import (
+    CLIError,
+    add_camera_arguments,
+    add_confinement_arguments,
+    add_precision_argument,
+    engine_options,
+)
 from livedenoise.drivers.simcam import python_device
+from livedenoise.inference.modelio import resolve_model
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.sources import CoreSource, check_pixel_type
 
@@ -30,6 +36,10 @@ Examples:
   livedenoise serve --config rig.cfg --no-calibration --nominal-gain-adu-per-e 2.2 --nominal-offset-adu 100
   livedenoise serve --config rig.cfg --calibration cal.tif --settings pipeline.toml
   livedenoise serve --config drivers/simcam.cfg --roi 768,768,512,512 --exposure-ms 30
+  livedenoise serve --config rig.cfg --calibration cal.tif --data-dir D:/pairs --model-dir D:/models
+
+Paths in control requests stay inside the folders named here: collect_pairs writes only
+inside --data-dir, set_model loads only shipped models, $LIVEDENOISE_MODELS and --model-dir.
 """
 
 
@@ -53,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--engine", default=None, help="restoration backend (default: from settings, else auto)")
     p.add_argument("--model", default=None, help="model id or path")
+    add_precision_argument(p)
     p.add_argument("--pub", default=None, help="PUB endpoint (default tcp://127.0.0.1:5555)")
     p.add_argument("--control", default=None, help="control endpoint (default tcp://127.0.0.1:5556)")
     p.add_argument("--ring-slots", type=int, default=None, help="ring buffer slots (default 8)")
@@ -74,9 +85,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seconds", type=float, default=None, help="stop after N seconds (default: until stopped)"
     )
+    add_confinement_arguments(p)
 
 
-def build_config(args: argparse.Namespace) -> object:
+def build_config(args: argparse.Namespace) -> PipelineConfig:
     """The PipelineConfig from --settings and the options given (options win)."""
 
     base = PipelineConfig.from_toml(args.settings) if args.settings else None
@@ -91,6 +103,8 @@ def build_config(args: argparse.Namespace) -> object:
         "nominal_gain_adu_per_e": args.nominal_gain_adu_per_e,
         "nominal_offset_adu": args.nominal_offset_adu,
         "security_dir": args.keys,
+        "data_dir": args.data_dir,
+        "model_dirs": tuple(args.model_dir) or None,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     if args.no_calibration:
@@ -121,8 +135,8 @@ def run(args: argparse.Namespace) -> int:
         x, y, w, h = core.getROI()
         calibration = Calibration.uniform(
             (y + h, x + w),
-            offset_adu=config.nominal_offset_adu,
-            gain_adu_per_e=config.nominal_gain_adu_per_e,
+            offset_adu=float(config.nominal_offset_adu or 0.0),  # PipelineConfig requires both with
+            gain_adu_per_e=float(config.nominal_gain_adu_per_e or 1.0),  # no_calibration
             camera=camera_label,
         )
     elif sim is not None and hasattr(sim, "true_calibration"):
@@ -136,6 +150,19 @@ def run(args: argparse.Namespace) -> int:
             "--no-calibration --nominal-gain-adu-per-e G --nominal-offset-adu O with the values "
             "from the camera's data sheet"
         )
-    engine = choose_engine(config.engine, config.model, fallback=False)
+    engine = choose_engine(
+        config.engine, configured_model(config), fallback=False, options=engine_options(args.precision)
+    )
     source = CoreSource(core, truth=truth, poll_interval_ms=config.poll_interval_ms)
     return run_live(source, engine, calibration, config, seconds=args.seconds)
+
+
+def configured_model(config: object) -> str | None:
+    """The model to start with: an id is also looked up in the ``--model-dir`` folders."""
+    model, dirs = getattr(config, "model", None), getattr(config, "model_dirs", ())
+    if model is None or not dirs:
+        return model
+    try:
+        return str(resolve_model(model, extra_dirs=dirs))
+    except FileNotFoundError:
+        return model  # the engine says what is missing

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
+from pathlib import Path
 from typing import Any
 
-from livedenoise.cli._args import CLIError
+from livedenoise.cli._args import CLIError, add_force_argument, existing_outputs
+from livedenoise.cli._selfsup import add_selfsup_arguments, run_selfsup
 from livedenoise.inference.modelio import save_model
 from livedenoise.training.finetune import FinetuneConfig, finetune
 from livedenoise.training.train import TrainConfig, train
@@ -29,6 +32,10 @@ Example (a quick RLN, a few minutes on a laptop CPU):
 Fine-tune on pairs of your own sample (from `livedenoise collect-pairs`):
 
   livedenoise train --pairs pairs/ --init rln-denoise-v1 -o rln-mysample.pt
+
+Learn your sample from its noisy frames alone (no pairs, no clean images):
+
+  livedenoise train --self-supervised frames.tif --calibration cal.tif --init rln-denoise-v2 -o rln-mysample.pt
 """
 
 
@@ -79,6 +86,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar=("LOW", "HIGH"),
         help="peak photon levels of the synthetic frames, e- (log-uniform; default 1 500)",
     )
+    p.add_argument(
+        "--data",
+        choices=("legacy", "sample"),
+        default="legacy",
+        help="synthetic data: legacy (the original phantoms, flat backgrounds) or sample (networks, "
+        "textured nuclei, puncta, tubules, backgrounds 0-30 e- with drifts and haze, PSFs from "
+        "sigma 0.8 px to wide widefield); default %(default)s",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-size", type=int, default=24, help="validation frames (96x96)")
     p.add_argument("--checkpoint-dir", help="write last.pt here every epoch")
@@ -88,9 +103,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", help="start from this model's weights (id or path)")
     p.add_argument("--id", help="model id in the card (default: the output file's name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_force_argument(p)
+    p.add_argument(
+        "--accept-worse",
+        action="store_true",
+        help="replace an existing -o model even when the new one validates worse than its start or raw",
+    )
     # fine-tuning on a paired dataset (--pairs DATASET; livedenoise.training.finetune, issue 5)
 
     add_finetune_arguments(p)
+    add_selfsup_arguments(p)
 
 
 def canonical_command(args: argparse.Namespace) -> str:
@@ -119,6 +141,7 @@ def canonical_command(args: argparse.Namespace) -> str:
         "--peak-range",
         f"{args.peak_range[0]:g}",
         f"{args.peak_range[1]:g}",
+        *(["--data", args.data] if args.data != "legacy" else []),
         "--seed",
         str(args.seed),
         "--val-size",
@@ -136,15 +159,88 @@ def canonical_command(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.pairs:  # fine-tuning on a paired dataset (livedenoise.training.finetune, issue 5)
-        return _run_pairs(args)
-    from pathlib import Path
-
+def _output(args: argparse.Namespace) -> Path:
     out = Path(args.output)
-    if out.suffix != ".pt":
-        out = out.with_suffix(".pt")
+    return out if out.suffix == ".pt" else out.with_suffix(".pt")
+
+
+def worse_than(quality: dict[str, Any]) -> list[str]:
+    """What a new model validates worse than: its starting model, raw frames (from its card's quality)."""
+    worse = []
+    v = quality.get("validation") or {}
+    psnr, raw, start = v.get("psnr_db"), v.get("raw_psnr_db"), (v.get("start") or {}).get("psnr_db")
+    if psnr is not None and start is not None and psnr < start:
+        worse.append(
+            f"validation PSNR {psnr:.2f} dB is below its starting model {v['start']['model']} ({start:.2f} dB)"
+        )
+    if psnr is not None and raw is not None and psnr < raw:
+        worse.append(f"validation PSNR {psnr:.2f} dB is below the raw frames' {raw:.2f} dB")
+    held = quality.get("heldout_pairs") or {}
+    before, after = held.get("before") or {}, held.get("after") or {}
+    if (
+        after.get("psnr_db") is not None
+        and after.get("psnr_raw_db") is not None
+        and after["psnr_db"] < after["psnr_raw_db"]
+    ):
+        worse.append(
+            f"held-out PSNR {after['psnr_db']:.2f} dB is below the raw short frames' {after['psnr_raw_db']:.2f} dB"
+        )
+    dev_after, dev_before = after.get("poisson_deviance"), before.get("poisson_deviance")
+    if dev_after is not None and dev_before is not None and dev_after > dev_before:
+        worse.append(
+            f"held-out Poisson deviance {after['poisson_deviance']:.4f} is above its starting model's "
+            f"{before['poisson_deviance']:.4f}"
+        )
+    return worse
+
+
+def save_checked(module: Any, card: Any, out: Path, *, accept_worse: bool) -> tuple[Any, int]:
+    """Save the model to ``out`` unless it is worse and would replace a model there; ``(card, exit status)``.
+
+    A worse model is always announced on stderr and recorded in its card
+    (``quality.worse_than``). It replaces an existing ``out`` only with ``accept_worse``;
+    otherwise it is saved beside it as ``<name>.worse.pt`` and the status is 1.
+    """
+
+    worse = worse_than(card.quality)
+    if not worse:
+        return save_model(module, card, out), 0
+    card.quality["worse_than"] = worse
+    for w in worse:
+        print(f"livedenoise train: warning: the new model is worse: {w}", file=sys.stderr)
+    if existing_outputs(out, out.with_suffix(".json")) and not accept_worse:
+        aside = out.with_name(f"{out.stem}.worse.pt")
+        n = 2
+        while existing_outputs(aside, aside.with_suffix(".json")):
+            aside, n = out.with_name(f"{out.stem}.worse-{n}.pt"), n + 1
+        card = save_model(module, card, aside)
+        print(
+            f"livedenoise train: {out} was NOT replaced by a worse model; the new one is saved as {aside}. "
+            "Pass --accept-worse to replace it anyway.",
+            file=sys.stderr,
+        )
+        return card, 1
+    return save_model(module, card, out), 0
+
+
+def run(args: argparse.Namespace) -> int:
+    out = _output(args)
+    exists = existing_outputs(out, out.with_suffix(".json"))
+    if exists and not args.force:
+        raise CLIError(
+            f"{' and '.join(exists)} already exist(s); pass --force to overwrite or choose another -o"
+        )
     check_writable_dir(out.parent if str(out.parent) else Path("."), "model")
+    if args.pairs:  # fine-tuning on a paired dataset (livedenoise.training.finetune, issue 5)
+        return _run_pairs(
+            args,
+            save=lambda module, card, path: save_checked(
+                module, card, Path(path), accept_worse=args.accept_worse
+            ),
+        )
+    if args.self_supervised:  # learn the sample from its noisy frames (livedenoise.training.selfsup)
+        return run_selfsup(args)
+
     config = TrainConfig(
         architecture=args.arch,
         arch_params=dict(args.arch_param),
@@ -157,6 +253,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         lr_schedule=args.lr_schedule,
         peak_e_range=tuple(args.peak_range),
+        data=args.data,
         seed=args.seed,
         val_size=args.val_size,
         checkpoint_dir=args.checkpoint_dir,
@@ -168,13 +265,15 @@ def run(args: argparse.Namespace) -> int:
         command=canonical_command(args),
     )
     module, card, _history = train(config, progress=not args.no_progress)
-    card = save_model(module, card, out)
+    card, status = save_checked(module, card, out, accept_worse=args.accept_worse)
     v = card.quality.get("validation", {})
+    start = v.get("start")
     print(
-        f"saved {out} ({card.parameters} parameters, {card.training['time_s']:.0f} s): validation PSNR "
+        f"saved {card.path} ({card.parameters} parameters, {card.training['time_s']:.0f} s): validation PSNR "
         f"{v.get('psnr_db')} dB, raw {v.get('raw_psnr_db')} dB"
+        + (f", start ({start['model']}) {start['psnr_db']} dB" if start else "")
     )
-    return 0
+    return status
 
 
 def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
@@ -211,12 +310,14 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _run_pairs(args: argparse.Namespace) -> int:
+def _run_pairs(args: argparse.Namespace, save: Any = None) -> int:
     """Run ``livedenoise train --pairs DATASET --init MODEL -o NEW_MODEL`` (returns the exit status).
 
     Reads ``args.pairs``, ``args.init``, ``args.output`` and, when the parser has them,
     ``steps``, ``batch``, ``patch``, ``lr``, ``seed``, ``id``, ``threads``,
-    ``include_flagged``, ``val_fraction``, ``patience``.
+    ``include_flagged``, ``val_fraction``, ``patience``. ``save(module, card, output)``, if
+    given, saves the model and returns ``(card, exit status)`` (a worse model does not replace
+    an existing one); by default the model is saved as it is.
     """
     defaults = FinetuneConfig()
     output = getattr(args, "output", None)
@@ -247,14 +348,17 @@ def _run_pairs(args: argparse.Namespace) -> int:
         threads=getattr(args, "threads", None),
     )
     progress = not getattr(args, "no_progress", False)
-    _, card, history = finetune(
+    module, card, history = finetune(
         args.pairs,
         getattr(args, "init", None),
-        output,
+        None if save is not None else output,
         cfg,
-        model_id=getattr(args, "id", None),
+        model_id=getattr(args, "id", None) or Path(output).stem,
         progress=progress,
     )
+    status = 0
+    if save is not None:
+        card, status = save(module, card, output)
     h = card.quality["heldout_pairs"]
     print(
         f"fine-tuned {card.training['init_model']['id']} on {len(card.training['dataset']['train_pairs'])} pairs "
@@ -262,4 +366,4 @@ def _run_pairs(args: argparse.Namespace) -> int:
         f"{h['before']['poisson_deviance']:.4f} -> {h['after']['poisson_deviance']:.4f}, PSNR vs long/r "
         f"{h['before']['psnr_db']:.2f} -> {h['after']['psnr_db']:.2f} dB; saved {card.path}"
     )
-    return 0
+    return status

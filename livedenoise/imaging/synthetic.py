@@ -18,6 +18,12 @@ Pipeline of one frame
 
 Held-out data (:func:`make_eval_set`) uses a separate seed range, a different
 structure mix and its own photon levels, so evaluation never sees training frames.
+
+Sample-like data (:mod:`livedenoise.imaging.samples`): the families ``meshes``, ``nuclei``,
+``puncta`` and ``tubules`` (weight 0 in :data:`TRAIN_MIX`, so the original phantoms and their
+seeds are unchanged; :data:`SAMPLE_MIX` mixes all nine), ``background="sample"`` (0-30 e- with
+slow drifts and out-of-focus haze) and ``psf_range="wide"`` (Gaussian sigma 0.8 px up to wide
+widefield Born-Wolf PSFs), selectable in :func:`make_frame` and :class:`SyntheticPatches`.
 """
 
 from __future__ import annotations
@@ -28,11 +34,15 @@ from typing import Any
 
 import numpy as np
 
+from livedenoise.imaging import samples
 from livedenoise.imaging.psf import airy_psf, airy_sigma_px, convolve_fft, gaussian_psf
 
 __all__ = [
+    "BACKGROUNDS",
     "EVAL_SEED_OFFSET",
     "HELD_OUT_MIX",
+    "PSF_RANGES",
+    "SAMPLE_MIX",
     "TASKS",
     "TRAIN_MIX",
     "SyntheticPatches",
@@ -43,11 +53,27 @@ __all__ = [
 ]
 
 TASKS = ("denoise", "deconvolve")
-STRUCTURES = ("dots", "rings", "filaments", "blobs", "cells")
+STRUCTURES = ("dots", "rings", "filaments", "blobs", "cells", *samples.SAMPLE_FAMILIES)
 TRAIN_MIX = {"dots": 1.0, "rings": 1.0, "filaments": 1.0, "blobs": 1.0, "cells": 1.0}
 """Relative weights of the structure families in training phantoms."""
 HELD_OUT_MIX = {"dots": 0.5, "rings": 1.5, "filaments": 2.0, "blobs": 0.5, "cells": 2.0}
 """Another mix for held-out evaluation (more filaments and cells, fewer dots and blobs)."""
+SAMPLE_MIX = {
+    "dots": 0.5,
+    "rings": 0.5,
+    "filaments": 1.0,
+    "blobs": 0.5,
+    "cells": 1.0,
+    "meshes": 1.5,
+    "nuclei": 1.5,
+    "puncta": 1.0,
+    "tubules": 1.5,
+}
+"""Every family, weighted towards what samples show (networks, textured nuclei, organelles)."""
+BACKGROUNDS = ("legacy", "sample")
+"""``legacy``: flat, up to 15 % of the peak + 2 e-; ``sample``: :func:`samples.sample_background`."""
+PSF_RANGES = ("legacy", "wide")
+"""``legacy``: :func:`random_psf`; ``wide``: :func:`samples.sample_psf`."""
 EVAL_SEED_OFFSET = 1_000_000_007
 """Held-out sets draw their randomness from ``seed + EVAL_SEED_OFFSET`` (training seeds stay below it)."""
 
@@ -172,8 +198,9 @@ def make_phantom(rng: np.random.Generator, size: int, mix: dict[str, float] | No
     size : int
         Side length in pixels.
     mix : dict, optional
-        Relative weights of ``dots``, ``rings``, ``filaments``, ``blobs``, ``cells``;
-        default :data:`TRAIN_MIX`. One to three families are drawn per phantom.
+        Relative weights of ``dots``, ``rings``, ``filaments``, ``blobs``, ``cells`` (and the
+        sample-like ``meshes``, ``nuclei``, ``puncta``, ``tubules``); default :data:`TRAIN_MIX`.
+        One to three families are drawn per phantom.
     """
     mix = dict(TRAIN_MIX if mix is None else mix)
     unknown = set(mix) - set(STRUCTURES)
@@ -201,8 +228,10 @@ def make_phantom(rng: np.random.Generator, size: int, mix: dict[str, float] | No
             part = _filaments(rng, size, max(1, int(rng.uniform(2, 10) * np.sqrt(area))))
         elif name == "blobs":
             part = _blobs(rng, size, max(1, int(rng.uniform(3, 15) * area)))
-        else:
+        elif name == "cells":
             part = _cells(rng, size, max(1, int(rng.uniform(1, 3) * np.sqrt(area))))
+        else:
+            part = samples.sample_family(str(name), rng, size)
         m = float(part.max())
         if m > 0:
             img += part / m * rng.uniform(0.4, 1.0)
@@ -258,16 +287,28 @@ def make_frame(
     peak_e: float,
     task: str = "denoise",
     mix: dict[str, float] | None = None,
+    *,
+    background: str = "legacy",
+    psf_range: str = "legacy",
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """One synthetic frame: ``(input_e, target_e, params)``, float32 ``(size, size)``."""
+    """One synthetic frame: ``(input_e, target_e, params)``, float32 ``(size, size)``.
+
+    ``background`` (:data:`BACKGROUNDS`) and ``psf_range`` (:data:`PSF_RANGES`) choose the
+    sample-like variants; the defaults reproduce the original frames seed for seed.
+    """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    _check_variants(background, psf_range)
     obj = make_phantom(rng, size, mix)
-    psf, pinfo = random_psf(rng)
+    psf, pinfo = random_psf(rng) if psf_range == "legacy" else samples.sample_psf(rng)
     blurred = convolve_fft(obj, psf)
     scale = float(np.percentile(blurred, 99.9))
     scale = scale if scale > 1e-6 else 1.0
-    bg_e = float(peak_e * rng.uniform(0.0, 0.15) + rng.uniform(0.0, 2.0))
+    bg_params: dict[str, Any] = {}
+    if background == "legacy":
+        bg_e: Any = float(peak_e * rng.uniform(0.0, 0.15) + rng.uniform(0.0, 2.0))
+    else:
+        bg_e, bg_params = samples.sample_background(rng, blurred / scale, peak_e)
     expected = (blurred * (peak_e / scale) + bg_e).astype(np.float32)
     if task == "denoise":
         target = expected
@@ -276,7 +317,16 @@ def make_frame(
         target = (convolve_fft(obj, narrow) * (peak_e / scale) + bg_e).astype(np.float32)
     noisy, cam = add_noise(rng, expected)
     params = {"peak_e": float(peak_e), "background_e": bg_e, **pinfo, **cam}
+    if bg_params:
+        params.update(bg_params)
     return noisy, target, params
+
+
+def _check_variants(background: str, psf_range: str) -> None:
+    if background not in BACKGROUNDS:
+        raise ValueError(f"unknown background {background!r}; expected one of {BACKGROUNDS}")
+    if psf_range not in PSF_RANGES:
+        raise ValueError(f"unknown psf_range {psf_range!r}; expected one of {PSF_RANGES}")
 
 
 def _log_uniform(rng, lo, hi):
@@ -352,6 +402,12 @@ class SyntheticPatches:
         Seed of the stream (training seeds should stay below ``EVAL_SEED_OFFSET``).
     peak_e_range : (float, float)
         Peak photon levels, log-uniform.
+    mix : dict
+        Structure families (:data:`TRAIN_MIX`; :data:`SAMPLE_MIX` for sample-like data).
+    background, psf_range : str
+        ``"legacy"`` (the original stream, seed for seed) or ``"sample"`` / ``"wide"``: per-patch
+        backgrounds of 0-30 e- with drifts and out-of-focus haze, PSFs from sigma 0.8 px to wide
+        widefield (:mod:`livedenoise.imaging.samples`).
     """
 
     patch: int = 64
@@ -361,17 +417,20 @@ class SyntheticPatches:
     mix: dict[str, float] = field(default_factory=lambda: dict(TRAIN_MIX))
     pool: int = 32
     refresh_every: int = 4
+    background: str = "legacy"
+    psf_range: str = "legacy"
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
+        _check_variants(self.background, self.psf_range)
         if self.patch < 8:
             raise ValueError(f"patch must be >= 8 pixels, got {self.patch}")
 
     def _clean(self, rng) -> tuple[np.ndarray, np.ndarray]:
         size = 2 * self.patch
         obj = make_phantom(rng, size, self.mix)
-        psf, pinfo = random_psf(rng)
+        psf, pinfo = random_psf(rng) if self.psf_range == "legacy" else samples.sample_psf(rng)
         blurred = convolve_fft(obj, psf)
         scale = float(np.percentile(blurred, 99.9))
         scale = scale if scale > 1e-6 else 1.0
@@ -400,7 +459,10 @@ class SyntheticPatches:
             if flip:
                 b, t = b[:, ::-1], t[:, ::-1]
             peak = _log_uniform(rng, lo, hi)
-            bg = peak * rng.uniform(0.0, 0.15) + rng.uniform(0.0, 2.0)
+            if self.background == "legacy":
+                bg: Any = peak * rng.uniform(0.0, 0.15) + rng.uniform(0.0, 2.0)
+            else:
+                bg, _ = samples.sample_background(rng, np.ascontiguousarray(b, np.float32), peak)
             expected = np.ascontiguousarray(b * peak + bg, dtype=np.float32)
             tgt = np.ascontiguousarray(t * peak + bg, dtype=np.float32)
             noisy, _ = add_noise(rng, expected)

@@ -109,6 +109,7 @@ class AttachedSource:
         self._truth = truth
         self._tap_pops = tap_pops
         self._geometry = CoreGeometry(core)
+        self._roi: Roi = self._geometry.roi()
         self._paused = threading.Event()
         self._lock = threading.RLock()  # one producer at a time: MDA thread, popping thread or poller
         self._sink: Sink | None = None

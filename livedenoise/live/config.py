@@ -14,8 +14,11 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from livedenoise.calibration.maps import GAIN_RANGE_ADU_PER_E
 from livedenoise.live.types import RingPolicy
 from livedenoise.util.endpoints import is_loopback
+
+__all__ = ["ConfigError", "PipelineConfig"]
 
 __all__ = ["ConfigError", "PipelineConfig"]
 
@@ -43,7 +46,7 @@ class PipelineConfig:
     model : str or None
         Model id or path (None: the engine's default model).
     calibration_path : str or None
-        Calibration TIFF (DESIGN.md format).
+        Calibration TIFF (:mod:`livedenoise.calibration.maps`).
     no_calibration : bool
         Use a uniform nominal gain/offset instead of a calibration file (real cameras only
         with this explicit choice).
@@ -63,6 +66,15 @@ class PipelineConfig:
         Consecutive engine failures after which the pipeline stops (1-100000).
     latency_samples : int
         Size of each per-stage latency reservoir (64-1000000).
+    qc_stride : int
+        The trust score of each restored frame (``qc`` in the ``denoised`` header) uses every
+        ``qc_stride``-th row (1-64; 0 switches it off).
+    data_dir : str or None
+        The folder where control requests may write datasets (``collect_pairs`` ``output``
+        and positions files resolve inside it); None: no pairs are collected on request.
+    model_dirs : tuple of str
+        Folders (besides ``$LIVEDENOISE_MODELS`` and the shipped models) that ``set_model``
+        requests may load models from, by id or by a path inside them.
     drain_timeout_s : float
         At stop, the frames already acquired are restored for at most this long (0-3600 s); the
         ones still waiting then are counted as dropped (``stopped``), so a stop is bounded.
@@ -84,7 +96,10 @@ class PipelineConfig:
     poll_interval_ms: float = 0.5
     publish_truth: bool = False
     max_engine_failures: int = 10
+    qc_stride: int = 4
     latency_samples: int = 4096
+    data_dir: str | None = None
+    model_dirs: tuple[str, ...] = ()
     drain_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
@@ -130,7 +145,7 @@ class PipelineConfig:
                         f"got none: pass --{name.replace('_', '-')}"
                     )
         if self.nominal_gain_adu_per_e is not None:
-            _float_range(self, "nominal_gain_adu_per_e", 1e-6, 1e6, low_open=True)
+            _float_range(self, "nominal_gain_adu_per_e", *GAIN_RANGE_ADU_PER_E)
         if self.nominal_offset_adu is not None:
             _float_range(self, "nominal_offset_adu", 0.0, 65535.0)
         _float_range(self, "stats_interval_s", 0.1, 3600.0)
@@ -138,9 +153,16 @@ class PipelineConfig:
         _int_range(self, "max_engine_failures", 1, 100000)
         _int_range(self, "latency_samples", 64, 1_000_000)
         _float_range(self, "drain_timeout_s", 0.0, 3600.0)
+        _int_range(self, "qc_stride", 0, 64)
         for name in ("no_calibration", "allow_remote", "publish_truth"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} = {getattr(self, name)!r}: expected true or false")
+        if self.data_dir is not None:
+            object.__setattr__(self, "data_dir", _folder(self, "data_dir", self.data_dir))
+        dirs = self.model_dirs
+        if isinstance(dirs, str | os.PathLike) or not isinstance(dirs, tuple | list):
+            raise ConfigError(f"model_dirs = {dirs!r}: expected a list of folders")
+        object.__setattr__(self, "model_dirs", tuple(_folder(self, "model_dirs", d) for d in dirs))
 
     # -- construction ---------------------------------------------------------------
 
@@ -186,6 +208,18 @@ class PipelineConfig:
     def as_dict(self) -> dict[str, Any]:
         """JSON-able dict of the settings (for ``status``)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _folder(cfg: PipelineConfig, name: str, value: Any) -> str:
+    """An existing folder, as an absolute path string."""
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value) or "\x00" in os.fspath(value):
+        raise ConfigError(f"{name} = {value!r}: expected the path of a folder")
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"{name} = {os.fspath(value)!r} is not an existing folder: create it or name another"
+        )
+    return str(path.resolve())
 
 
 def _int_range(cfg: PipelineConfig, name: str, lo: int, hi: int) -> None:

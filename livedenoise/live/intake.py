@@ -182,7 +182,7 @@ class Intake:
             )
         elif raw.shape != ring.shape or info.roi != self.roi:
             try:  # same shape in a reserved slot: the ROI only moved, the data stays
-                self._reconfigure(info.roi, raw.shape, moved_only=slot is not None)  # type: ignore[arg-type]
+                self._reconfigure(info.roi, raw.shape, moved_only=slot is not None)
             except RingClosed:
                 reason = DropReason.STOPPED
             except (SourceError, TimeoutError) as exc:

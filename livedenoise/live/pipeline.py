@@ -45,11 +45,13 @@ from livedenoise.inference.engines import Engine
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.events import PipelineEvents
 from livedenoise.live.intake import Intake
+from livedenoise.live.qc import QCSummary, frame_qc
 from livedenoise.live.ringbuffer import RingBuffer, Slot
 from livedenoise.live.sink import FrameSink
 from livedenoise.live.sources import FrameSource
 from livedenoise.live.stats import PipelineStats
 from livedenoise.live.types import DropReason, PipelineState, Roi
+from livedenoise.util.threads import Beside
 
 __all__ = ["Pipeline", "PipelineError"]
 
@@ -106,6 +108,7 @@ class Pipeline:
         self.events = events or PipelineEvents()
         self.observer = observer
         self.stats = PipelineStats(self.config.latency_samples)
+        self.qc = QCSummary()
         self.state = PipelineState.STOPPED
         self.failure: str | None = None
         self._stop = threading.Event()
@@ -154,7 +157,7 @@ class Pipeline:
         try:
             roi = self.source.geometry()
             self._ring = self._intake.new_ring(roi)  # a fresh ring (a stopped one is closed)
-            with _Beside(getattr(self.source, "prepare", None)):  # e.g. the camera's buffer made resident
+            with Beside(getattr(self.source, "prepare", None)):  # e.g. the camera's buffer made resident
                 name = f"{getattr(self.engine, 'name', type(self.engine).__name__)}: {self.engine.model_id}"
                 log.info("preparing the engine (%s) for %d×%d frames ...", name, roi.width, roi.height)
                 t0 = time.perf_counter()
@@ -512,12 +515,25 @@ class Pipeline:
                 if truth.shape != slot.e.shape:
                     truth = None
         if restored is not None:
-            pub.publish("denoised", restored, dropped=dropped, **common)
+            qc = self._frame_qc(slot, restored)
+            extra: dict[str, Any] = {} if qc is None else {"qc": qc}
+            pub.publish("denoised", restored, dropped=dropped, **extra, **common)
             if truth is not None:
                 pub.publish("truth", truth, dropped=dropped, **common)
             self.stats.rates["published"].tick()
             if self.observer is not None:
                 self.observer(slot.frame, slot.e, restored, truth)
+
+    def _frame_qc(self, slot: Slot, restored: np.ndarray) -> dict[str, Any] | None:
+        """The frame's trust score (:mod:`livedenoise.live.qc`), or None when it is switched off."""
+        stride = self.config.qc_stride
+        e = slot.e
+        cal = getattr(slot.converter, "calibration", None)  # the crop that converted this frame
+        if stride == 0 or cal is None or cal.read_var_e2.shape != e.shape:
+            return None
+        qc = frame_qc(e, restored, cal.read_var_e2, stride=stride)
+        self.qc.add(qc)
+        return qc
 
     # -- status and control ----------------------------------------------------------------------
 
@@ -532,7 +548,7 @@ class Pipeline:
             engine = {"error": str(exc)}
         cal = self._intake.cal_roi or self.calibration
         return {
-            "state": self.state,
+            "state": str(self.state),
             "failure": self.failure,
             "uptime_s": round(time.time() - self._t_start, 3) if self._t_start else 0.0,
             "endpoints": {"pub": self.publisher.endpoint, "control": self.control_endpoint},
@@ -543,8 +559,9 @@ class Pipeline:
             "fps": snap["fps"],
             "dropped": snap["dropped"],
             "drops": snap["drops"],
-            "ring": {"slots": self.config.ring_slots, "policy": self.config.ring_policy, **ring},
+            "ring": {"slots": self.config.ring_slots, "policy": str(self.config.ring_policy), **ring},
             "latency_ms": snap["latency_ms"],
+            "qc": self.qc.snapshot(),
             "model": self.engine.model_id,
             "engine": engine,
             "calibration": {"id": cal.id, "source": cal.meta.get("source"), "path": cal.meta.get("path")},
@@ -553,33 +570,6 @@ class Pipeline:
     def request_stop(self) -> None:
         """Ask the pipeline to stop; whoever waits on :meth:`wait` does the joining."""
         self._stop.set()
-
-
-class _Beside:
-    """Run ``fn()`` on a thread while the ``with`` block runs; joined (and its error raised) on exit."""
-
-    def __init__(self, fn: Callable[[], Any] | None) -> None:
-        self.fn = fn
-        self.error: BaseException | None = None
-        self.thread: threading.Thread | None = None
-
-    def _run(self) -> None:
-        try:
-            self.fn()  # type: ignore[misc]
-        except BaseException as exc:
-            self.error = exc
-
-    def __enter__(self) -> _Beside:
-        if self.fn is not None:
-            self.thread = threading.Thread(target=self._run, name="livedenoise-prepare", daemon=True)
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.thread is not None:
-            self.thread.join()
-        if self.error is not None and exc[0] is None:
-            raise self.error
 
 
 def _close(obj: _Closable) -> None:

@@ -287,7 +287,7 @@ class RingBuffer:
                 raise RingClosed("ring closed while resizing")
             if not ok:
                 raise TimeoutError(f"the consumer did not drain the ring within {timeout_s} s; cannot resize")
-            self._allocate(shape)  # type: ignore[arg-type]
+            self._allocate(shape)
             self._cond.notify_all()
 
     def discard(self) -> list[int]:

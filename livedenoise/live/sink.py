@@ -22,16 +22,31 @@ class FrameSink(Protocol):
     --------
     - ``publish(topic, array, frame=..., exposure_ms=..., t_acquired=..., dropped=...,
       camera=..., model=..., calibration=..., **extra)`` sends one message (topics ``raw``,
-      ``denoised``, ``truth``); it must not keep ``array`` unless it was lent by ``borrow``.
+      ``denoised``, ``truth``) and says whether it did; it must not keep ``array`` unless it
+      was lent by ``borrow``.
     - ``borrow(topic, shape, dtype)`` lends an array the engine may restore into, which a later
       ``publish`` of that array sends without a copy; None when it has none to lend.
       ``give_back(topic, array)`` returns a lent array that was not published.
     - ``endpoint`` names where subscribers connect (None if nowhere).
     """
 
-    endpoint: str | None
+    @property
+    def endpoint(self) -> str | None: ...
 
-    def publish(self, topic: str, array: np.ndarray, **header: Any) -> None: ...
+    def publish(
+        self,
+        topic: str,
+        array: np.ndarray,
+        *,
+        frame: int,
+        exposure_ms: float,
+        t_acquired: float,
+        dropped: int,
+        camera: str | None,
+        model: str | None,
+        calibration: str | None,
+        **extra: Any,
+    ) -> bool: ...
 
     def borrow(self, topic: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray | None: ...
 

@@ -46,7 +46,8 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -63,7 +64,8 @@ class SourceError(RuntimeError):
     """The camera or core cannot deliver frames (bad pixel type, camera fault...)."""
 
 
-class FrameInfo(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class FrameInfo:
     """What the source knows of one frame.
 
     ``index`` is the frame number since acquisition start (it runs on across pauses);
@@ -206,6 +208,7 @@ class CoreSource:
         self._poll_s = poll_interval_ms / 1e3
         self._interval_ms = interval_ms
         self._geometry = CoreGeometry(core)
+        self._last_roi: Roi = self._geometry.roi()
         self._pause_req = threading.Event()
         self._paused = threading.Event()
         self._started_by_us = False
@@ -283,7 +286,9 @@ class CoreSource:
         if frame_bytes < _RESIDENT_MIN_FRAME_BYTES:
             return
         self._resident_pool = weakref.ref(pool)  # an id() could be reused by the next buffer
-        sequence_buffer(core).clear()  # the sequence start clears it too: no frame is lost here
+        seq = sequence_buffer(core)
+        if seq is not None:
+            seq.clear()  # the sequence start clears it too: no frame is lost here
         log.info(
             "making the core's %d MiB sequence buffer resident before the camera starts ...",
             pool.nbytes >> 20,
@@ -327,7 +332,7 @@ class CoreSource:
                     raise
                 if res is None and out is not self._staging and sink is not None:
                     sink.unreserve()
-                return res
+                return res  # type: ignore[no-any-return]
         try:
             img, md = core.popNextImageAndMD()
         except (IndexError, RuntimeError) as exc:

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from livedenoise.live.qc import qc_verdict
+
 __all__ = ["STAGES", "LatencyReservoir", "PipelineStats", "RateMeter"]
 
 # stage name -> what it measures
@@ -105,9 +107,9 @@ class PipelineStats:
 
     def add_drop(self, reason: str, n: int = 1) -> int:
         """Count ``n`` drops for ``reason``; returns the total over all reasons."""
-        reason = str(reason)  # the plain string of a DropReason: status, JSON and logs read alike
         with self._lock:
-            self.drops[reason] = self.drops.get(reason, 0) + n
+            key = str(reason)  # a DropReason is its string: the counts print and serialise as before
+            self.drops[key] = self.drops.get(key, 0) + n
             return sum(self.drops.values())
 
     @property
@@ -161,6 +163,9 @@ def format_line(
         "ms p50/p99: " + " ".join(pair(n) for n in ("convert", "queue", "engine", "publish", "end_to_end")),
         f"dropped {status['dropped']}" + (f" {status['drops']}" if status["drops"] else ""),
     ]
+    qc = status.get("qc") or {}
+    if qc.get("frames"):
+        parts.append(f"{qc_verdict(qc.get('last'))}, {100 * qc['ok_fraction']:.0f}% of frames ok")
     if quality:
         parts.append(
             "PSNR raw {raw:.1f} dB restored {restored:.1f} dB".format(
@@ -179,6 +184,7 @@ def format_summary(status: dict[str, Any]) -> str:
         f"dropped: {status['dropped']} {status['drops'] or ''}".rstrip(),
         f"engine: {status['engine']}",
         f"calibration: {status['calibration']['id']}",
+        *_qc_lines(status.get("qc")),
         "",
         "| stage | what | p50 ms | p99 ms |",
         "| --- | --- | --- | --- |",
@@ -187,3 +193,12 @@ def format_summary(status: dict[str, Any]) -> str:
         lat = status["latency_ms"][name]
         lines.append(f"| {name} | {what} | {lat['p50']} | {lat['p99']} |")
     return "\n".join(lines)
+
+
+def _qc_lines(qc: dict[str, Any] | None) -> list[str]:
+    if not qc or not qc.get("frames"):
+        return []
+    return [
+        f"trust score: {100 * qc['ok_fraction']:.1f}% of {qc['frames']} restored frames ok; mean chi2 "
+        f"{qc['chi2_mean']}, mean structure {qc['structure_mean']}; last frame: {qc_verdict(qc['last'])}"
+    ]

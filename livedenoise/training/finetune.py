@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import shlex
 import sys
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from livedenoise.acquisition.pairs import PairDataset, PairsError
+from livedenoise.imaging.metrics import psnr
 from livedenoise.inference.modelio import load_model, save_model
 
 __all__ = ["FinetuneConfig", "PairPatches", "evaluate_pairs", "finetune", "load_pairs", "split_pairs"]
@@ -188,12 +188,6 @@ class PairPatches:
         return x, y, r
 
 
-def _psnr(x: np.ndarray, ref: np.ndarray) -> float:
-    rng = float(ref.max() - ref.min())
-    mse = float(np.mean((x.astype(np.float64) - ref) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(rng * rng / mse) if rng > 0 else float("nan")
-
-
 def _deviance(y: np.ndarray, mu: np.ndarray) -> float:
     """Mean Poisson deviance ``2 (y log(y/mu) - (y - mu))`` per pixel (y, mu clamped >= 0)."""
     y = np.clip(y.astype(np.float64), 0, None)
@@ -215,7 +209,7 @@ def evaluate_pairs(module: Any, pairs: Sequence[LoadedPair]) -> dict[str, float]
     """
     import torch
 
-    dev, psnr, psnr_raw, n = 0.0, 0.0, 0.0, 0
+    dev, psnr_sum, psnr_raw, n, n_psnr = 0.0, 0.0, 0.0, 0, 0
     was_training = module.training
     module.eval()
     try:
@@ -227,15 +221,18 @@ def evaluate_pairs(module: Any, pairs: Sequence[LoadedPair]) -> dict[str, float]
                         0, 0
                     ].numpy()
                     dev += _deviance(pair.long, pair.ratio * restored)
-                    psnr += _psnr(restored, ref)
-                    psnr_raw += _psnr(s, ref)
                     n += 1
+                    # a flat reference has no PSNR, a diverged output none worth a number: not scored
+                    if float(ref.max() - ref.min()) > 0 and np.isfinite(restored).all():
+                        psnr_sum += psnr(restored, ref)
+                        psnr_raw += psnr(s, ref)
+                        n_psnr += 1
     finally:
         module.train(was_training)
     return {
         "poisson_deviance": round(dev / n, 5),
-        "psnr_db": round(psnr / n, 3),
-        "psnr_raw_db": round(psnr_raw / n, 3),
+        "psnr_db": round(psnr_sum / n_psnr, 3) if n_psnr else float("nan"),
+        "psnr_raw_db": round(psnr_raw / n_psnr, 3) if n_psnr else float("nan"),
         "pairs": len(pairs),
         "frames": n,
     }
@@ -249,71 +246,26 @@ def _freeze_bn(module: Any) -> None:
             m.eval()
 
 
-def finetune(
-    dataset: str | os.PathLike[str] | PairDataset,
-    init: str | os.PathLike[str] | None = None,
-    output: str | os.PathLike[str] | None = None,
-    config: FinetuneConfig | None = None,
-    *,
-    model_id: str | None = None,
-    progress: bool = True,
-    command: str | None = None,
-) -> tuple[Any, Any, dict[str, Any]]:
-    """Fine-tune model ``init`` on the pairs of ``dataset``; save it to ``output`` if given.
+def fit_pairs(
+    module: Any,
+    train_pairs: Sequence[LoadedPair],
+    val_pairs: Sequence[LoadedPair],
+    cfg: FinetuneConfig,
+    rng: np.random.Generator,
+    before: dict[str, float],
+    progress: bool,
+    desc: str = "fine-tune",
+) -> tuple[dict[str, Any], dict[str, float], int, int]:
+    """The fine-tuning loop: Poisson loss on patches of ``train_pairs``, early stopping on ``val_pairs``.
 
-    Parameters
-    ----------
-    dataset : path or PairDataset
-        A paired dataset (``livedenoise collect-pairs``).
-    init : str or path, optional
-        The model to start from (id or path; default: the default live model).
-    output : path, optional
-        Where to write ``<output>.pt`` and ``<output>.json`` (:func:`livedenoise.inference.modelio.save_model`).
-    config : FinetuneConfig, optional
-    model_id : str, optional
-        Id of the new model (default: the output file's stem).
-    progress : bool
-        Show a progress bar (tqdm) on stderr.
-    command : str, optional
-        The command line recorded in the card (default: this process's argv).
-
-    Returns
-    -------
-    module : torch.nn.Module
-        The best fine-tuned network (eval mode).
-    card : ModelCard
-        Its card (``training.dataset``, ``training.init_model``, ``quality.heldout``).
-    history : dict
-        ``steps``, ``train_loss`` (per evaluation interval), ``heldout`` (per evaluation),
-        ``before``, ``after``, ``best_step``, ``stopped_early``.
+    Keeps the weights with the lowest held-out deviance (``before`` is the starting point's).
+    Returns ``(history, after, best_step, steps)``; ``module`` ends in eval mode with the best
+    weights.
     """
     import torch
 
     from livedenoise.training.losses import poisson_loss
 
-    cfg = config or FinetuneConfig()
-    ds = dataset if isinstance(dataset, PairDataset) else PairDataset(dataset)
-    usable = ds.usable(cfg.include_flagged)
-    flagged = len(ds) - len(ds.usable(False))
-    rng = np.random.default_rng(cfg.seed)
-    train_entries, val_entries = split_pairs(usable, cfg.val_fraction, rng)
-    train_pairs, val_pairs = load_pairs(ds, train_entries), load_pairs(ds, val_entries)
-    torch.manual_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    module, init_card = load_model(init)
-    module.train()
-    if cfg.freeze_batchnorm:
-        _freeze_bn(module)
-    before = evaluate_pairs(module, val_pairs)
-    log.info(
-        "fine-tuning %s on %d pairs (%d held out, %d flagged left out): held-out before %s",
-        init_card.id,
-        len(train_pairs),
-        len(val_pairs),
-        0 if cfg.include_flagged else flagged,
-        before,
-    )
     patches = PairPatches(train_pairs, cfg.patch, rng)
     opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
     best_dev, best_state, best_step, bad = (
@@ -327,7 +279,7 @@ def finetune(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, desc="fine-tune", unit="step", file=sys.stderr, leave=False)
+        bar = tqdm(total=cfg.steps, desc=desc, unit="step", file=sys.stderr, leave=False)
     t0 = time.perf_counter()
     running, n_running, step = 0.0, 0, 0
     try:
@@ -374,6 +326,77 @@ def finetune(
     module.eval()
     after = evaluate_pairs(module, val_pairs)
     history.update(after=after, best_step=best_step, steps=step, seconds=round(time.perf_counter() - t0, 1))
+    module.load_state_dict(best_state)
+    module.eval()
+    after = evaluate_pairs(module, val_pairs)
+    history.update(after=after, best_step=best_step, steps=step, seconds=round(time.perf_counter() - t0, 1))
+    return history, after, best_step, step
+
+
+def finetune(
+    dataset: str | os.PathLike[str] | PairDataset,
+    init: str | os.PathLike[str] | None = None,
+    output: str | os.PathLike[str] | None = None,
+    config: FinetuneConfig | None = None,
+    *,
+    model_id: str | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Fine-tune model ``init`` on the pairs of ``dataset``; save it to ``output`` if given.
+
+    Parameters
+    ----------
+    dataset : path or PairDataset
+        A paired dataset (``livedenoise collect-pairs``).
+    init : str or path, optional
+        The model to start from (id or path; default: the default live model).
+    output : path, optional
+        Where to write ``<output>.pt`` and ``<output>.json`` (:func:`livedenoise.inference.modelio.save_model`).
+    config : FinetuneConfig, optional
+    model_id : str, optional
+        Id of the new model (default: the output file's stem).
+    progress : bool
+        Show a progress bar (tqdm) on stderr.
+    command : str, optional
+        The command line recorded in the card (default: this process's argv).
+
+    Returns
+    -------
+    module : torch.nn.Module
+        The best fine-tuned network (eval mode).
+    card : ModelCard
+        Its card (``training.dataset``, ``training.init_model``, ``quality.heldout``).
+    history : dict
+        ``steps``, ``train_loss`` (per evaluation interval), ``heldout`` (per evaluation),
+        ``before``, ``after``, ``best_step``, ``stopped_early``.
+    """
+    import torch
+
+    cfg = config or FinetuneConfig()
+    ds = dataset if isinstance(dataset, PairDataset) else PairDataset(dataset)
+    usable = ds.usable(cfg.include_flagged)
+    flagged = len(ds) - len(ds.usable(False))
+    rng = np.random.default_rng(cfg.seed)
+    train_entries, val_entries = split_pairs(usable, cfg.val_fraction, rng)
+    train_pairs, val_pairs = load_pairs(ds, train_entries), load_pairs(ds, val_entries)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    module, init_card = load_model(init)
+    module.train()
+    if cfg.freeze_batchnorm:
+        _freeze_bn(module)
+    before = evaluate_pairs(module, val_pairs)
+    log.info(
+        "fine-tuning %s on %d pairs (%d held out, %d flagged left out): held-out before %s",
+        init_card.id,
+        len(train_pairs),
+        len(val_pairs),
+        0 if cfg.include_flagged else flagged,
+        before,
+    )
+    history, after, best_step, step = fit_pairs(module, train_pairs, val_pairs, cfg, rng, before, progress)
     out_path = Path(output) if output is not None else None
     new_id = model_id or (out_path.stem if out_path is not None else f"{init_card.id}-ft")
     card = replace(

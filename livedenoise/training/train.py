@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from livedenoise.imaging.synthetic import TASKS, SyntheticPatches, make_eval_set
+from livedenoise.imaging.synthetic import SAMPLE_MIX, TASKS, TRAIN_MIX, SyntheticPatches, make_eval_set
 from livedenoise.inference.modelio import ModelCard, load_model
 from livedenoise.inference.nets import ARCHITECTURES, build_network
 from livedenoise.util.atomic import atomic_path
@@ -45,6 +45,9 @@ __all__ = ["TrainConfig", "batches", "evaluate_psnr", "psnr_db", "train"]
 log = logging.getLogger("livedenoise")
 
 VAL_SEED_OFFSET = 500_000_000  # validation frames: another seed range than the training stream
+
+DATA_KINDS = ("legacy", "sample")
+"""Synthetic training data: the original phantoms, or sample-like data (see TrainConfig.data)."""
 
 
 @dataclass
@@ -62,6 +65,9 @@ class TrainConfig:
     lr, lr_schedule, warmup_steps : Adam learning rate, ``"cosine"`` | ``"exp"`` |
         ``"constant"`` decay, linear warm-up.
     peak_e_range : synthetic peak photon levels (log-uniform).
+    data : ``"legacy"`` (the original phantoms, flat backgrounds, :func:`random_psf`) or
+        ``"sample"`` (:data:`~livedenoise.imaging.synthetic.SAMPLE_MIX`, backgrounds 0-30 e- with
+        drifts and haze, PSFs from sigma 0.8 px to wide widefield; :mod:`livedenoise.imaging.samples`).
     seed : seeds the network initialisation, the data stream and the validation set.
     val_size, val_px : validation frames and their side length.
     checkpoint_dir, resume : where ``last.pt`` goes each epoch; continue from it.
@@ -83,6 +89,7 @@ class TrainConfig:
     warmup_steps: int = 50
     grad_clip: float = 1.0
     peak_e_range: tuple[float, float] = (1.0, 500.0)
+    data: str = "legacy"
     seed: int = 0
     val_size: int = 24
     val_px: int = 96
@@ -103,6 +110,8 @@ class TrainConfig:
             raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; expected one of {tuple(LOSSES)}")
+        if self.data not in DATA_KINDS:
+            raise ValueError(f"unknown data {self.data!r}; expected one of {DATA_KINDS}")
         if self.lr_schedule not in ("cosine", "exp", "constant"):
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; expected cosine, exp or constant")
         for name in ("patch", "batch", "steps", "epoch_steps", "val_size", "val_px"):
@@ -137,7 +146,9 @@ def batches(source: Iterable, batch: int) -> Iterator[tuple[np.ndarray, np.ndarr
     it = iter(source)
     restarted = False
     while True:
-        xs, ts, rs = [], [], []
+        xs: list[np.ndarray] = []
+        ts: list[np.ndarray] = []
+        rs: list[float] = []
         while len(xs) < batch:
             try:
                 x, t, r = next(it)
@@ -281,9 +292,18 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
             log.warning("--resume: no checkpoint in %s; starting from scratch", ckpt_dir)
     if data is None:
         stream_seed = int(np.random.SeedSequence([config.seed, start]).generate_state(1)[0] % 2**31)
-        data = SyntheticPatches(config.patch, config.task, stream_seed, config.peak_e_range)
+        sample = config.data == "sample"
+        data = SyntheticPatches(
+            config.patch,
+            config.task,
+            stream_seed,
+            config.peak_e_range,
+            mix=dict(SAMPLE_MIX if sample else TRAIN_MIX),
+            background="sample" if sample else "legacy",
+            psf_range="wide" if sample else "legacy",
+        )
         data_desc = (
-            f"synthetic phantoms ({config.task}), {config.patch}px patches, "
+            f"synthetic {'sample-like ' if sample else ''}phantoms ({config.task}), {config.patch}px patches, "
             f"peak {config.peak_e_range[0]:g}-{config.peak_e_range[1]:g} e- log-uniform, "
             "Poisson + sCMOS read noise, seed " + str(config.seed)
         )
@@ -305,6 +325,8 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
         module.train()
         return sum(losses) / len(vx), ev["psnr_db"], ev["raw_psnr_db"]
 
+    # where training starts from (an --init model): the end result is compared with it
+    start_eval = validate() if config.init and start == 0 else None
     module.train()
     stream = batches(data, config.batch)
     bar = tqdm(
@@ -318,10 +340,10 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
     running, n_run = 0.0, 0
     step = start
     while step < config.steps:
-        x, t, r = next(stream)
-        x = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
-        t = torch.from_numpy(t).to(device).contiguous(memory_format=torch.channels_last)
-        r = torch.from_numpy(r).to(device)
+        x_np, t_np, r_np = next(stream)
+        x = torch.from_numpy(x_np).to(device).contiguous(memory_format=torch.channels_last)
+        t = torch.from_numpy(t_np).to(device).contiguous(memory_format=torch.channels_last)
+        r = torch.from_numpy(r_np).to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(config, step)
         if config.loss == "mse_ssim" and config.architecture == "rln":
@@ -412,4 +434,10 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
             }
         },
     )
+    if start_eval is not None:
+        card.quality["validation"]["start"] = {
+            "model": config.init,
+            "psnr_db": round(start_eval[1], 3),
+            "loss": round(start_eval[0], 5),
+        }
     return module, card, history

@@ -48,7 +48,7 @@ def request(
         data = json.dumps(payload).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise ValueError(f"payload is not JSON-serialisable: {exc}") from exc
-    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REQ)
     try:
         sock.setsockopt(zmq.LINGER, 0)
         if "[" in endpoint:

@@ -2,8 +2,28 @@
 
 Request: a JSON object ``{"cmd": NAME, ...arguments}``. Reply: ``{"ok": true, ...}`` from
 the handler, or ``{"ok": false, "error": "..."}``. Malformed JSON, a non-object, a missing
-or unknown ``cmd`` and handler exceptions all get an error reply; the server keeps running
-and answers every request exactly once.
+or unknown ``cmd``, JSON nested too deeply to parse and handler exceptions all get an error
+reply; the server keeps running and answers every request exactly once, whatever it holds.
+
+Size limit: a request is at most :data:`MAX_REQUEST_BYTES` (1 MiB, 1048576 bytes) of UTF-8
+JSON in one message frame. A larger request is still received and answered, with an error
+reply that names the limit (it is never silently dropped, so a client without a timeout
+does not hang).
+
+Paths in requests are confined to folders the operator names when starting the daemon
+(``livedenoise serve`` / ``demo``):
+
+- ``collect_pairs`` ``output`` (and a ``positions: "list FILE"`` file) resolve inside
+  ``--data-dir DIR``; without ``--data-dir`` the daemon collects no pairs over the control
+  socket. Relative paths are taken inside the folder; absolute paths, ``..`` and symbolic
+  links that lead outside it are refused, as are NUL bytes and other invalid paths, at
+  request time.
+- ``set_model`` loads a model by id from the shipped models, the ``$LIVEDENOISE_MODELS``
+  folders and the folders named with ``--model-dir DIR`` (repeatable), or by a file path
+  inside those folders. A path outside them is refused without looking at it, so the
+  reply never tells whether a file exists there.
+
+Error replies never echo the contents of files.
 
 Handlers run on the server thread, one request at a time: they must be quick (read a
 status, set a flag, queue a job and return its id). Long work belongs to another thread.
@@ -20,12 +40,13 @@ from typing import Any
 from livedenoise.transport.security import ServerSecurity, bind_server, check_bind, release_server
 from livedenoise.util.jsonutil import json_default
 
-__all__ = ["ControlServer", "Handler"]
+__all__ = ["MAX_REQUEST_BYTES", "ControlServer", "Handler"]
 
 log = logging.getLogger("livedenoise")
 
 Handler = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 MAX_REQUEST_BYTES = 1 << 20
+"""Largest request answered normally (1 MiB); a larger one gets an error reply naming this limit."""
 
 
 class ControlServer:
@@ -76,7 +97,7 @@ class ControlServer:
         sock = self._ctx.socket(zmq.REP)
         try:
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
+            # no MAXMSGSIZE: ZeroMQ would drop the peer without a reply; the size is checked here
             self.endpoint = bind_server(
                 sock, endpoint, security=security, context=self._ctx, option="--control"
             )
@@ -135,37 +156,71 @@ class ControlServer:
                 if not sock.poll(self._poll_ms):
                     continue
                 try:
-                    parts = sock.recv_multipart()
-                except zmq.ZMQError as exc:  # e.g. a message over MAXMSGSIZE: the peer is dropped
+                    parts = sock.recv_multipart(copy=False)
+                except zmq.ZMQError as exc:
                     log.warning("control socket receive failed: %s", exc)
                     continue
-                reply = self.handle(parts[0] if len(parts) == 1 else None)
-                sock.send(reply)
+                try:
+                    reply = self.handle_parts([p.buffer for p in parts])
+                except Exception as exc:  # never leave a request unanswered (REP needs a reply)
+                    log.exception("control request could not be answered")
+                    reply = _encode({"ok": False, "error": f"internal error: {type(exc).__name__}"})
+                try:
+                    sock.send(reply)
+                except zmq.ZMQError as exc:  # the peer went away; the next request is answered
+                    log.warning("control reply could not be sent: %s", exc)
         finally:
             sock.close(0)
+
+    def handle_parts(self, parts: list[Any]) -> bytes:
+        """Answer one request given as its message frames (bytes-like); see :meth:`handle`."""
+        size = sum(len(memoryview(p)) for p in parts)
+        if size > MAX_REQUEST_BYTES:
+            self.requests += 1
+            self.errors += 1
+            return _encode(
+                {
+                    "ok": False,
+                    "error": f"request is {size} bytes; the control socket accepts requests of at most "
+                    f"{MAX_REQUEST_BYTES} bytes (1 MiB): send a smaller JSON object",
+                }
+            )
+        return self.handle(bytes(parts[0]) if len(parts) == 1 else None)
 
     def handle(self, raw: bytes | None) -> bytes:
         """Answer one raw request (the thread's work; public for tests and embedding)."""
         self.requests += 1
-        reply = self._dispatch(raw)
+        try:
+            reply = self._dispatch(raw)
+        except Exception as exc:  # e.g. RecursionError or MemoryError outside a handler
+            log.exception("control request failed")
+            reply = {"ok": False, "error": f"request could not be handled: {type(exc).__name__}: {exc}"}
         if not reply.get("ok"):
             self.errors += 1
         try:
             return json.dumps(reply, default=json_default).encode("utf-8")
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             self.errors += 1
             log.error("control reply is not JSON: %s", exc)
             err = {"ok": False, "error": f"the handler's reply could not be encoded as JSON: {exc}"}
-            return json.dumps(err).encode("utf-8")
+            return _encode(err)
 
     def _dispatch(self, raw: bytes | None) -> dict[str, Any]:
         example = 'send one JSON object such as {"cmd": "status"}'
         if raw is None:
             return {"ok": False, "error": f"a request is one message frame; {example}"}
+        if len(raw) > MAX_REQUEST_BYTES:
+            return {
+                "ok": False,
+                "error": f"request is {len(raw)} bytes; the control socket accepts requests of at most "
+                f"{MAX_REQUEST_BYTES} bytes (1 MiB): send a smaller JSON object",
+            }
         try:
             request = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             return {"ok": False, "error": f"request is not UTF-8 JSON ({exc}); {example}"}
+        except RecursionError:
+            return {"ok": False, "error": f"request is JSON nested too deeply to parse; {example}"}
         if not isinstance(request, dict):
             return {
                 "ok": False,
@@ -174,13 +229,18 @@ class ControlServer:
         handlers = self._handlers
         cmd = request.get("cmd")
         if not isinstance(cmd, str) or cmd not in handlers:
-            what = 'has no "cmd"' if "cmd" not in request else f"names unknown cmd {cmd!r}"
+            if "cmd" not in request:
+                what = 'has no "cmd"'
+            elif isinstance(cmd, (dict, list)):  # never echo a (possibly huge or deep) structure
+                what = f"names unknown cmd (a JSON {'object' if isinstance(cmd, dict) else 'array'})"
+            else:
+                what = f"names unknown cmd {_short(repr(cmd), 100)}"
             return {"ok": False, "error": f"request {what}; known commands: {', '.join(sorted(handlers))}"}
         try:
             result = handlers[cmd](request)
         except Exception as exc:  # the server must survive any handler
             log.exception("control command %r failed", cmd)
-            return {"ok": False, "error": f"{cmd} failed: {type(exc).__name__}: {exc}"}
+            return {"ok": False, "error": f"{cmd} failed: {type(exc).__name__}: {_short(str(exc))}"}
         if result is None:
             result = {}
         if not isinstance(result, Mapping):
@@ -189,3 +249,12 @@ class ControlServer:
 
     def _help(self, request: dict[str, Any]) -> dict[str, Any]:
         return {"commands": sorted(self._handlers)}
+
+
+def _encode(reply: dict[str, Any]) -> bytes:
+    return json.dumps(reply).encode("utf-8")
+
+
+def _short(text: str, limit: int = 2000) -> str:
+    """An error text of bounded length (an exception may quote a huge request value)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

@@ -1,33 +1,60 @@
 """Wire format ``livedenoise/1``: three-frame ZeroMQ messages ``[topic, header, payload]``.
 
-1. topic: ASCII ``raw`` (uint16 ADU), ``denoised`` or ``truth`` (float32 photoelectrons;
-   ``truth`` is the simulator's noise-free image, demo only).
-2. header: a UTF-8 JSON object with
+This docstring is the protocol's reference; programs in any language rely on it. This module
+builds and checks headers and has no ZeroMQ dependency, so any Python program can reuse it.
 
-   - ``protocol`` (``"livedenoise/1"``), ``stream`` (the topic);
-   - ``frame``: camera frame number since the acquisition started, the same for the ``raw``,
-     ``denoised`` and ``truth`` messages of one frame; ``seq``: per-topic message counter
-     from 0 (a gap means the subscriber lost messages);
-   - ``shape`` ``[H, W]``, ``dtype`` (NumPy dtype string), ``units`` (``adu`` or
-     ``photoelectrons``);
-   - ``exposure_ms``; ``t_acquired`` (the frame left the core) and ``t_published``, in
-     seconds since the Unix epoch;
-   - ``dropped``: frames the daemon did not restore so far (cumulative);
+Data stream
+-----------
+A ZeroMQ PUB socket, by default ``tcp://127.0.0.1:5555`` (loopback unless the operator opts
+in to remote access, which then requires CURVE keys). Every message has exactly three frames:
+
+1. **topic**: ASCII ``raw``, ``denoised`` or ``truth`` (the simulator's noise-free expected
+   image; demo only). Subscribe by topic prefix.
+2. **header**: a UTF-8 JSON object with at least
+
+   - ``protocol``: ``"livedenoise/1"``; ``stream``: the topic as a string;
+   - ``frame``: camera frame number since acquisition start, the same for the ``raw``,
+     ``denoised`` and ``truth`` messages of one camera frame;
+   - ``seq``: per-topic message counter from 0, +1 per message (a gap means the subscriber
+     lost messages, e.g. to its own queue limit);
+   - ``shape``: ``[H, W]``; ``dtype``: NumPy dtype string (``"<u2"``, ``"<f4"``);
+     ``units``: ``"adu"`` or ``"photoelectrons"``;
+   - ``exposure_ms``; ``t_acquired`` (the frame left the core) and ``t_published`` (just
+     before sending), in seconds since the Unix epoch;
+   - ``dropped``: cumulative count of frames the daemon did not restore, up to this message;
    - ``camera`` (device label), ``model`` (model id or null), ``calibration`` (calibration
      id or null);
-   - present when known (additive keys, same protocol): where the frame belongs in an MDA,
-     so that a subscriber can place frames after a drop:
+   - on ``denoised`` only, when the daemon computes it: ``qc``, the frame's trust score
+     ``{"chi2": float, "structure": float, "ok": bool}``: the residual ``raw_e - denoised``
+     checked against the calibrated Poisson + read-noise model (``chi2`` ≈ 1 and
+     ``structure`` ≈ 0 when consistent; see :mod:`livedenoise.live.qc`);
+   - present when known: where the frame belongs in an MDA (attached mode), so that a
+     subscriber can place each frame even after a drop:
 
      - ``index``: the useq MDA event index, e.g. ``{"t": 3, "c": 1, "z": 5, "p": 0}``;
      - ``channel``: the channel's config name, e.g. ``"GFP"``;
-     - ``position_um``: the stage position, ``{"x": .., "y": .., "z": ..}`` (the axes known;
-       measured when the MDA recorded it, else the event's requested position).
+     - ``position_um``: the stage position ``{"x": .., "y": .., "z": ..}`` in µm (the axes
+       known; measured when the MDA recorded it, else the event's requested position).
 
-   Subscribers ignore keys they do not know; a new key never changes the protocol name.
-3. payload: the array's bytes in C order, exactly ``prod(shape) * itemsize`` long.
+   Subscribers must ignore keys they do not know: keys are added without changing the
+   protocol name.
+3. **payload**: the array's bytes in C order, exactly ``prod(shape) * itemsize`` long.
+   ``raw`` carries ``uint16`` ADU; ``denoised`` and ``truth`` carry ``float32``
+   photoelectrons of the frame's own exposure, so ``raw_e - denoised`` is pure noise.
 
-This module builds and checks headers and has no ZeroMQ dependency, so any program can
-reuse it.
+Control
+-------
+A ZeroMQ REP socket, by default ``tcp://127.0.0.1:5556``. A request is one JSON object
+``{"cmd": NAME, ...arguments}``; the reply is ``{"ok": true, ...}`` or
+``{"ok": false, "error": "what was wrong and what to do"}``. Every request gets a reply and
+the daemon keeps running. Commands: ``status``, ``set_model`` (``model``; the new model is
+prepared and validated first and takes over between two frames; the reply describes the engine
+in use), ``set`` (any of ``exposure_ms``, ``binning``, ``roi`` ``[x, y, width, height]`` in
+binned pixels; applied between two frames, the calibration re-cropped; refused when attached to
+another program's core or when the calibration does not cover the ROI), ``collect_pairs``
+(replies with a job id at once; sent during the start-up, it waits for the stream), ``job``
+(``id``), ``stop``. ``livedenoise ctl`` sends them from the shell. See
+:mod:`livedenoise.transport.control`.
 """
 
 from __future__ import annotations
@@ -51,7 +78,11 @@ __all__ = [
 PROTOCOL = "livedenoise/1"
 TOPICS = ("raw", "denoised", "truth")
 UNITS = {"raw": "adu", "denoised": "photoelectrons", "truth": "photoelectrons"}
-DTYPES = {"raw": np.dtype("<u2"), "denoised": np.dtype("<f4"), "truth": np.dtype("<f4")}
+DTYPES: dict[str, np.dtype[Any]] = {
+    "raw": np.dtype("<u2"),
+    "denoised": np.dtype("<f4"),
+    "truth": np.dtype("<f4"),
+}
 REQUIRED = (
     "protocol",
     "stream",

@@ -1,7 +1,7 @@
 """Publish frames as ``livedenoise/1`` messages on a ZeroMQ XPUB socket.
 
-Every message is ``[topic, header, payload]`` (see :mod:`livedenoise.transport.protocol` and
-DESIGN.md). The publisher
+Every message is ``[topic, header, payload]`` (see :mod:`livedenoise.transport.protocol`,
+the protocol's reference). The publisher
 
 - never waits for a subscriber: each subscriber has its own queue of ``sndhwm`` messages,
   and a subscriber whose queue is full loses messages (visible to it as ``seq`` gaps)
@@ -12,7 +12,11 @@ DESIGN.md). The publisher
   when ZeroMQ reports it done with it); when every buffer is still in flight the frame is
   sent with an ordinary copying send instead, never by waiting;
 - skips topics nobody subscribes to (an XPUB socket sees the subscriptions), so a 16 MiB
-  ``denoised`` frame costs nothing when only ``raw`` is watched.
+  ``denoised`` frame costs nothing when only ``raw`` is watched;
+- reads what subscribers send up the socket (subscriptions, and any other message a client
+  may send, which is ignored and counted as ``upstream_ignored``) on a thread of its own,
+  never on the publishing thread: a client flooding the frame socket cannot slow the
+  pipeline's worker.
 
 ``seq`` counts the messages offered on a topic, sent or skipped, so a subscriber that
 stays subscribed sees contiguous numbers and one that joins late starts at a later one.
@@ -21,6 +25,8 @@ stays subscribed sees contiguous numbers and one that joins late starts at a lat
 from __future__ import annotations
 
 import logging
+import select
+import threading
 import time
 from collections import Counter
 from typing import Any
@@ -35,6 +41,8 @@ __all__ = ["Publisher"]
 log = logging.getLogger("livedenoise")
 
 ZERO_COPY_MIN_BYTES = 64 * 1024  # below this a copying send is cheaper than tracking a buffer
+UPSTREAM_BATCH = 64  # upstream messages read per hold of the socket lock
+UPSTREAM_WAIT_S = 0.02  # the upstream thread's longest sleep between checks
 
 
 class _BufferPool:
@@ -142,7 +150,9 @@ class Publisher:
             sock.close(0)
             raise
         self._sock = sock
-        self._subs: set[bytes] = set()
+        self._lock = threading.Lock()  # the socket is used by the publishing and the upstream thread
+        self._subs: frozenset[bytes] = frozenset()
+        self._upstream_ignored = 0
         self._seq: dict[str, int] = dict.fromkeys(TOPICS, 0)
         self._pools = {t: _BufferPool(pool_size) for t in TOPICS}
         self._sent: Counter[str] = Counter()
@@ -151,24 +161,54 @@ class Publisher:
         self._copied_sends = 0
         self._zero_copy_sends = 0
         self._closed = False
+        self._fd = sock.getsockopt(zmq.FD)
+        self._upstream = threading.Thread(
+            target=self._read_upstream, name="livedenoise-pub-upstream", daemon=True
+        )
+        self._upstream.start()
         log.info("publishing %s on %s", "/".join(TOPICS), self.endpoint)
 
     # ------------------------------------------------------------------ subscriptions
-    def _poll_subscriptions(self) -> None:
+    def _read_upstream(self) -> None:
+        """Thread: read subscriptions (and ignore anything else) sent up the socket."""
         zmq = self._zmq
-        while self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            try:
-                msg = self._sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if msg[:1] == b"\x01":
-                self._subs.add(msg[1:])
-            elif msg[:1] == b"\x00":
-                self._subs.discard(msg[1:])
+        while not self._closed:
+            n = 0
+            with self._lock:
+                if self._closed:
+                    break
+                subs = None
+                try:
+                    while n < UPSTREAM_BATCH and self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                        msg = self._sock.recv(zmq.NOBLOCK)
+                        n += 1
+                        if msg[:1] == b"\x01":
+                            subs = set(self._subs if subs is None else subs) | {msg[1:]}
+                        elif msg[:1] == b"\x00":
+                            subs = set(self._subs if subs is None else subs) - {msg[1:]}
+                        else:
+                            self._upstream_ignored += 1
+                except zmq.Again:
+                    pass
+                except zmq.ZMQError as exc:
+                    if self._closed:
+                        break
+                    log.warning("publisher: reading from subscribers failed: %s", exc)
+                if subs is not None:
+                    self._subs = frozenset(subs)
+            if n < UPSTREAM_BATCH:
+                try:  # ZeroMQ signals this fd when the socket has work; the timeout covers missed edges
+                    select.select([self._fd], [], [], UPSTREAM_WAIT_S)
+                except (OSError, ValueError):
+                    time.sleep(UPSTREAM_WAIT_S)
+            else:
+                time.sleep(0)  # let the publishing thread take the lock between batches
 
     def has_subscribers(self, topic: str) -> bool:
-        """True if some subscriber currently wants ``topic`` (always True without skipping)."""
-        self._poll_subscriptions()
+        """True if some subscriber currently wants ``topic`` (always True without skipping).
+
+        Reads the subscriptions the upstream thread has seen; touches no socket.
+        """
         if not self._skip:
             return True
         t = topic.encode("ascii")
@@ -192,7 +232,8 @@ class Publisher:
         if entry is None:
             return None
         entry[1] = _LENT
-        return entry[0]
+        lent: np.ndarray = entry[0]
+        return lent
 
     def give_back(self, topic: str, array: np.ndarray) -> None:
         """Return a buffer from :meth:`borrow` that was not published."""
@@ -259,13 +300,16 @@ class Publisher:
                 self._copied_sends += 1
             payload = np.ascontiguousarray(array)
         header["t_published"] = time.time()
-        self._sock.send(topic.encode("ascii"), zmq.SNDMORE | zmq.NOBLOCK)
-        self._sock.send(encode_header(header), zmq.SNDMORE | zmq.NOBLOCK)
+        head = encode_header(header)
+        with self._lock:
+            self._sock.send(topic.encode("ascii"), zmq.SNDMORE | zmq.NOBLOCK)
+            self._sock.send(head, zmq.SNDMORE | zmq.NOBLOCK)
+            if entry is not None:
+                entry[1] = self._sock.send(payload, zmq.NOBLOCK, copy=False, track=True)
+            else:
+                self._sock.send(payload, zmq.NOBLOCK, copy=True)
         if entry is not None:
-            entry[1] = self._sock.send(payload, zmq.NOBLOCK, copy=False, track=True)
             self._zero_copy_sends += 1
-        else:
-            self._sock.send(payload, zmq.NOBLOCK, copy=True)
         self._sent[topic] += 1
         self._bytes += array.nbytes
         return True
@@ -275,7 +319,8 @@ class Publisher:
 
         ``zero_copy_sends`` went out from the publisher's buffer pool; ``copied_sends`` are
         large frames sent with a copying send because every pool buffer was still in flight
-        (a stalled subscriber holds up to ``sndhwm`` of them).
+        (a stalled subscriber holds up to ``sndhwm`` of them). ``upstream_ignored`` counts
+        messages subscribers sent up the socket that were not subscriptions.
         """
         return {
             "endpoint": self.endpoint,
@@ -286,6 +331,7 @@ class Publisher:
             "copied_sends": self._copied_sends,
             "next_seq": dict(self._seq),
             "subscriptions": sorted(p.decode("ascii", "replace") for p in self._subs),
+            "upstream_ignored": self._upstream_ignored,
         }
 
     def close(self) -> None:
@@ -293,7 +339,9 @@ class Publisher:
         if self._closed:
             return
         self._closed = True
-        self._sock.close(self._linger_ms)
+        self._upstream.join(2.0)
+        with self._lock:
+            self._sock.close(self._linger_ms)
         if self._security is not None:
             release_server(self._ctx)
 

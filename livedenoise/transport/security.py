@@ -187,20 +187,51 @@ def _create_pair(key_dir: Path, name: str) -> tuple[Path, Path]:
 
 
 class _AuthorizedFolder:
-    """ZAP credentials provider: a client key is admitted if its certificate is in ``folder``."""
+    """ZAP credentials provider: a client key is admitted if its certificate is in ``folder``.
+
+    The folder is read at every connection (a key added or removed takes effect at once).
+    A file that cannot be read or is not a public certificate is skipped with a warning
+    (once per file version); the other clients are still admitted.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._warned: set[tuple[str, float]] = set()
 
-    def callback(self, domain: str, z85_key: bytes) -> bool:
+    def keys(self) -> set[bytes]:
+        """The public keys (Z85) of the readable certificates in the folder."""
         import zmq.auth
 
+        keys: set[bytes] = set()
         try:
-            allowed = zmq.auth.load_certificates(self.folder)
-        except (OSError, ValueError) as exc:
-            log.error("cannot read authorised client keys in %s: %s", self.folder, exc)
-            return False
-        ok = bool(allowed.get(z85_key))
+            files = sorted(self.folder.glob("*.key"))
+        except OSError as exc:
+            log.error("cannot list authorised client keys in %s: %s", self.folder, exc)
+            return keys
+        for f in files:
+            try:
+                public, _secret = zmq.auth.load_certificate(f)
+                if not public:
+                    raise ValueError("no public-key line")
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                try:
+                    stamp = f.stat().st_mtime
+                except OSError:
+                    stamp = -1.0
+                if (str(f), stamp) not in self._warned:
+                    self._warned.add((str(f), stamp))
+                    log.warning(
+                        "skipping %s in the authorised client keys: it is not a readable public "
+                        "certificate (%s); the other keys still admit their clients",
+                        f,
+                        type(exc).__name__,
+                    )
+                continue
+            keys.add(bytes(public))
+        return keys
+
+    def callback(self, domain: str, z85_key: bytes) -> bool:
+        ok = bytes(z85_key) in self.keys()
         if not ok:
             log.warning("refused a CURVE client whose key is not in %s", self.folder)
         return ok

@@ -6,7 +6,7 @@
 ...         print(msg.topic, msg.header["frame"], msg.array.mean())
 
 Any ZeroMQ client in any language can do the same: a SUB socket subscribed to the topic,
-three frames per message (topic, JSON header, C-order array bytes; see DESIGN.md).
+three frames per message (topic, JSON header, C-order array bytes; see :mod:`livedenoise.transport.protocol`).
 
 A program receiving large frames at a high rate should call :func:`keep_freed_memory`
 once (glibc only): libzmq allocates a buffer per message, and without it every 2048²

@@ -74,7 +74,7 @@ def keep_freed_memory() -> bool:
         _TRIM_THRESHOLD >> 20,
         "set" if ok else "refused",
     )
-    return ok
+    return bool(ok)
 
 
 def prefault(array: np.ndarray) -> float:

@@ -7,7 +7,7 @@ import errno
 import numpy as np
 import pytest
 
-from livedenoise.acquisition import pairs as pairs_mod
+from livedenoise.acquisition import writer as writer_mod
 from livedenoise.acquisition.collect import (
     CameraBusyError,
     SaturationError,
@@ -117,7 +117,7 @@ def test_saturating_long_exposure_is_refused(core, sim, tmp_path):
 
 
 def test_disk_full_mid_run_keeps_valid_dataset_and_restores(core, sim, tmp_path, monkeypatch):
-    real = pairs_mod._write_tiff
+    real = writer_mod._write_tiff
     calls = []
 
     def fill_up(path, array, description):
@@ -126,7 +126,7 @@ def test_disk_full_mid_run_keeps_valid_dataset_and_restores(core, sim, tmp_path,
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, array, description)
 
-    monkeypatch.setattr(pairs_mod, "_write_tiff", fill_up)
+    monkeypatch.setattr(writer_mod, "_write_tiff", fill_up)
     with pytest.raises(OSError, match="disk full") as info:
         _collect(core, sim[1], tmp_path / "ds", pairs=5)
     assert info.value.errno == errno.ENOSPC
@@ -143,6 +143,23 @@ def test_not_enough_space_is_checked_first(core, sim, tmp_path, monkeypatch):
     with pytest.raises(PairsError, match="not enough disk space"):
         _collect(core, sim[1], tmp_path / "ds")
     assert not (tmp_path / "ds").exists()
+
+
+def test_free_space_estimate_counts_the_calibration_only_for_a_new_dataset(core, sim, tmp_path, monkeypatch):
+    from livedenoise.acquisition import collect as collect_mod
+
+    frames = 3 * 2 * 64 * 64 * 2  # 3 pairs of one short and one long 64×64 uint16 frame
+    just_enough = int((frames + (1 << 20)) * 1.1) + 1  # for the frames, not for a calibration copy too
+    monkeypatch.setattr(collect_mod, "_free_bytes", lambda path: just_enough)
+    with pytest.raises(
+        PairsError, match=r"MB of frames \+ 0.0 MB for the calibration copy\), .* free at"
+    ) as info:
+        _collect(core, sim[1], tmp_path / "ds")  # a new dataset also stores its calibration
+    assert str(tmp_path / "ds") in str(info.value)
+    monkeypatch.setattr(collect_mod, "_free_bytes", lambda path: 10**12)
+    _collect(core, sim[1], tmp_path / "ds")
+    monkeypatch.setattr(collect_mod, "_free_bytes", lambda path: just_enough)
+    assert _collect(core, sim[1], tmp_path / "ds")["pairs_in_dataset"] == 6  # appending needs no copy
 
 
 def test_busy_camera(core, sim, tmp_path):
@@ -271,3 +288,30 @@ def test_position_specs(tmp_path):
         parse_positions(["list", str(f)], _StageCore())
     with pytest.raises(PairsError, match="grid NxM STEP_UM"):
         parse_positions("grid 3 10", _StageCore())
+
+
+def test_positions_list_file_is_confined_and_never_echoed(tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    secret = "root:x:0:0:TOP-SECRET-LINE"
+    (tmp_path / "secret.txt").write_text(secret + "\n")
+    (root / "bad.txt").write_text("1 2\n" + secret + "\n")
+    (root / "huge.txt").write_bytes(b"1 2\n" * 400_000)  # 1.6 MB
+    (root / "binary.txt").write_bytes(b"\xff\xfe\x00" * 100)
+    (root / "nan.txt").write_text("1 nan\n")
+    (root / "ok.txt").write_text("1 2\n")
+    for spec, match in [
+        (f"list {tmp_path / 'secret.txt'}", "outside the allowed folder"),
+        ("list ../secret.txt", "outside the allowed folder"),
+        ("list bad.txt", "line 2: expected 'x y' or 'x y z'"),
+        ("list huge.txt", "larger than 1048576 bytes"),
+        ("list binary.txt", "not UTF-8 text"),
+        ("list nan.txt", "line 1: expected"),
+        ("list missing.txt", "does not exist"),
+        ("list a\x00b", "NUL byte"),
+    ]:
+        with pytest.raises(PairsError, match=match) as info:
+            parse_positions(spec, _StageCore(), root=root)
+        assert "SECRET" not in str(info.value) and "root:x" not in str(info.value)
+        assert len(str(info.value)) < 600
+    assert parse_positions("list ok.txt", _StageCore(), root=root) == [{"x": 1, "y": 2, "z": None}]

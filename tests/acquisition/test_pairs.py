@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 from scipy.ndimage import fourier_shift, gaussian_filter
 
-from livedenoise.acquisition import pairs as pairs_mod
+from livedenoise.acquisition import writer as writer_mod
 from livedenoise.acquisition.pairs import (
     INDEX_NAME,
     PairDataset,
     PairsError,
-    PairWriter,
     QualityThresholds,
     check_pair,
     phase_shift,
 )
+from livedenoise.acquisition.writer import PairWriter
 from livedenoise.calibration.maps import Calibration
 
 SHAPE = (48, 64)
@@ -106,14 +106,14 @@ def test_failed_write_leaves_no_trace(tmp_path, rng, monkeypatch):
     w = PairWriter(out, camera=_camera(), calibration=_cal())
     _add(w, rng)
     before = sorted(p.name for p in out.rglob("*"))
-    real = pairs_mod._write_tiff
+    real = writer_mod._write_tiff
 
     def fail_on_long(path, array, description):
         if "long" in path.name:
             raise OSError(errno.EIO, "simulated I/O error")
         real(path, array, description)
 
-    monkeypatch.setattr(pairs_mod, "_write_tiff", fail_on_long)
+    monkeypatch.setattr(writer_mod, "_write_tiff", fail_on_long)
     with pytest.raises(OSError, match="simulated"):
         _add(w, rng)
     assert sorted(p.name for p in out.rglob("*")) == before  # the short frame of the failed pair is gone
@@ -128,7 +128,7 @@ def test_disk_full_message_keeps_dataset(tmp_path, rng, monkeypatch):
     def full(path, array, description):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pairs_mod, "_write_tiff", full)
+    monkeypatch.setattr(writer_mod, "_write_tiff", full)
     with pytest.raises(OSError, match="disk full .* keeps its 1 complete pairs") as info:
         _add(w, rng)
     assert info.value.errno == errno.ENOSPC
@@ -140,7 +140,7 @@ CRASH = textwrap.dedent(
     """
     import os, sys
     import numpy as np
-    from livedenoise.acquisition import pairs as pm
+    from livedenoise.acquisition import writer as pm
     from livedenoise.calibration.maps import Calibration
     real = pm._write_tiff
     def crash(path, array, description):
@@ -175,6 +175,72 @@ def test_crash_mid_pair_loses_only_that_pair_and_append_continues(tmp_path, rng)
     ds = PairDataset(out)
     assert [p["id"] for p in ds.pairs] == [0, 1, 2]
     assert ds.load_adu(2)[1].shape == SHAPE
+
+
+CRASH_FIRST = textwrap.dedent(
+    """
+    import os, sys
+    import numpy as np
+    from livedenoise.acquisition import writer as pm
+    from livedenoise.calibration.maps import Calibration
+    real = pm.write_calibration
+    def crash(path, cal, **kw):
+        real(path, cal, **kw)
+        os._exit(3)   # SIGKILL-like: the new dataset's first pair never gets its index
+    pm.write_calibration = crash
+    shape = (48, 64)
+    cal = Calibration.uniform(shape, offset_adu=100.0, gain_adu_per_e=2.0, read_var_e2=1.0)
+    cam = {"label": "Camera", "shape": list(shape), "roi": [0, 0, 64, 48], "binning": 1, "bit_depth": 16}
+    w = pm.PairWriter(sys.argv[1], camera=cam, calibration=cal)
+    short = np.full((1, *shape), 120, np.uint16)
+    w.add(short, np.full(shape, 300, np.uint16), short_exposure_ms=10, long_exposure_ms=100)
+    """
+)
+
+
+def test_crash_while_a_new_dataset_is_made_leaves_nothing_that_blocks_the_next_collection(tmp_path, rng):
+    out = tmp_path / "ds"
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH_FIRST, str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert not out.exists()  # the half-made dataset is only the hidden folder being built
+    assert [p.name.startswith(".ds.creating-") for p in tmp_path.iterdir()] == [True]
+    w = PairWriter(out, camera=_camera(), calibration=_cal())  # the next collection works...
+    assert _add(w, rng)["id"] == 0
+    assert len(PairDataset(out)) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]  # ...and the dead one's leftovers are gone
+
+
+def test_a_half_made_dataset_of_an_older_version_is_recovered(tmp_path, rng):
+    out = tmp_path / "ds"
+    (out / "frames").mkdir(parents=True)  # what a kill during the first pair used to leave: no index
+    (out / "calibration.tif").write_bytes(b"partial")
+    (out / "frames" / "pair-00000-short.tif").write_bytes(b"complete")
+    (out / "frames" / ".pair-00000-long.tif.part").write_bytes(b"half")
+    (out / ".pairs.json.abc123.part").write_text("{")
+    w = PairWriter(out, camera=_camera(), calibration=_cal())
+    assert _add(w, rng)["id"] == 0  # the incomplete pair was discarded, the dataset starts afresh
+    ds = PairDataset(out)
+    assert len(ds) == 1 and ds.stray == [] and ds.calibration.id == _cal().id
+    # a folder with anything else in it is still refused (it may be someone's data)
+    other = tmp_path / "other"
+    (other / "frames").mkdir(parents=True)
+    (other / "frames" / "pair-00000-short.tif").write_bytes(b"x")
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(PairsError, match="not empty"):
+        PairWriter(other, camera=_camera(), calibration=_cal())
+    assert (other / "notes.txt").exists() and (other / "frames" / "pair-00000-short.tif").exists()
+
+
+def test_an_interrupted_dataset_creation_leaves_no_folder(tmp_path, rng, monkeypatch):
+    def interrupted(path, cal, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer_mod, "write_calibration", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _add(PairWriter(tmp_path / "ds", camera=_camera(), calibration=_cal()), rng)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_append_checks_camera_and_calibration(tmp_path, rng):

@@ -213,7 +213,9 @@ def test_collect_pairs_sent_during_the_start_up_waits_for_the_stream(
 
     core, cam = sim_core(64, exposure_ms=5.0)
     ctl = f"tcp://127.0.0.1:{_free_port()}"
-    config = PipelineConfig(pub_endpoint=f"tcp://127.0.0.1:{_free_port()}", control_endpoint=ctl)
+    config = PipelineConfig(
+        pub_endpoint=f"tcp://127.0.0.1:{_free_port()}", control_endpoint=ctl, data_dir=str(tmp_path)
+    )
     engine = _SlowToPrepare(prepare_s=3.0)
     out = io.StringIO()
     rc: list[int] = []
@@ -229,7 +231,17 @@ def test_collect_pairs_sent_during_the_start_up_waits_for_the_stream(
         assert status["state"] == "starting", status  # the control socket answers before the stream runs
         dataset = tmp_path / "pairs"
         # from the shell: `livedenoise ctl collect-pairs ... --wait`
-        args = ["--short-ms", "5", "--long-ms", "20", "--pairs", "2", "-o", str(dataset), "--wait"]
+        args = [
+            "--short-ms",
+            "5",
+            "--long-ms",
+            "20",
+            "--pairs",
+            "2",
+            "-o",
+            "pairs",
+            "--wait",
+        ]  # in --data-dir
         assert main(["ctl", "--control", ctl, "collect-pairs", *args]) == 0
         printed = capsys.readouterr().out
         assert "job-1: running" in printed and "waiting for the stream to start" in printed, printed

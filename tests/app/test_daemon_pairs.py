@@ -49,6 +49,8 @@ def test_collect_pairs_job_over_the_control_socket(tmp_path: Path) -> None:
             pub,
             "--control",
             ctl,
+            "--data-dir",
+            str(tmp_path),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -314,3 +314,53 @@ def test_denoise_with_shipped_default_model(tmp_path: Path, cal_file: Path, rng:
     # a restoration, not a copy: smoother than the noisy photoelectrons, same mean level
     e = (raw.astype(np.float64) - OFFSET) / GAIN
     assert out.std() < e.std() and abs(out.mean() / e.mean() - 1) < 0.1
+
+
+def _page_per_frame(path: Path, frames: list[np.ndarray]) -> None:
+    """A recording written one page at a time with a JSON header each (as `subscribe --save` did)."""
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        for i, f in enumerate(frames):
+            header = {"protocol": "livedenoise/1", "frame": i, "shape": list(f.shape), "dtype": "<u2"}
+            tw.write(f, description=json.dumps(header), photometric="minisblack", metadata=None)
+
+
+def test_denoise_restores_every_frame_of_a_page_per_frame_recording(
+    tmp_path: Path, cal_file: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture
+) -> None:
+    raw = _stack(rng, (20, 48, 40))
+    src, dst = tmp_path / "rec.tif", tmp_path / "out.tif"
+    _page_per_frame(src, list(raw))
+    with tifffile.TiffFile(src) as tf:
+        assert len(tf.series) == 20  # each page is a series of its own: series[0] is one frame
+    assert _run(str(src), "-o", str(dst), "--calibration", str(cal_file), "--engine", "passthrough") == 0
+    assert "20 frame(s)" in capsys.readouterr().out
+    out = tifffile.imread(dst)
+    assert out.shape == (20, 48, 40)
+    np.testing.assert_allclose(out, np.maximum((raw.astype(np.float64) - OFFSET) / GAIN, 0), atol=1e-4)
+
+
+def test_denoise_refuses_a_file_it_cannot_restore_whole(
+    tmp_path: Path, cal_file: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture
+) -> None:
+    src = tmp_path / "mixed.tif"
+    _page_per_frame(src, [_stack(rng, (48, 40)), _stack(rng, (32, 40)), _stack(rng, (48, 40))])
+    rc = _run(
+        str(src), "-o", str(tmp_path / "o.tif"), "--calibration", str(cal_file), "--engine", "passthrough"
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "holds 3 image series of different shapes" in err and "save each series as its own TIFF" in err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_denoise_refuses_to_overwrite_without_force(
+    tmp_path: Path, cal_file: Path, rng: np.random.Generator, capsys: pytest.CaptureFixture
+) -> None:
+    src, dst = tmp_path / "in.tif", tmp_path / "out.tif"
+    _write(src, _stack(rng, (2, 48, 40)))
+    dst.write_bytes(b"yesterday's result")
+    args = [str(src), "-o", str(dst), "--calibration", str(cal_file), "--engine", "passthrough"]
+    assert _run(*args) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert dst.read_bytes() == b"yesterday's result"
+    assert _run(*args, "--force") == 0 and tifffile.imread(dst).shape == (2, 48, 40)

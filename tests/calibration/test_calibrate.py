@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,33 @@ def test_cli_writes_calibration_and_report(stacks, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     assert "wrote" in capsys.readouterr().out
     assert sorted(p.name for p in tmp.iterdir() if p.name.startswith(".")) == []
+    # plain tifffile reads what `calibrate` wrote, as the (3, H, W) float32 stack of the maps
+    stack = tifffile.imread(out)
+    assert stack.shape == (3, 16, 24) and stack.dtype == np.float32
+    np.testing.assert_array_equal(stack[1], cal.gain_adu_per_e)
+    with tifffile.TiffFile(out) as tf:
+        assert len(tf.pages) == 3 and len(tf.series) == 1 and tf.series[0].shape == (3, 16, 24)
+        desc = json.loads(tf.pages[0].description)
+    assert desc["livedenoise_calibration"] == 1 and desc["pages"] == [
+        "offset_adu",
+        "gain_adu_per_e",
+        "read_var_e2",
+    ]
+    assert desc["summary"]["shape"] == [16, 24]  # the nested key that used to break tifffile.imread
+
+
+def test_cli_refuses_to_overwrite_without_force(stacks, capsys):
+    tmp, _, _, dark, flats = stacks
+    out, png = tmp / "cal.tif", tmp / "cal.png"
+    argv = ["calibrate", "--dark", dark, *sum((["--flat", f] for f in flats), []), "-o", str(out)]
+    out.write_bytes(b"the calibration in use")
+    assert main(argv) == 2
+    assert "already exist(s); pass --force" in capsys.readouterr().err
+    assert out.read_bytes() == b"the calibration in use"
+    png.write_bytes(b"old report")
+    assert main([*argv[:-2], "-o", str(tmp / "new.tif"), "--report", str(png)]) == 2  # the report too
+    assert not (tmp / "new.tif").exists()
+    assert main([*argv, "--force"]) == 0 and read_calibration(out).shape == (16, 24)
 
 
 def _fail(argv, capsys):
@@ -286,3 +314,72 @@ def test_read_back_is_the_fit(synthetic, tmp_path):
             dark,
             [flats[0], level(np.random.default_rng(0), make_maps(np.random.default_rng(1), (8, 8)), 100, 30)],
         )
+
+
+# -- sanity of calibration values and files --------------------------------------------------
+
+
+def _maps(shape=(8, 8), gain=2.0, var=1.0, offset=100.0):
+    return (
+        np.full(shape, offset, np.float32),
+        np.full(shape, gain, np.float32),
+        np.full(shape, var, np.float32),
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"gain": 1e-30}, r"gain_adu_per_e must lie within \[0.001, 1000\] ADU per e-"),
+        ({"gain": 5e4}, "gain_adu_per_e must lie within"),
+        ({"gain": 0.0}, "gain_adu_per_e must lie within"),
+        ({"gain": -1.0}, "gain_adu_per_e must lie within"),
+        ({"var": -0.5}, "read_var_e2 must be >= 0 everywhere, 64 pixels are not"),
+        ({"var": float("nan")}, "read_var_e2 holds 64 NaN or Inf"),
+        ({"offset": float("inf")}, "offset_adu holds 64 NaN or Inf"),
+    ],
+)
+def test_calibration_values_are_sanity_checked(change, match):
+    from livedenoise.calibration.maps import Calibration
+
+    with pytest.raises(CalibrationError, match=match):
+        Calibration(*_maps(**change))
+
+
+def test_calibration_files_with_wrong_pages_or_values_are_refused(tmp_path):
+    from livedenoise.calibration.maps import Calibration, write_calibration
+
+    good = write_calibration(tmp_path / "good.tif", Calibration(*_maps()))
+    with tifffile.TiffFile(good) as tf:
+        desc = tf.pages[0].description
+    four = tmp_path / "four.tif"
+    with tifffile.TiffWriter(four) as tw:
+        for i, m in enumerate([*_maps(), _maps()[0]]):
+            tw.write(m, photometric="minisblack", description=desc if i == 0 else None, metadata=None)
+    with pytest.raises(CalibrationError, match="has 4 pages, expected exactly 3"):
+        read_calibration(four)
+    tiny = tmp_path / "tiny.tif"  # a file whose gain page says 1e-30: 2e33 e- per ADU
+    with tifffile.TiffWriter(tiny) as tw:
+        for i, m in enumerate(_maps(gain=1e-30)):
+            tw.write(m, photometric="minisblack", description=desc if i == 0 else None, metadata=None)
+    with pytest.raises(CalibrationError, match=r"tiny.tif: gain_adu_per_e must lie within"):
+        read_calibration(tiny)
+    text = tmp_path / "text.tif"
+    text.write_text("root:x:0:0:SECRET\n")
+    with pytest.raises(CalibrationError, match="is not a readable TIFF") as info:
+        read_calibration(text)
+    assert "SECRET" not in str(info.value)
+
+
+def test_calibration_must_fit_the_sensor():
+    from livedenoise.calibration.maps import Calibration
+
+    big = Calibration(*_maps((1024, 1024)))
+    with pytest.raises(
+        CalibrationError, match=r"maps are 1024×1024 but the sensor of camera 'Cam' is 512×512"
+    ):
+        big.check_sensor((512, 512), camera="Cam")
+    big.check_sensor((1024, 1024))
+    with pytest.raises(CalibrationError, match="but the sensor"):
+        Calibration(*_maps((256, 256))).check_sensor((512, 512))
+    Calibration.uniform((8, 8), offset_adu=100, gain_adu_per_e=2).check_sensor((512, 512))  # nominal: any

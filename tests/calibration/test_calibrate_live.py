@@ -283,7 +283,10 @@ def test_cli_live_on_simulator_config(tmp_path, capsys):
     cal = read_calibration(out)
     assert cal.shape == (16, 24) and cal.meta["sensor_roi"]["x"] == 8
     assert "wrote" in capsys.readouterr().out
-    assert main(["calibrate", "--live", "--config", str(tmp_path / "none.cfg"), "-o", str(out)]) == 2
+    assert (
+        main(["calibrate", "--live", "--config", str(tmp_path / "none.cfg"), "-o", str(tmp_path / "b.tif")])
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err
 
 

@@ -156,6 +156,35 @@ raise SystemExit(main())
     assert took < 120, took
 
 
+def test_demo_refuses_a_calibration_of_another_sensor_size(tmp_path: Path, capsys: Any) -> None:
+    import numpy as np
+
+    from livedenoise.calibration.maps import Calibration, write_calibration
+
+    maps = [np.full((1024, 1024), v, np.float32) for v in (100.0, 2.0, 1.0)]
+    cal = write_calibration(tmp_path / "big.tif", Calibration(*maps))
+    rc = main(
+        [
+            "demo",
+            "--seconds",
+            "1",
+            "--size",
+            "64",
+            "--engine",
+            "passthrough",
+            "--calibration",
+            str(cal),
+            "--pub",
+            f"tcp://127.0.0.1:{_free_port()}",
+            "--control",
+            f"tcp://127.0.0.1:{_free_port()}",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "calibration maps are 1024×1024 but the sensor of camera 'Camera' is 512×512" in err
+
+
 def _replay_cfg(tmp_path: Path) -> Path:
     cfg = tmp_path / "replay.cfg"
     cfg.write_text(
@@ -232,6 +261,20 @@ def test_bench_small_run_reports_every_stage(tmp_path: Path, capsys: Any) -> Non
     assert abs(r["acquired"] - (r["restored"] + r["dropped"])) <= 16
     assert set(r["latency_ms"]) == {"acquire", "convert", "queue", "engine", "publish", "end_to_end"}
     assert report["machine"]["cores"] >= 1
+
+
+def test_bench_engine_only_times_the_engine_alone(tmp_path: Path, capsys: Any) -> None:
+    out_json = tmp_path / "engine.json"
+    argv = ["bench", "--engine-only", "--engine", "passthrough", "--engine", "cpu", "--size", "64"]
+    rc = main([*argv, "-n", "5", "--json", str(out_json)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "| passthrough | None |" in table and "| cpu | rln-denoise-v2 |" in table and "Machine:" in table
+    report = json.loads(out_json.read_text())
+    assert [r["engine"]["backend"] for r in report["engine_results"]] == ["passthrough", "cpu"]
+    for r in report["engine_results"]:
+        assert r["shape"] == [64, 64] and r["n"] == 5 and r["fps"] > 0
+        assert r["latency_ms_min"] <= r["latency_ms_p50"] <= r["latency_ms_p99"]
 
 
 def test_bench_with_the_subscriber_in_its_own_process(tmp_path: Path, capsys: Any) -> None:

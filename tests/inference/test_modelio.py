@@ -159,3 +159,105 @@ def test_rln_v2_is_v1_with_relu_activations():
         c2.training["command"].replace(" --arch-param 'activation=\"relu\"'", "").replace("v2", "v1")
         == (c1.training["command"])
     )
+
+
+# -- a card's declared sizes are checked against the weights before anything is built ----------
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"arch_params": {"fp_channels": 100_000, "bp_channels": 200_000}},  # the probe's 1 KB card
+        {"arch_params": {"fp_channels": 4000, "bp_channels": 4000, "merge_channels": 4000}},
+        {"parameters": 10**9},
+    ],
+    ids=["widths-beyond-the-weights", "widths-within-the-value-count", "declared-parameter-count"],
+)
+def test_a_card_declaring_a_huge_network_is_refused_at_once(saved, changes):
+    import time
+
+    _, _, path = saved
+    _edit_card(path, **changes)
+    t = time.perf_counter()
+    with pytest.raises(ModelError, match="do not fit"):
+        load_model(path)
+    assert time.perf_counter() - t < 2.0
+
+
+def test_a_card_declaring_a_deep_network_is_stopped_while_building(tmp_path):
+    import time
+
+    torch.manual_seed(0)
+    net = build_network("resunet", channels=[4, 8], mid_blocks=1)
+    path = tmp_path / "tiny-res.pt"
+    save_model(
+        net,
+        ModelCard(id="tiny-res", architecture="resunet", arch_params={"channels": [4, 8], "mid_blocks": 1}),
+        path,
+    )
+    n_values = sum(v.numel() for v in net.state_dict().values())
+    _edit_card(path, arch_params={"channels": [4, 8], "mid_blocks": n_values - 1})  # within the int bound
+    t = time.perf_counter()
+    with pytest.raises(ModelError, match="do not fit"):
+        load_model(path)
+    assert time.perf_counter() - t < 2.0
+
+
+def test_nan_weights_and_nan_output_are_refused(tmp_path):
+    torch.manual_seed(0)
+    net = build_network("rln")
+    with torch.no_grad():
+        net.merge[1][0].weight[0, 0, 0, 0] = float("nan")
+    save_model(net, ModelCard(id="nan-w", architecture="rln"), tmp_path / "nan-w.pt")
+    with pytest.raises(ModelError, match="NaN or Inf weights"):
+        load_model(tmp_path / "nan-w.pt")
+    net = build_network("rln")
+    with torch.no_grad():
+        net.merge[1][1].running_var.fill_(-1.0)  # finite weights, NaN output (sqrt of a negative)
+    save_model(net, ModelCard(id="nan-out", architecture="rln"), tmp_path / "nan-out.pt")
+    with pytest.raises(ModelError, match="gives NaN or Inf on synthetic"):
+        load_model(tmp_path / "nan-out.pt")
+
+
+# -- models named in control requests stay inside the model folders -------------------------------
+
+
+def test_resolve_model_request_is_confined_to_the_model_folders(saved, tmp_path, monkeypatch):
+    from livedenoise.inference.modelio import resolve_model_request
+    from livedenoise.util.paths import PathError
+
+    monkeypatch.delenv("LIVEDENOISE_MODELS", raising=False)
+    _, _, path = saved  # tmp_path/tiny-rln.pt
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for suffix in (".pt", ".json"):
+        (folder / f"mine{suffix}").write_bytes(path.with_suffix(suffix).read_bytes())
+    # allowed: the shipped default, an id in a named folder, a path inside one
+    assert resolve_model_request(None).name == f"{DEFAULT_MODEL}.pt"
+    assert resolve_model_request(DEFAULT_MODEL).name == f"{DEFAULT_MODEL}.pt"
+    assert resolve_model_request("mine", [folder]) == folder / "mine.pt"
+    assert resolve_model_request(str(folder / "mine.json"), [folder]) == folder / "mine.pt"
+    assert resolve_model_request("mine.pt", [folder]) == folder / "mine.pt"
+    # refused: paths outside, whether or not a file is there (same message: no existence oracle)
+    errors = {}
+    for target in (path, tmp_path / "absent.pt"):
+        with pytest.raises(PathError, match="outside the allowed folder") as info:
+            resolve_model_request(str(target), [folder])
+        errors[target.name] = str(info.value).replace(str(target), "PATH")
+    assert errors["tiny-rln.pt"] == errors["absent.pt"]
+    with pytest.raises(PathError, match="outside the allowed folder"):
+        resolve_model_request("../tiny-rln.pt", [folder])
+    (folder / "link.pt").symlink_to(path)
+    with pytest.raises(PathError, match="through a symbolic link"):
+        resolve_model_request("link.pt", [folder])
+    with pytest.raises(PathError, match="NUL byte"):
+        resolve_model_request("mine\x00.pt", [folder])
+    with pytest.raises(PathError, match="must be a path string"):
+        resolve_model_request(["mine"], [folder])
+    # an id is never a file of that name in the working folder
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny-rln").write_bytes(path.read_bytes())
+    with pytest.raises(FileNotFoundError, match="no model 'tiny-rln'"):
+        resolve_model_request("tiny-rln", [folder])
+    with pytest.raises(FileNotFoundError, match="no model file"):
+        resolve_model_request("absent.pt", [folder])

@@ -178,3 +178,102 @@ def test_other_tasks_losses_and_architectures_train(arch, task, loss):
     )
     assert card.task == task and card.training["loss"] == loss and card.arch_params == params
     assert np.isfinite(history[-1]["val_loss"]) and np.isfinite(history[-1]["val_psnr_db"])
+
+
+_TINY = [
+    "--steps",
+    "2",
+    "--epoch-steps",
+    "2",
+    "--batch",
+    "2",
+    "--patch",
+    "32",
+    "--val-size",
+    "2",
+    "--no-progress",
+]
+
+
+def test_cli_train_refuses_to_overwrite_without_force(tmp_path, capsys):
+    from livedenoise.cli import main
+
+    out = tmp_path / "m.pt"
+    out.write_bytes(b"a model someone needs")
+    assert main(["train", "--arch", "rln", *_TINY, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already exist" in err and "--force" in err
+    assert out.read_bytes() == b"a model someone needs"
+    card_only = tmp_path / "c.json"
+    card_only.write_text("{}")
+    assert main(["train", "--arch", "rln", *_TINY, "-o", str(tmp_path / "c.pt")]) == 2
+    assert main(["train", "--pairs", str(tmp_path), "-o", str(out)]) == 2  # fine-tuning too
+    assert out.read_bytes() == b"a model someone needs"
+
+
+def test_cli_train_records_where_it_started(tmp_path):
+    from livedenoise.cli import main
+    from livedenoise.inference.modelio import load_model
+
+    out = tmp_path / "from-v2.pt"
+    rc = main(
+        [
+            "train",
+            "--arch",
+            "rln",
+            "--arch-param",
+            "activation=relu",
+            "--init",
+            "rln-denoise-v2",
+            *_TINY,
+            "-o",
+            str(out),
+        ]
+    )
+    assert rc in (0, 1)
+    _, card = load_model(out if out.exists() else tmp_path / "from-v2.worse.pt")
+    start = card.quality["validation"]["start"]
+    assert start["model"] == "rln-denoise-v2" and start["psnr_db"] > card.quality["validation"]["raw_psnr_db"]
+
+
+def test_a_worse_model_warns_and_does_not_replace_a_named_one(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import livedenoise.cli.train as train_mod  # the command calls the name it imported
+    from livedenoise.cli import main
+    from livedenoise.inference.modelio import ModelCard, load_model, save_model
+    from livedenoise.inference.nets import build_network
+
+    torch.manual_seed(0)
+    named = tmp_path / "lab-model.pt"
+    save_model(build_network("rln"), ModelCard(id="lab-model", architecture="rln"), named)
+    before = named.read_bytes()
+
+    def worse_training(config, progress=True):
+        card = ModelCard(
+            id=config.model_id,
+            architecture="rln",
+            training={"time_s": 1.0},
+            quality={
+                "validation": {"psnr_db": 20.0, "raw_psnr_db": 22.0, "start": {"model": "x", "psnr_db": 28.0}}
+            },
+        )
+        return build_network("rln"), card, []
+
+    monkeypatch.setattr(train_mod, "train", worse_training)
+    rc = main(["train", "--arch", "rln", *_TINY, "--force", "-o", str(named)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert (
+        "warning: the new model is worse: validation PSNR 20.00 dB is below its starting model x (28.00 dB)"
+        in err
+    )
+    assert "below the raw frames' 22.00 dB" in err and "was NOT replaced" in err and "--accept-worse" in err
+    assert named.read_bytes() == before  # the named model stays
+    _, aside = load_model(tmp_path / "lab-model.worse.pt")
+    assert len(aside.quality["worse_than"]) == 2
+    # a new file is written (with the warning), and --accept-worse replaces on purpose
+    assert main(["train", "--arch", "rln", *_TINY, "-o", str(tmp_path / "new.pt")]) == 0
+    assert "worse" in capsys.readouterr().err and (tmp_path / "new.pt").exists()
+    assert main(["train", "--arch", "rln", *_TINY, "--force", "--accept-worse", "-o", str(named)]) == 0
+    assert named.read_bytes() != before

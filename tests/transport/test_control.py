@@ -13,7 +13,7 @@ import pytest
 zmq = pytest.importorskip("zmq")
 
 from livedenoise.transport.client import request
-from livedenoise.transport.control import ControlServer
+from livedenoise.transport.control import MAX_REQUEST_BYTES, ControlServer
 from livedenoise.transport.security import ClientSecurity, ServerSecurity, create_client_keys
 
 
@@ -159,4 +159,81 @@ def test_curve_control_socket(tmp_path) -> None:
             request(srv.endpoint, {"cmd": "status"}, timeout_s=0.5)
         assert request(srv.endpoint, {"cmd": "status"}, timeout_s=60, security=good)["ok"] is True
     finally:
+        srv.close()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"cmd": ' + b"[" * 1000 + b"]" * 1000 + b"}",  # the probe's ~2 KB, 1000 levels
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"cmd": "status", "x": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"}",
+    ],
+    ids=["cmd-1000-deep", "array-100k-deep", "argument-5000-deep"],
+)
+def test_deeply_nested_json_gets_a_reply_and_the_loop_survives(server, payload) -> None:
+    reply = _raw(server.endpoint, payload)
+    assert isinstance(reply, dict) and "ok" in reply
+    if reply["ok"] is False:
+        assert len(reply["error"]) < 500
+    # the control thread is alive: status and a handler that echoes nothing still answer
+    assert request(server.endpoint, {"cmd": "status"})["ok"] is True
+    assert request(server.endpoint, {"cmd": "ping"}) == {"ok": True, "pong": True}
+
+
+def test_a_handler_that_recurses_forever_gets_an_error_reply(server: ControlServer) -> None:
+    def deep(req: dict) -> dict:
+        return deep(req)
+
+    server.register("deep", deep)
+    reply = request(server.endpoint, {"cmd": "deep"})
+    assert reply["ok"] is False and "RecursionError" in reply["error"]
+    assert request(server.endpoint, {"cmd": "status"})["ok"] is True
+
+
+@pytest.mark.parametrize("size", [MAX_REQUEST_BYTES + 1, 8 * MAX_REQUEST_BYTES])
+def test_an_over_size_request_gets_an_error_naming_the_limit(server, size) -> None:
+    head = b'{"cmd": "status", "pad": "'
+    payload = head + b"x" * (size - len(head) - 2) + b'"}'
+    assert len(payload) == size
+    reply = _raw(server.endpoint, payload)
+    assert reply["ok"] is False
+    assert (
+        f"{size} bytes" in reply["error"] and f"at most {MAX_REQUEST_BYTES} bytes (1 MiB)" in reply["error"]
+    )
+    assert len(reply["error"]) < 300  # the request is not echoed
+    # a request at the limit is answered normally
+    ok = head + b"x" * (MAX_REQUEST_BYTES - len(head) - 2) + b'"}'
+    assert _raw(server.endpoint, ok)["ok"] is True
+    assert request(server.endpoint, {"cmd": "status"})["ok"] is True
+
+
+def test_a_huge_unknown_cmd_is_not_echoed(server: ControlServer) -> None:
+    reply = request(server.endpoint, {"cmd": "x" * 500_000})
+    assert reply["ok"] is False and "unknown cmd" in reply["error"] and len(reply["error"]) < 500
+    reply = request(server.endpoint, {"cmd": {"a": ["b"] * 1000}})
+    assert reply["ok"] is False and "unknown cmd (a JSON object)" in reply["error"]
+
+
+def test_one_unreadable_authorised_key_does_not_lock_out_the_others(tmp_path, caplog) -> None:
+    keys = tmp_path / "keys"
+    _, secret = create_client_keys(tmp_path / "me", "me", authorize_in=keys)
+    (keys / "authorized" / "garbage.key").write_bytes(b"\xff\xfe not a certificate\n")
+    (keys / "authorized" / "folder.key").mkdir()  # unreadable as a file
+    unreadable = keys / "authorized" / "private.key"
+    unreadable.write_text('public-key = "x"\n')
+    unreadable.chmod(0)
+    srv = ControlServer(
+        "tcp://127.0.0.1:*", {"status": lambda r: {"state": "idle"}}, security=ServerSecurity(keys)
+    ).start()
+    try:
+        with caplog.at_level("WARNING", logger="livedenoise"):
+            good = ClientSecurity(secret, keys / "server.key")
+            assert request(srv.endpoint, {"cmd": "status"}, security=good) == {"ok": True, "state": "idle"}
+            assert request(srv.endpoint, {"cmd": "status"}, security=good)["ok"] is True
+        skipped = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+        assert any("garbage.key" in m for m in skipped) and any("folder.key" in m for m in skipped)
+        assert len(skipped) == len(set(skipped))  # warned once per file, not at every connection
+    finally:
+        unreadable.chmod(0o600)
         srv.close()

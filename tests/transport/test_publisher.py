@@ -14,6 +14,7 @@ import pytest
 
 zmq = pytest.importorskip("zmq")
 
+from livedenoise.transport import publisher as publisher_mod
 from livedenoise.transport.protocol import REQUIRED, encode_header, make_header
 from livedenoise.transport.publisher import Publisher
 from livedenoise.transport.security import (
@@ -256,7 +257,10 @@ def test_caller_may_overwrite_its_array_at_once(ctx, closing, shape) -> None:
         assert st["zero_copy_sends"] == st["copied_sends"] == 0
 
 
-def test_pool_exhausted_falls_back_to_copying_send(ctx, closing) -> None:
+def test_pool_exhausted_falls_back_to_copying_send(ctx, closing, monkeypatch) -> None:
+    # ZeroMQ holds each zero-copy buffer until the I/O thread has written it out; how long that
+    # takes depends on the machine's load, so hold it for certain: a tracked buffer stays busy
+    monkeypatch.setattr(publisher_mod, "_done", lambda entry: entry[1] is None)
     pub = _pub(ctx, closing, pool_size=1, sndhwm=50)
     sub = _sub(ctx, closing, pub.endpoint, ("denoised",), rcvhwm=50)  # connected, not reading yet
     _wait(lambda: pub.has_subscribers("denoised"), what="subscription")
@@ -393,3 +397,31 @@ def test_borrowed_buffer_is_sent_without_copy_and_never_lent_twice(ctx, closing)
     assert float(msg.array.mean()) == 7.0
     assert pub.stats()["zero_copy_sends"] == 1 and pub.stats()["copied_sends"] == 0
     assert pub.borrow("raw", (4, 4), np.uint16) is None  # small frames: use your own array
+
+
+def test_messages_sent_up_the_frame_socket_are_drained_off_the_publishing_thread(ctx, closing) -> None:
+    pub = _pub(ctx, closing)
+    flood = ctx.socket(zmq.XSUB)  # a client that sends non-subscription messages up the PUB socket
+    flood.linger = 0
+    flood.sndhwm = 0  # queue everything on the client's side instead of dropping at its high-water mark
+    flood.connect(pub.endpoint)
+    try:
+        flood.send(b"\x01denoised")  # it also subscribes, like a viewer would
+        n = 20_000
+        for i in range(n):
+            flood.send(b"not a subscription %d" % i)
+        # nobody calls publish(): the upstream thread alone reads the messages and the subscription
+        _wait(lambda: pub.stats()["upstream_ignored"] == n, 20.0, "the upstream messages to be drained")
+        assert pub.has_subscribers("denoised") and not pub.has_subscribers("raw")
+        assert pub.stats()["subscriptions"] == ["denoised"]
+        # frames still go out to that client, and a real subscriber joins as usual
+        assert _send(pub, "denoised", np.ones((4, 4), np.float32), frame=0)
+        assert flood.poll(5000) and flood.recv_multipart()[0] == b"denoised"
+        sub = _sub(ctx, closing, pub.endpoint, topics=("raw",))
+        _wait(lambda: pub.has_subscribers("raw"), what="the raw subscription")
+        assert _send(pub, "raw", np.ones((4, 4), np.uint16), frame=1)
+        assert _recv_all(sub, 1)[0].header["frame"] == 1
+        flood.send(b"\x00denoised")  # unsubscribes
+        _wait(lambda: not pub.has_subscribers("denoised"), what="the unsubscription")
+    finally:
+        flood.close(0)

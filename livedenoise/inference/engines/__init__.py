@@ -100,7 +100,7 @@ BACKENDS: dict[str, str] = {
 AUTO_ORDER = ("tensorrt", "cuda", "cpu")
 
 
-def _backend_class(name: str) -> type:
+def _backend_class(name: str) -> Any:
     try:
         target = BACKENDS[name]
     except KeyError:

@@ -144,7 +144,8 @@ class CudaEngine:
             module, card = load_model(model, map_location="cpu")
             self.model_id = card.id
         self.card = card
-        self._module = module.eval().float().to(self.device, memory_format=torch.channels_last)
+        # torch's stubs lack Module.to(memory_format=...), which torch accepts
+        self._module = module.eval().float().to(self.device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.requested_precision = precision
         self.precision: str | None = None
         self.cuda_graphs = bool(cuda_graphs) and self._cuda
@@ -155,6 +156,9 @@ class CudaEngine:
         self._validated_peak_e = float("inf")
         self._shape: tuple[int, int] | None = None
         self._graphs: dict[int, tuple[Any, Any, Any, Any]] = {}
+        self._h2d: Any
+        self._compute: Any
+        self._d2h: Any
         if self._cuda:
             self._h2d = torch.cuda.Stream(self.device)
             self._compute = torch.cuda.Stream(self.device)
@@ -433,6 +437,7 @@ class CudaEngine:
                 s_in.copy_(dev_in)
                 graph.replay()
             else:
+                assert self.precision is not None  # prepare() chose it
                 s_out, s_bad = self._forward(
                     dev_in.contiguous(memory_format=torch.channels_last), self.precision
                 )

@@ -61,7 +61,7 @@ def _card_dict(card: Any) -> dict[str, Any]:
     to_dict = getattr(card, "to_dict", None)
     if callable(to_dict):
         return dict(to_dict())
-    if dataclasses.is_dataclass(card):
+    if dataclasses.is_dataclass(card) and not isinstance(card, type):
         return dataclasses.asdict(card)
     raise TypeError(f"model card must be a ModelCard or a dict, not {type(card).__name__}")
 
@@ -149,7 +149,7 @@ def export_module_onnx(
             torch.onnx.export(
                 module,
                 (dummy,),
-                buf,
+                buf,  # type: ignore[arg-type]  # torch writes to any binary file object
                 dynamo=False,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
@@ -386,6 +386,6 @@ class OnnxRuntimeEngine:
         }
 
     def close(self) -> None:
-        self._session = None  # type: ignore[assignment]
-        self._binding = None  # type: ignore[assignment]
+        self._session = None
+        self._binding = None
         self._shape = None

@@ -5,7 +5,13 @@ format (3-5x faster convolutions than NCHW here), inference mode, a fixed thread
 an input buffer preallocated per frame shape, and bfloat16 only where it was validated
 against float32 for this model (:meth:`TorchCPUEngine.prepare` compares both on
 synthetic frames and keeps bf16 only if the PSNR and the mean agree within tolerance
-and it is faster; :meth:`describe` records the decision and the numbers).
+and, for ``auto``, it is faster on a fixed reference frame; :meth:`describe` records the
+decision and the numbers).
+
+The decision does not depend on the frame, so it is made once per model, machine and
+library versions and cached (:mod:`livedenoise.inference.engines._probes`, under
+``~/.cache/livedenoise/probes``): later starts read it back instead of measuring again,
+and the same input with the same options gives the same output at every start.
 
 Non-finite input pixels (NaN, +-Inf) are replaced (NaN and -Inf by 0, +Inf by the
 largest finite value of the frame) and counted (``nonfinite_frames``,
@@ -23,10 +29,11 @@ import numpy as np
 
 from livedenoise.imaging.metrics import psnr
 from livedenoise.imaging.synthetic import make_eval_set
-from livedenoise.inference.modelio import load_model
+from livedenoise.inference.engines import _probes
+from livedenoise.inference.modelio import ModelError, check_finite_output, load_model
 from livedenoise.inference.nets import fuse_for_inference
 
-__all__ = ["BF16_MAX_MEAN_REL_ERR", "BF16_MAX_PSNR_DIFF_DB", "TorchCPUEngine"]
+__all__ = ["BF16_MAX_MEAN_REL_ERR", "BF16_MAX_PSNR_DIFF_DB", "PRECISIONS", "TIMING_SHAPE", "TorchCPUEngine"]
 
 log = logging.getLogger("livedenoise")
 
@@ -34,8 +41,9 @@ BF16_MAX_PSNR_DIFF_DB = 0.1
 """bf16 is kept only if its PSNR against the truth is within this of fp32's..."""
 BF16_MAX_MEAN_REL_ERR = 0.005
 """...and the mean of its output within this relative error of fp32's."""
-TIMING_MAX_SIDE = 512
-"""bf16 and fp32 are timed against each other on at most this many rows and columns."""
+TIMING_SHAPE = (256, 256)
+"""``auto`` times fp32 against bf16 on a frame of this shape (not the user's: the answer is cached)."""
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def _bf16_supported() -> tuple[bool, str]:
@@ -79,7 +87,7 @@ class TorchCPUEngine:
     ):
         import torch
 
-        if precision not in ("auto", "fp32", "bf16"):
+        if precision not in PRECISIONS:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
         if threads is not None:
             if int(threads) < 1:
@@ -89,15 +97,17 @@ class TorchCPUEngine:
         self.model_id = self.card.id
         self.requested_precision = precision
         self._fp32 = fuse_for_inference(module).to(memory_format=torch.channels_last)
+        check_finite_output(self._fp32, self.model_id)  # folding batch norm must not break it either
         self._bf16 = None
         self._module = self._fp32
         self.precision = "fp32"
         self.precision_reason = "fp32 requested" if precision == "fp32" else "not validated yet (prepare)"
         self.validation: dict[str, Any] = {}
+        self.precision_source = "requested" if precision == "fp32" else "pending"
         self._decided = precision == "fp32"
         self._shape: tuple[int, int] | None = None
         self._in_np: np.ndarray | None = None
-        self._in_t = None
+        self._in_t: Any = None
         self.nonfinite_frames = 0
         self.nonfinite_pixels = 0
         self.frames = 0
@@ -111,7 +121,48 @@ class TorchCPUEngine:
             x = torch.from_numpy(np.ascontiguousarray(x_np[:, None], np.float32))
             return module(x.contiguous(memory_format=torch.channels_last))[:, 0].float().numpy()
 
+    def _probe_key(self) -> dict[str, Any] | None:
+        sha = getattr(self.card, "sha256", "")
+        if not sha:
+            return None
+        return _probes.probe_key(
+            "cpu-precision",
+            sha,
+            requested=self.requested_precision,
+            max_psnr_diff_db=BF16_MAX_PSNR_DIFF_DB,
+            max_mean_rel_err=BF16_MAX_MEAN_REL_ERR,
+            timing_shape=list(TIMING_SHAPE),
+        )
+
     def _decide_precision(self, shape: tuple[int, int]) -> None:
+        """Read the precision decision from the probe cache, or measure it once and cache it."""
+        import copy
+
+        import torch
+
+        key = self._probe_key()
+        hit = _probes.lookup(key) if key is not None else None
+        if hit is not None and hit.get("precision") in ("fp32", "bf16"):
+            self._decided = True
+            self.precision_source = "cached probe"
+            self.validation = dict(hit.get("validation") or {})
+            self.precision_reason = f"{hit.get('reason', '')} (cached probe)"
+            if hit["precision"] == "bf16":
+                self._bf16 = copy.deepcopy(self._fp32).to(torch.bfloat16)
+                self._module = self._bf16
+                self.precision = "bf16"
+            return
+        self._measure_precision(shape)
+        self.precision_source = "measured"
+        if key is not None:
+            result = {
+                "precision": self.precision,
+                "reason": self.precision_reason,
+                "validation": self.validation,
+            }
+            _probes.store(key, result)
+
+    def _measure_precision(self, shape: tuple[int, int]) -> None:
         import copy
 
         import torch
@@ -128,21 +179,32 @@ class TorchCPUEngine:
             xs.append(x[0])
             ts.append(t[0])
         x, t = np.stack(xs), np.stack(ts)
-        y32, y16 = self._run(self._fp32, x), self._run(bf16, x)
-        if not (np.isfinite(y32).all() and np.isfinite(y16).all()):
+        y32 = self._run(self._fp32, x)
+        if not np.isfinite(y32).all():  # the reference itself is broken: no precision can be validated
+            raise ModelError(
+                f"model {self.model_id!r} gives NaN or Inf in fp32 on synthetic frames; it is refused"
+            )
+        y16 = self._run(bf16, x)
+        if not np.isfinite(y16).all():
             self.validation = {"finite": False, "frames": "3 synthetic 128x128 at 5, 30, 300 e- peak"}
-            self.precision_reason = "the model's output is not finite on the validation frames; fp32"
+            self.precision_reason = "the model's bf16 output is not finite on the validation frames; fp32"
             log.warning("model %s: %s", self.model_id, self.precision_reason)
             return
-        dpsnr = max(abs(psnr(a, r) - psnr(b, r)) for a, b, r in zip(y32, y16, t))
-        mean_err = max(abs(float(b.mean()) / max(float(a.mean()), 1e-9) - 1) for a, b in zip(y32, y16))
+        dpsnr = float(np.max([abs(psnr(a, r) - psnr(b, r)) for a, b, r in zip(y32, y16, t)]))
+        mean_err = float(
+            np.max([abs(float(b.mean()) / max(float(a.mean()), 1e-9) - 1) for a, b in zip(y32, y16)])
+        )
         self.validation = {
             "max_psnr_diff_db": round(dpsnr, 4),
             "max_mean_rel_err": round(mean_err, 5),
             "frames": "3 synthetic 128x128 at 5, 30, 300 e- peak",
         }
         if not (
-            np.isfinite(y16).all() and dpsnr <= BF16_MAX_PSNR_DIFF_DB and mean_err <= BF16_MAX_MEAN_REL_ERR
+            np.isfinite(y16).all()
+            and np.isfinite(dpsnr)
+            and np.isfinite(mean_err)
+            and dpsnr <= BF16_MAX_PSNR_DIFF_DB
+            and mean_err <= BF16_MAX_MEAN_REL_ERR
         ):
             self.precision_reason = (
                 f"bf16 failed validation (PSNR diff {dpsnr:.3f} dB > {BF16_MAX_PSNR_DIFF_DB} "
@@ -152,14 +214,9 @@ class TorchCPUEngine:
                 log.warning("model %s: %s", self.model_id, self.precision_reason)
             return
         if self.requested_precision == "auto":
-            # timed on at most 512x512 of the frame: the ratio is what decides, and at 2048x2048
-            # twelve full-frame runs would take a minute of the start-up on a small CPU
-            timed = (min(shape[0], TIMING_MAX_SIDE), min(shape[1], TIMING_MAX_SIDE))
-            frame = np.abs(np.random.default_rng(0).normal(20, 5, (1, *timed))).astype(np.float32)
+            frame = np.abs(np.random.default_rng(0).normal(20, 5, (1, *TIMING_SHAPE))).astype(np.float32)
             t32, t16 = self._time_pair(self._fp32, bf16, frame)
-            self.validation.update(
-                {"fp32_ms": round(t32 * 1e3, 1), "bf16_ms": round(t16 * 1e3, 1), "timed_shape": list(timed)}
-            )
+            self.validation.update({"fp32_ms": round(t32 * 1e3, 1), "bf16_ms": round(t16 * 1e3, 1)})
             if t16 >= t32:
                 self.precision_reason = (
                     f"bf16 validated but not faster ({t16 * 1e3:.1f} vs {t32 * 1e3:.1f} ms); fp32"
@@ -210,6 +267,7 @@ class TorchCPUEngine:
             self.prepare(frame_e.shape)
         if out.shape != frame_e.shape or out.dtype != np.float32:
             raise ValueError(f"out must be float32 {frame_e.shape}, got {out.dtype} {out.shape}")
+        assert self._in_np is not None  # prepare() made it
         buf = self._in_np[0, 0]
         np.copyto(buf, frame_e, casting="same_kind")
         finite = np.isfinite(buf)
@@ -245,6 +303,7 @@ class TorchCPUEngine:
             "precision": self.precision,
             "precision_requested": self.requested_precision,
             "precision_reason": self.precision_reason,
+            "precision_source": self.precision_source,
             "bf16_validation": self.validation,
             "threads": torch.get_num_threads(),
             "memory_format": "channels_last",

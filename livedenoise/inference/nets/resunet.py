@@ -105,6 +105,7 @@ class ResUNet(nn.Module):
         self.tail = nn.Conv2d(channels[0], 1, 3, padding=1)
         with torch.no_grad():  # start as the identity in the Anscombe domain
             self.tail.weight.mul_(0.1)
+            assert self.tail.bias is not None
             self.tail.bias.zero_()
 
     def forward(self, x_e: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,8 @@ that keeps a 512x512 frame within tens of milliseconds on a 2-core CPU.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,6 +69,8 @@ def _conv_bn(cin: int, cout: int, k: int, activation: str = "softplus") -> nn.Se
 
 
 def _gaussian_init(conv: nn.Conv2d, sigma: float, generator: torch.Generator) -> None:
+    if conv.weight.is_meta:  # a shape-only skeleton (model cards are checked on one): nothing to fill
+        return
     k = conv.kernel_size[0]
     c = torch.arange(k, dtype=torch.float32) - (k - 1) / 2
     g = torch.exp(-(c[:, None] ** 2 + c[None, :] ** 2) / (2 * sigma**2))
@@ -153,7 +157,7 @@ class RLN(nn.Module):
         gen = torch.Generator().manual_seed(0)
         for proj in (self.fp_est, self.fp_upd):
             for layer in proj.layers:
-                _gaussian_init(layer[0], sigma=1.0, generator=gen)
+                _gaussian_init(cast(nn.Conv2d, cast(nn.Sequential, layer)[0]), sigma=1.0, generator=gen)
 
     def forward(self, x_e: torch.Tensor, return_estimate: bool = False):
         """Restore ``(N, 1, H, W)`` photoelectrons; optionally also return the estimation-branch image."""
@@ -163,7 +167,7 @@ class RLN(nn.Module):
         # per-image scale: the core sees an image of mean ~1 whatever the photon level
         # (batch norm would otherwise wash the photon level out); multiplied back at the end
         scale = z.mean(dim=(2, 3), keepdim=True)
-        z = (z / scale).to(self.merge[0][0].weight.dtype)
+        z = (z / scale).to(next(self.merge.parameters()).dtype)
         # estimation branch
         zd = F.avg_pool2d(z, 2)
         est = self.fp_est(zd)

@@ -1,0 +1,105 @@
+"""The real-structure evaluation (`livedenoise evaluate --real`) on a tiny configuration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from livedenoise.cli import main
+from livedenoise.training.evaluate_real import (
+    REAL_DIR,
+    RealEvalConfig,
+    evaluate_real,
+    format_real_markdown,
+    load_real_crops,
+    make_real_frames,
+    write_real_figure,
+)
+
+TINY = {
+    "crops": ["nuclei-dsb", "dendrites-purkinje"],
+    "size": 32,
+    "peaks": (5.0, 50.0),
+    "backgrounds": (0.0, 10.0),
+    "psfs": ("gauss-0.8", "airy-na0.75"),
+}
+
+
+def test_shipped_crops_have_provenance_and_stay_small():
+    index = json.loads((REAL_DIR / "SOURCES.json").read_text())
+    files = {e["file"] for e in index["images"]}
+    assert len(files) >= 5
+    for e in index["images"]:
+        assert (REAL_DIR / e["file"]).is_file()
+        assert e["package"] and e["origin"] and len(e["member_sha256"]) == 64
+    assert (REAL_DIR / "README.md").is_file()
+    assert list((REAL_DIR / "LICENSES").glob("*.txt"))
+    total = sum(p.stat().st_size for p in REAL_DIR.rglob("*") if p.is_file())
+    assert total < 3_000_000
+    crops = load_real_crops()
+    for name, img in crops.items():
+        assert img.shape == (256, 256) and img.dtype == np.float32, name
+        assert img.min() >= 0 and np.percentile(img, 99.9) == pytest.approx(1.0, rel=0.02)
+
+
+def test_frames_are_a_seeded_grid_with_the_truth_at_the_peak():
+    cfg = RealEvalConfig(models=[], baselines=[], **TINY)
+    a, b = make_real_frames(cfg), make_real_frames(cfg)
+    assert len(a) == 4
+    assert {(f["peak_e"], f["background_e"]) for f in a} == {(5, 0), (50, 0), (5, 10), (50, 10)}
+    for fa, fb in zip(a, b):
+        np.testing.assert_array_equal(fa["x"], fb["x"])
+        t = fa["truth"]
+        assert np.percentile(t, 99.9) == pytest.approx(fa["peak_e"] + fa["background_e"], rel=0.02)
+        assert t.min() >= fa["background_e"] - 1e-4
+    other = make_real_frames(RealEvalConfig(models=[], baselines=[], seed=1, **TINY))
+    assert not np.array_equal(a[0]["x"], other[0]["x"])
+
+
+def test_unknown_crop_or_psf_is_refused():
+    with pytest.raises(ValueError, match="unknown PSF"):
+        RealEvalConfig(psfs=("nope",))
+    with pytest.raises(ValueError, match="unknown real crop"):
+        load_real_crops(["nope"])
+
+
+def test_evaluate_real_reports_psnr_bias_and_time(tmp_path):
+    cfg = RealEvalConfig(
+        models=["rln-denoise-v2"], baselines=["tv"], engine_options={"precision": "fp32"}, **TINY
+    )
+    report = evaluate_real(cfg, progress=False)
+    assert report["methods"] == ["raw", "rln-denoise-v2", "tv"]
+    for m in report["methods"]:
+        s = report["summary"][m]
+        assert s["n"] == 4 and np.isfinite(s["psnr"])
+        assert abs(s["bias_rel"]) < 0.5
+        for p in ("5.0", "50.0"):
+            assert report["by_peak"][m][p]["n"] == 2
+    # the raw frame is unbiased up to noise: its flux bias is small
+    assert abs(report["summary"]["raw"]["bias_rel"]) < 0.05
+    assert report["summary"]["tv"]["psnr"] > report["summary"]["raw"]["psnr"]
+    assert report["ms_per_frame"]["rln-denoise-v2"] > 0
+    text = format_real_markdown(report)
+    assert "Flux bias" in text and "| rln-denoise-v2 |" in text
+    png = tmp_path / "fig.png"
+    write_real_figure(report, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    json.dumps({k: v for k, v in report.items() if k != "examples"})  # the JSON report is JSON
+
+
+def test_cli_real_writes_table_and_figure_and_refuses_to_overwrite(tmp_path, capsys):
+    png, js = tmp_path / "real.png", tmp_path / "real.json"
+    argv = [
+        "evaluate", "--real", "--size", "32", "--peaks", "5,50", "--backgrounds", "0,10",
+        "--crops", "nuclei-u2os", "--psfs", "gauss-0.8", "--models", "none", "--baselines", "tv",
+        "--figure", str(png), "--json", str(js), "--no-progress",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "PSNR (dB) per peak" in out and "| tv |" in out
+    assert png.is_file() and json.loads(js.read_text())["summary"]["tv"]["n"] == 4
+    assert main(argv) == 2  # exists: needs --force
+    assert "--force" in capsys.readouterr().err
+    assert main([*argv, "--force"]) == 0
