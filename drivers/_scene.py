@@ -86,6 +86,7 @@ class FlatScene:
     """A uniform field (for flat frames): ``FLAT_E_PER_S`` on every pixel."""
 
     name = "flat"
+    uniform_e_per_s = FLAT_E_PER_S  # the same flux on every pixel (the simulator samples it faster)
 
     def __init__(self, sensor_shape: tuple[int, int], seed: int = 0) -> None:
         self.sensor_shape = sensor_shape

@@ -169,5 +169,94 @@ def running_source(source: Any, sink: Any, *, raise_errors: bool = True) -> Iter
         raise errors[0]
 
 
+def assert_accounted(status: Mapping[str, Any]) -> None:
+    """The rule at the end of every run: every frame acquired was restored or dropped for a reason."""
+    frames, drops = status["frames"], status["drops"]
+    assert frames["pending"] == 0, f"frames still in the ring or the engine after the run: {frames}"
+    assert status["dropped"] == sum(drops.values()), status
+    assert frames["acquired"] == frames["restored"] + sum(drops.values()), (
+        f"acquired {frames['acquired']} != restored {frames['restored']} + dropped {drops}"
+    )
+
+
+class OtherProgram:
+    """Another program's live mode on ``core``: it runs a sequence and pops every frame itself.
+
+    ``burst`` > 1 pops in bursts (it waits until ``burst`` frames are waiting, then pops them all,
+    the way a viewer timer does). ``frames`` None: a continuous sequence until :meth:`stop`;
+    otherwise a finite sequence of that many frames (which ends by itself). Every popped frame's
+    simulator frame id (``SimFrame``) is kept in ``popped`` with whether ``attached`` was set then.
+    """
+
+    def __init__(
+        self,
+        core: Any,
+        *,
+        burst: int = 1,
+        frames: int | None = None,
+        attached: threading.Event | None = None,
+        call: str = "popNextImageAndMD",
+    ) -> None:
+        self.core = core
+        self.burst = burst
+        self.frames = frames
+        self.attached = attached or threading.Event()
+        self.call = call
+        self.popped: list[tuple[int, bool]] = []  # (SimFrame, attached at that moment)
+        self._stop = threading.Event()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="other-program", daemon=True)
+
+    def start(self) -> OtherProgram:
+        if self.frames is None:
+            self.core.startContinuousSequenceAcquisition(0)
+        else:
+            self.core.startSequenceAcquisition(self.frames, 0, True)
+        self._thread.start()
+        return self
+
+    def _pop(self) -> None:
+        core = self.core
+        was_attached = self.attached.is_set()
+        if self.call == "popNextImage":
+            md = core._seq_buffer._slots[0].metadata  # the test's own look at the number
+            core.popNextImage()
+        else:
+            _, md = core.popNextImageAndMD()
+        self.popped.append((int(md["SimFrame"]), was_attached))
+
+    def _run(self) -> None:
+        core = self.core
+        try:
+            while not self._stop.is_set():
+                waiting = core.getRemainingImageCount()
+                running = core.isSequenceRunning()
+                if waiting and (waiting >= self.burst or not running):
+                    for _ in range(waiting):
+                        self._pop()
+                    continue
+                if not running and not waiting:
+                    break  # a finite sequence ended and every frame was popped
+                time.sleep(0.001)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the sequence (a continuous one), pop what is left, end the thread."""
+        if self.frames is None:
+            self.core.stopSequenceAcquisition()
+        else:
+            assert self.done.wait(timeout_s), "the finite sequence did not end"
+        self.done.wait(timeout_s)
+        self._stop.set()
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive()
+        if self.error is not None:
+            raise self.error
+
+
 def livedenoise_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("livedenoise-")]

@@ -285,6 +285,12 @@ def _collect_job(
     def daemon_stopped() -> bool:
         return not getattr(pipeline, "running", True)
 
+    wait_running = getattr(pipeline, "wait_running", None)
+    if wait_running is not None and not getattr(pipeline, "running", True):
+        # sent right after the start: the control socket answers while the engine is prepared
+        ctx.progress(pairs_done=0, pairs_total=request.pairs, stage="waiting for the stream to start")
+        while not ctx.cancel.is_set() and not wait_running(0.5) and not getattr(pipeline, "ended", True):
+            pass
     if daemon_stopped():
         raise RuntimeError("the daemon is stopping; no pairs were collected")
     was_streaming = getattr(pipeline, "state", "running") == "running"

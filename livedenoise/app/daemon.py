@@ -19,28 +19,33 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from livedenoise.acquisition.core import sensor_shape
+from livedenoise.acquisition.core import CameraSettings, CoreError, apply_camera_settings, sensor_shape
 from livedenoise.acquisition.jobs import JobManager, install_pair_commands
-from livedenoise.calibration.maps import Calibration
+from livedenoise.calibration.maps import Calibration, CalibrationError, read_calibration
 from livedenoise.imaging.metrics import psnr
 from livedenoise.inference.engines import Engine, EngineUnavailable, PassthroughEngine, make_engine
 from livedenoise.inference.modelio import resolve_model_request
+from livedenoise.live.attached import AttachedSource
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.pipeline import Pipeline, PipelineError
-from livedenoise.live.sources import CoreSource, FrameSource
+from livedenoise.live.sources import CoreGeometry, CoreSource, FrameSource
 from livedenoise.live.stats import format_line, format_summary
+from livedenoise.live.types import PipelineState, Roi
 from livedenoise.transport.control import ControlServer
 from livedenoise.transport.publisher import Publisher
 from livedenoise.transport.security import ServerSecurity, ensure_server_keys
 from livedenoise.util.memory import keep_freed_memory
 
 __all__ = [
+    "KeepUpCheck",
     "QualitySampler",
+    "attach",
     "choose_engine",
     "control_handlers",
     "run_live",
     "serve_control",
     "server_security",
+    "set_camera",
     "set_model",
 ]
 
@@ -62,15 +67,88 @@ def server_security(config: PipelineConfig) -> ServerSecurity | None:
     return ServerSecurity(Path(config.security_dir), allow_remote=True)
 
 
-def set_model(pipeline: Pipeline, name: str | None) -> dict[str, Any]:
-    """Load model ``name`` on the pipeline's current backend and swap it in between frames."""
+def set_model(pipeline: Pipeline, name: str, *, swap_timeout_s: float = 30.0) -> dict[str, Any]:
+    """Load model ``name`` on the pipeline's backend and swap it in between two frames.
+
+    The new engine is made and prepared (and so validated) for the current frame shape here,
+    on the caller's thread, while the worker goes on restoring with the old one: no frame waits
+    for it. The swap happens before the worker's next frame. Returns the description of the
+    engine in use after the swap; a model that fails to load or prepare raises, and the old
+    engine stays.
+    """
     engine = make_engine(pipeline.engine.name, model=name)
-    pipeline.set_engine(engine)
-    return engine.describe()
+    shape = pipeline.frame_shape
+    try:
+        if shape is not None:
+            engine.prepare(shape)
+    except BaseException:
+        engine.close()
+        raise
+    pipeline.set_engine(engine, prepared_shape=shape)
+    if not pipeline.wait_engine(engine, swap_timeout_s):
+        return {**engine.describe(), "in_use": False, "note": "takes over at the next frame"}
+    return {**pipeline.engine.describe(), "in_use": True}
+
+
+def set_camera(
+    pipeline: Pipeline, settings: CameraSettings, *, pause_timeout_s: float = 10.0
+) -> dict[str, Any]:
+    """Give the camera a new exposure, binning and/or ROI between two frames of the stream.
+
+    Refused (CoreError, nothing changed) when the calibration does not cover the new ROI, the
+    camera refuses a value, or the stream is not running (starting, or paused by a job). The
+    stream pauses (the frames already taken are still restored), the camera gets the settings,
+    the stream resumes; the calibration is re-cropped on the first frame of the new geometry.
+    Returns the camera's ``roi`` (``[x, y, width, height, binning]``) and ``exposure_ms`` now.
+    """
+    source = pipeline.source
+    if not isinstance(source, CoreSource):
+        raise CoreError(
+            "attached to another program's core: change exposure, binning and ROI in that program"
+        )
+    if pipeline.state is not PipelineState.RUNNING:
+        why = {
+            PipelineState.STARTING: "is starting (preparing its engine); send it again once status says running",
+            PipelineState.PAUSED: "is paused (a collect_pairs job uses the camera); wait for the job",
+        }.get(pipeline.state, f"is {pipeline.state}")
+        raise CoreError(f"cannot change the camera now: the stream {why}")
+    core = source.core
+    geometry = CoreGeometry(core)
+    before = CameraSettings(core.getExposure(), geometry.roi().binning, None)
+    old_roi = geometry.roi()
+    try:
+        pipeline.pause(pause_timeout_s)
+    except TimeoutError as exc:
+        pipeline.resume()
+        raise CoreError(f"the stream did not pause between two frames ({exc}); nothing was changed") from exc
+    try:
+        try:
+            apply_camera_settings(core, settings)
+            pipeline.check_geometry(geometry.roi())
+        except (CoreError, CalibrationError) as exc:
+            _put_back(core, before, old_roi)
+            raise CoreError(f"{exc}; the camera keeps ROI {old_roi.as_list()}") from exc
+        except Exception as exc:
+            _put_back(core, before, old_roi)
+            raise CoreError(
+                f"the camera refused the settings ({exc}); it keeps ROI {old_roi.as_list()}"
+            ) from exc
+    finally:
+        pipeline.resume()
+    return {"roi": geometry.roi().as_list(), "exposure_ms": float(core.getExposure())}
+
+
+def _put_back(core: Any, before: CameraSettings, roi: Roi) -> None:
+    try:
+        apply_camera_settings(
+            core, CameraSettings(before.exposure_ms, before.binning, (roi.x, roi.y, roi.width, roi.height))
+        )
+    except Exception as exc:  # the camera is in an unknown state: say so, the stream shows it
+        log.error("could not put the camera's settings back: %s", exc)
 
 
 def control_handlers(pipeline: Pipeline) -> dict[str, Handler]:
-    """Control-socket handlers of a pipeline: ``status``, ``stop``, ``set_model``."""
+    """Control-socket handlers of a pipeline: ``status``, ``stop``, ``set_model``, ``set``."""
 
     def status(req: dict[str, Any]) -> dict[str, Any]:
         return pipeline.status()
@@ -82,10 +160,16 @@ def control_handlers(pipeline: Pipeline) -> dict[str, Handler]:
 
     def set_model_handler(req: dict[str, Any]) -> dict[str, Any]:
         name = req.get("model")
-        if name is not None and not isinstance(name, str):
+        if name is None:
             return {
                 "ok": False,
-                "error": f"'model' must be a model id or path string, got a {type(name).__name__}",
+                "error": 'set_model needs "model": a model id (`livedenoise models` lists them) or the '
+                'path of a model file, e.g. {"cmd": "set_model", "model": "rln-denoise-v1"}',
+            }
+        if not isinstance(name, str) or not name:
+            return {
+                "ok": False,
+                "error": f"'model' must be a model id or path string, got {type(name).__name__} {name!r}",
             }
         try:  # confined to the model folders; refused before anything is looked at
             weights = resolve_model_request(name, pipeline.config.model_dirs)
@@ -95,9 +179,21 @@ def control_handlers(pipeline: Pipeline) -> dict[str, Handler]:
             described = set_model(pipeline, str(weights))
         except Exception as exc:
             return {"ok": False, "error": f"cannot load model {name!r}: {exc}"}
-        return {"engine": described}
+        return {"engine": described, "model": described.get("model")}
 
-    return {"status": status, "stop": stop, "set_model": set_model_handler}
+    def set_handler(req: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(req) - {"cmd", "exposure_ms", "binning", "roi"})
+        if unknown:
+            return {
+                "ok": False,
+                "error": f"set got unknown argument(s) {', '.join(unknown)}; known: exposure_ms, binning, roi",
+            }
+        try:
+            return set_camera(pipeline, CameraSettings.from_request(req))
+        except (CoreError, TimeoutError) as exc:
+            return {"ok": False, "error": str(exc)}
+
+    return {"status": status, "stop": stop, "set_model": set_model_handler, "set": set_handler}
 
 
 def serve_control(
@@ -116,6 +212,37 @@ def serve_control(
     return server
 
 
+def attach(
+    core: Any,
+    calibration: Calibration | str | Path,
+    *,
+    engine: str = "cpu",
+    model: str | None = None,
+    config: PipelineConfig | None = None,
+) -> Pipeline:
+    """Restore every frame of a core that another program drives, in that program's process.
+
+    For napari-micromanager, pymmcore-gui or a script of one's own: run this where their
+    ``CMMCorePlus`` lives (their Python console, a plugin), e.g.
+    ``attach(CMMCorePlus.instance(), "cal.tif")``. Nothing is started, stopped or popped: the
+    program keeps all its frames (:class:`~livedenoise.live.attached.AttachedSource`). Frames are
+    published on ``config.pub_endpoint`` and the control socket answers on
+    ``config.control_endpoint``; ``close()`` the returned pipeline to detach.
+    """
+    config = config or PipelineConfig()
+    cal = calibration if isinstance(calibration, Calibration) else read_calibration(calibration)
+    security = server_security(config)
+    publisher = Publisher(config.pub_endpoint, security=security)
+    try:
+        pipeline = Pipeline(AttachedSource(core), make_engine(engine, model=model), publisher, cal, config)
+        serve_control(pipeline, config.control_endpoint, security=security)
+        pipeline.start()
+    except BaseException:
+        publisher.close()
+        raise
+    return pipeline
+
+
 def choose_engine(
     kind: str | None,
     model: str | None,
@@ -129,6 +256,7 @@ def choose_engine(
     ``kind=None`` means ``cpu`` (the default live model on the CPU). ``options``: engine
     keyword options (e.g. ``{"precision": "fp32"}``).
     """
+    log.info("loading the restoration engine (%s, model %s) ...", kind or "cpu", model or "default")
     try:
         return make_engine(kind or "cpu", model=model, **(options or {}))
     except (EngineUnavailable, ImportError, FileNotFoundError, ValueError) as exc:
@@ -235,6 +363,7 @@ def run_live(
         )
         restore_sigterm = _sigterm_as_interrupt()
         recent = _RecentRates()
+        keep_up = KeepUpCheck()
         try:
             deadline = None if seconds is None else time.monotonic() + seconds
             while True:
@@ -244,11 +373,12 @@ def run_live(
                 if pipeline.wait(wait):
                     break
                 status = pipeline.status()
-                print(
-                    format_line(status, sampler.latest if sampler else None, recent(status)),
-                    file=out,
-                    flush=True,
-                )
+                rates = recent(status)
+                print(format_line(status, sampler.latest if sampler else None, rates), file=out, flush=True)
+                warning = keep_up(status, rates)
+                if warning:
+                    print(f"livedenoise: warning: {warning}", file=out, flush=True)
+                    log.warning("%s", warning)
                 if deadline is not None and time.monotonic() >= deadline:
                     break
         except KeyboardInterrupt:
@@ -272,6 +402,48 @@ def run_live(
         )
     out.flush()
     return 1 if status["state"] == "failed" else 0
+
+
+class KeepUpCheck:
+    """Says once, early, that the engine restores fewer frames than the camera gives, and what to do.
+
+    Called with each status and the rates since the previous one; returns the warning the first
+    time the engine's median time per frame exceeds the camera's frame period (before many frames
+    are lost), or frames are being dropped for it (``ring-full``, or ``camera`` under ``block``).
+    """
+
+    def __init__(self, min_restored: int = 5, tolerance: float = 1.15) -> None:
+        self.min_restored = min_restored
+        self.tolerance = tolerance
+        self.said = False
+        self._fps = 0.0
+
+    def __call__(self, status: dict[str, Any], rates: dict[str, float]) -> str | None:
+        if self.said:
+            return None
+        frames, drops = status["frames"], status["drops"]
+        self._fps = max(self._fps, rates.get("acquired", 0.0))  # a slow engine may make few lines
+        camera_fps = self._fps
+        engine_ms = status["latency_ms"]["engine"]["p50"]
+        if not frames["restored"] or not engine_ms:
+            return None
+        lost = drops.get("ring-full", 0) + drops.get("camera", 0)
+        ratio = engine_ms * camera_fps / 1000.0 if camera_fps > 0 else 0.0
+        # a few frames tell a clear case (an engine at twice the frame period) early
+        enough = frames["restored"] >= self.min_restored or (frames["restored"] >= 1 and ratio > 2.0)
+        too_slow = enough and ratio > self.tolerance
+        if not too_slow and (lost == 0 or lost <= 0.05 * frames["acquired"]):
+            return None
+        self.said = True
+        engine_fps = 1000.0 / engine_ms if engine_ms else rates.get("restored", 0.0)
+        share = 100.0 * max(0.0, 1.0 - engine_fps / camera_fps) if camera_fps > 0 else 0.0
+        return (
+            f"the engine cannot keep up: it restores about {engine_fps:.1f} frames/s ({engine_ms:.0f} ms a "
+            f"frame) while the camera gives {camera_fps:.1f} frames/s, so about {share:.0f} % of the frames "
+            "will be dropped (counted as ring-full, never silently). To keep up: a smaller ROI or binning "
+            "(--roi, --binning, or `livedenoise ctl set`), a longer exposure, a faster model "
+            "(`livedenoise models`; rln-denoise-v2 is the fastest), or a GPU (--engine cuda)"
+        )
 
 
 class _RecentRates:

@@ -26,6 +26,7 @@ from livedenoise.calibration.fit import (
 from livedenoise.calibration.maps import CalibrationError, write_calibration
 from livedenoise.calibration.report import write_report
 from livedenoise.util.atomic import check_writable_dir
+from livedenoise.util.progress import progress_bar
 
 __all__ = ["StackInfo", "accumulate_tiff", "calibrate_files", "stack_info"]
 
@@ -152,10 +153,8 @@ def calibrate_files(
             )
     check_level_counts(d.n, [f.n for f in fl])
 
-    from tqdm import tqdm
-
     total = d.n + sum(f.n for f in fl)
-    with tqdm(total=total, unit="frame", desc="calibrate", disable=not progress, leave=False) as bar:
+    with progress_bar(total, "calibrate", enabled=progress) as bar:
         dstats = accumulate_tiff(d, saturation_adu=saturation_adu, progress=bar)
         fstats = [accumulate_tiff(f, saturation_adu=saturation_adu, progress=bar) for f in fl]
     fit = fit_calibration(dstats, fstats, camera=camera, **fit_options)

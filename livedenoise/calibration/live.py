@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,9 @@ from livedenoise.calibration.maps import CalibrationError, write_calibration
 from livedenoise.calibration.report import write_report
 from livedenoise.drivers.simcam import load_sim_core, simulated_camera_label
 from livedenoise.util.atomic import check_writable_dir
+from livedenoise.util.progress import progress_bar
 
-__all__ = ["LiveOptions", "calibrate_live", "calibrate_live_config"]
+__all__ = ["LiveOptions", "calibrate_live", "calibrate_live_config", "simulator_defaults"]
 
 log = logging.getLogger("livedenoise")
 
@@ -105,6 +106,8 @@ def _acquire(core: Any, n: int, acc: MomentAccumulator, bar: Any, timeout_s: flo
         capacity = 0
     batch = n if capacity <= 0 else max(1, min(n, capacity // 2))
     per_frame_s = core.getExposure() / 1000.0 + timeout_s
+    if bar is not None:
+        bar.set_description(acc.label)
     remaining = n
     while remaining > 0:
         k = min(batch, remaining)
@@ -319,7 +322,7 @@ def calibrate_live(
     camera : str, optional
         Name recorded in the file (default: the camera label and its device name).
     progress : bool
-        Show a progress bar over frames.
+        Show the progress over frames: a bar on a terminal, log lines (INFO) otherwise.
 
     Raises
     ------
@@ -343,8 +346,6 @@ def calibrate_live(
         raise CalibrationError(
             "the camera is acquiring (a live stream or sequence is running); stop it first"
         )
-
-    from tqdm import tqdm
 
     with CoreSettings(core, what="calibrate") as st:
         cam = st.camera
@@ -379,7 +380,7 @@ def calibrate_live(
             core.setExposure(opts.exposure_ms)
         base_exposure = core.getExposure()
         total = opts.darks + opts.levels * opts.frames
-        with tqdm(total=total, unit="frame", desc="calibrate", disable=not progress, leave=False) as bar:
+        with progress_bar(total, "calibrate", enabled=progress) as bar:
             core.setShutterOpen(False)
             dark = _stats(core, opts.darks, f"darks ({base_exposure:g} ms)", sat, bar, opts)
             core.setShutterOpen(True)
@@ -440,6 +441,22 @@ def _loaded_core(config: str | os.PathLike[str] | None, seed: int) -> Iterator[A
             core.unloadAllDevices()
 
 
+def simulator_defaults(opts: LiveOptions, label: str) -> LiveOptions:
+    """``opts`` with the simulated camera ``label`` on its flat scene and lit by ``LightLevel``."""
+    changes: dict[str, Any] = {}
+    if not any(p[0] == label and p[1] == "Scene" for p in opts.properties):
+        changes["properties"] = (*opts.properties, (label, "Scene", "flat"))
+    if opts.light_property is None and opts.light_values is None:
+        changes["light_property"] = (label, "LightLevel")
+    if changes:
+        log.info(
+            "%s is the simulated camera: calibrating on its uniform scene%s",
+            label,
+            ", the light set with its LightLevel" if "light_property" in changes else "",
+        )
+    return replace(opts, **changes)
+
+
 def calibrate_live_config(
     config: str | os.PathLike[str] | None,
     output: str | os.PathLike[str],
@@ -450,6 +467,15 @@ def calibrate_live_config(
     progress: bool = False,
     seed: int = 0,
 ) -> CalibrationFit:
-    """Load a Micro-Manager configuration and run :func:`calibrate_live` on its camera."""
+    """Load a Micro-Manager configuration and run :func:`calibrate_live` on its camera.
+
+    On the simulator (a configuration that loads ``SimSCMOSCamera``) the camera is pointed at
+    its uniform scene (``Scene`` flat, as a rig is at a uniform fluorescent slide) and the light
+    is set with its ``LightLevel`` (the excitation power) unless options say otherwise, so the
+    README's plain command works there and every level is taken at the darks' exposure.
+    """
+    label = simulated_camera_label(config) if config is not None and Path(config).is_file() else None
+    if label is not None:
+        options = simulator_defaults(options or LiveOptions(), label)
     with _loaded_core(config, seed) as core:
         return calibrate_live(core, output, options=options, report=report, camera=camera, progress=progress)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import os
 import sys
+import threading
 from importlib import import_module
 from types import ModuleType
 
@@ -38,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "models": "models",
     "export": "export",
     "bench": "bench",
+    "ctl": "ctl",
 }
 
 EPILOG = """\
@@ -115,20 +118,39 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.verbose, args.quiet)
+    code = 1
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        code = 130
     except Exception as exc:
         if args.traceback or not _is_user_error(exc):
             raise
         print(f"livedenoise {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     finally:
         # A Micro-Manager core that ran a sequence can abort the interpreter at exit
         # ("FATAL: exception not rethrown") unless it is collected before shutdown.
         gc.collect()
+        if argv is None:  # the program itself (not a test calling main): a bounded exit
+            _exit_if_threads_left(code)
+    return code
+
+
+def _exit_if_threads_left(code: int) -> None:
+    """Exit at once if a stop left a livedenoise thread behind (an engine call that never returned).
+
+    Interpreter shutdown would otherwise wait for it or abort inside the engine's native code
+    ("terminate called without an active exception"); everything was reported and flushed.
+    """
+    left = [t.name for t in threading.enumerate() if t.name.startswith("livedenoise-") and t.is_alive()]
+    if not left:
+        return
+    logging.getLogger("livedenoise").error("exiting with %s still busy", ", ".join(left))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _is_user_error(exc: BaseException) -> bool:

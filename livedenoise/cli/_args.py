@@ -8,6 +8,7 @@ import os
 __all__ = [
     "PRECISIONS",
     "CLIError",
+    "add_camera_arguments",
     "add_confinement_arguments",
     "add_force_argument",
     "add_precision_argument",
@@ -83,3 +84,24 @@ def existing_outputs(*paths: str | os.PathLike[str] | None) -> list[str]:
     Folders are not listed: writing a file over a folder fails anyway, with its own message.
     """
     return [os.fspath(p) for p in paths if p is not None and os.path.lexists(p) and not os.path.isdir(p)]
+
+
+def add_camera_arguments(p: argparse.ArgumentParser, *, exposure_default: float | None = None) -> None:
+    """``--roi``, ``--binning``, ``--exposure-ms``: the camera settings a stream starts with."""
+    p.add_argument(
+        "--roi",
+        type=roi,
+        metavar="X,Y,W,H",
+        default=None,
+        help="camera ROI in binned pixels (default: the configuration's); the calibration is cropped to it",
+    )
+    p.add_argument(
+        "--binning", type=int, default=None, help="camera binning, e.g. 2 (default: the configuration's)"
+    )
+    default = "the configuration's" if exposure_default is None else f"{exposure_default:g} ms"
+    p.add_argument(
+        "--exposure-ms",
+        type=float,
+        default=exposure_default,
+        help=f"camera exposure, ms (default: {default}); change all three later with `livedenoise ctl set`",
+    )

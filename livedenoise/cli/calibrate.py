@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from livedenoise.calibration.files import calibrate_files
 from livedenoise.calibration.live import LiveOptions, calibrate_live_config
@@ -112,7 +111,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-    progress = sys.stderr.isatty() and not getattr(args, "quiet", False)
+    # a bar on a terminal, log lines without one (see livedenoise.util.progress)
+    progress = not getattr(args, "quiet", False)
     exists = existing_outputs(args.output, args.report)
     if exists and not args.force:
         raise CLIError(

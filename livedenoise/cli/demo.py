@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import argparse
 
+from livedenoise.acquisition.core import CameraSettings, apply_camera_settings
 from livedenoise.app.daemon import choose_engine, run_live
 from livedenoise.calibration.maps import read_calibration
-from livedenoise.cli._args import CLIError, add_confinement_arguments, add_precision_argument, engine_options
+from livedenoise.cli._args import (
+    CLIError,
+    add_camera_arguments,
+    add_confinement_arguments,
+    add_precision_argument,
+    engine_options,
+)
 from livedenoise.cli.serve import configured_model
 from livedenoise.drivers.simcam import load_sim_core
 from livedenoise.live.config import PipelineConfig
@@ -22,6 +29,7 @@ the raw and restored frames against the truth. Ctrl-C stops cleanly with a summa
 
 Example:
   livedenoise demo --seconds 10
+  livedenoise demo --roi 0,0,512,256 --binning 2 --exposure-ms 30
   livedenoise subscribe            # in another terminal: watch the stream
 """
 
@@ -49,12 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"square ROI in the centre of the simulated sensor ({SENSOR_MIN}² or --size², "
         f"whichever is larger), pixels (default {DEFAULT_SIZE})",
     )
-    p.add_argument(
-        "--exposure-ms",
-        type=float,
-        default=DEFAULT_EXPOSURE_MS,
-        help=f"camera exposure (default {DEFAULT_EXPOSURE_MS:g} ms; sets the frame rate)",
-    )
+    add_camera_arguments(p, exposure_default=DEFAULT_EXPOSURE_MS)
     p.add_argument(
         "--pub", default="tcp://127.0.0.1:5555", help="PUB endpoint of the frames (default %(default)s)"
     )
@@ -92,12 +95,22 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--exposure-ms {args.exposure_ms:g} is out of range: use 0.1 to 10000 ms")
     if args.size > 4096:
         raise CLIError(f"--size {args.size} is larger than the simulated sensor can be (4096)")
+    binning = args.binning or 1
     # a sensor just large enough for the ROI starts in seconds (a 2048² one takes ~8 s to build)
-    sensor = max(SENSOR_MIN, args.size)
+    if args.roi is not None:
+        x, y, w, h = args.roi
+        sensor = max(SENSOR_MIN, (max(x + w, y + h)) * binning)
+        roi = args.roi
+    else:
+        sensor = max(SENSOR_MIN, args.size * binning)
+        side = sensor // binning
+        roi = ((side - args.size) // 2, (side - args.size) // 2, args.size, args.size)
+    if sensor > 4096:
+        raise CLIError(
+            f"ROI {roi} at binning {binning} needs a {sensor}² sensor; the simulator goes up to 4096²"
+        )
     core, camera = load_sim_core(sensor_shape=(sensor, sensor), seed=args.seed)
-    width, height = core.getImageWidth(), core.getImageHeight()
-    core.setROI((width - args.size) // 2, (height - args.size) // 2, args.size, args.size)
-    core.setExposure(args.exposure_ms)
+    apply_camera_settings(core, CameraSettings(args.exposure_ms, args.binning, roi))
 
     if args.calibration:
         calibration = read_calibration(args.calibration)

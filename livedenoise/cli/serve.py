@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-from livedenoise.acquisition.core import load_core
+from livedenoise.acquisition.core import CameraSettings, apply_camera_settings, load_core
 from livedenoise.app.daemon import choose_engine, run_live
 from livedenoise.calibration.maps import Calibration, read_calibration
-from livedenoise.cli._args import CLIError, add_confinement_arguments, add_precision_argument, engine_options
+from livedenoise.cli._args import (
+    CLIError,
+    add_camera_arguments,
+    add_confinement_arguments,
+    add_precision_argument,
+    engine_options,
+)
 from livedenoise.drivers.simcam import python_device
 from livedenoise.inference.modelio import resolve_model
 from livedenoise.live.config import PipelineConfig
@@ -18,7 +24,8 @@ DESCRIPTION = """\
 Loads a Micro-Manager configuration, runs continuous acquisition on its camera and
 streams every frame through calibration, the ring buffer and the restoration engine to
 ZeroMQ subscribers (topics raw and denoised, protocol livedenoise/1). The control socket
-answers status, set_model and stop requests.
+answers status, set_model, set (exposure, binning, ROI), collect_pairs, job and stop
+requests (`livedenoise ctl` sends them from the shell).
 
 Photoelectrons need the camera's per-pixel calibration: pass --calibration CAL.tif (made
 by `livedenoise calibrate`). Without one the daemon refuses to guess, unless you choose
@@ -28,6 +35,7 @@ Examples:
   livedenoise serve --config rig.cfg --calibration cal.tif
   livedenoise serve --config rig.cfg --no-calibration --nominal-gain-adu-per-e 2.2 --nominal-offset-adu 100
   livedenoise serve --config rig.cfg --calibration cal.tif --settings pipeline.toml
+  livedenoise serve --config drivers/simcam.cfg --roi 768,768,512,512 --exposure-ms 30
   livedenoise serve --config rig.cfg --calibration cal.tif --data-dir D:/pairs --model-dir D:/models
 
 Paths in control requests stay inside the folders named here: collect_pairs writes only
@@ -73,6 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--keys", metavar="DIR", default=None, help="folder of the CURVE keys (with --allow-remote)"
     )
+    add_camera_arguments(p)
     p.add_argument(
         "--seconds", type=float, default=None, help="stop after N seconds (default: until stopped)"
     )
@@ -112,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(args)
     core = load_core(args.config)
     check_pixel_type(core)
+    settings = CameraSettings(args.exposure_ms, args.binning, args.roi)
+    if settings != CameraSettings():
+        apply_camera_settings(core, settings)
     camera_label = core.getCameraDevice()
     sim = None
     if getattr(core, "isPyDevice", lambda label: False)(camera_label):

@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["buffer_pool", "has_python_camera", "newest_slot_metadata", "sequence_buffer", "slot_spec"]
+__all__ = [
+    "buffer_pool",
+    "has_python_camera",
+    "newest_slot_metadata",
+    "oldest_slot_metadata",
+    "sequence_buffer",
+    "sequence_running",
+    "slot_spec",
+]
 
 
 def sequence_buffer(core: Any) -> Any | None:
@@ -64,3 +72,37 @@ def newest_slot_metadata(core: Any) -> Any | None:
         return {}
     except (AttributeError, TypeError):
         return None
+
+
+def oldest_slot_metadata(core: Any) -> Any | None:
+    """Metadata of the oldest frame in the sequence buffer (the next pop); ``{}`` when empty; None if unknown."""
+    try:
+        slots = core._seq_buffer._slots
+    except AttributeError:
+        return None
+    try:
+        return slots[0].metadata or {}
+    except IndexError:
+        return {}
+    except (AttributeError, TypeError):
+        return None
+
+
+def sequence_running(core: Any) -> bool:
+    """Whether the core's camera runs a sequence, asked without side effects.
+
+    ``UniMMCore.isSequenceRunning`` with a Python camera clears the core's finished acquisition
+    thread as it answers; called from a second thread, that can race the core's own start of a
+    new sequence and lose it. Here the thread is only looked at. Other cores are asked normally.
+    """
+    if has_python_camera(core):
+        try:
+            thread = core._acquisition_thread
+        except AttributeError:
+            thread = None
+        else:
+            return thread is not None and bool(thread.is_alive())
+    try:
+        return bool(core.isSequenceRunning())
+    except Exception:
+        return False

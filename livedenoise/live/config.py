@@ -75,6 +75,9 @@ class PipelineConfig:
     model_dirs : tuple of str
         Folders (besides ``$LIVEDENOISE_MODELS`` and the shipped models) that ``set_model``
         requests may load models from, by id or by a path inside them.
+    drain_timeout_s : float
+        At stop, the frames already acquired are restored for at most this long (0-3600 s); the
+        ones still waiting then are counted as dropped (``stopped``), so a stop is bounded.
     """
 
     ring_slots: int = 8
@@ -97,6 +100,7 @@ class PipelineConfig:
     latency_samples: int = 4096
     data_dir: str | None = None
     model_dirs: tuple[str, ...] = ()
+    drain_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         _int_range(self, "ring_slots", 2, 4096)
@@ -148,6 +152,7 @@ class PipelineConfig:
         _float_range(self, "poll_interval_ms", 0.05, 100.0)
         _int_range(self, "max_engine_failures", 1, 100000)
         _int_range(self, "latency_samples", 64, 1_000_000)
+        _float_range(self, "drain_timeout_s", 0.0, 3600.0)
         _int_range(self, "qc_stride", 0, 64)
         for name in ("no_calibration", "allow_remote", "publish_truth"):
             if not isinstance(getattr(self, name), bool):

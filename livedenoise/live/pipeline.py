@@ -2,17 +2,26 @@
 
 Two threads:
 
-- **acquisition** (runs :meth:`FrameSource.run`): every frame is copied into a claimed
-  ring slot, converted to photoelectrons in place (:class:`PhotonConverter`) and
-  committed. It never waits for a viewer, a disk or the network; under ``drop-oldest``
-  it never waits at all.
+- **acquisition** (runs :meth:`FrameSource.run`, handing frames to the
+  :class:`~livedenoise.live.intake.Intake`): every frame is copied into a claimed ring slot,
+  converted to photoelectrons in place (``PhotonConverter``) and committed. It never waits for a viewer, a disk or the network; under ``drop-oldest``
+  it never waits at all. A source that hands frames over on *another program's* threads
+  (``delivers_on_foreign_threads``, the attached source) only has them copied there; the
+  worker converts them.
 - **worker**: takes the oldest slot, restores it into a preallocated output with the
   engine, publishes ``raw``, ``denoised`` (and ``truth`` for the simulator) with one
   ``frame`` number, and releases the slot.
 
-Every frame that is not restored is counted by reason (``ring-full``, ``camera``,
-``not-seen``, ``engine-error``, ``bad-frame``), emitted as ``frameDropped`` and carried in
-the cumulative ``dropped`` header field.
+Every frame is accounted for: ``frames.acquired`` counts every camera frame the pipeline knows
+of (received, or missed by the core or the other program), and at the end of any run
+``acquired == restored + dropped``, the drops counted by reason (``ring-full``, ``camera``,
+``not-seen``, ``engine-error``, ``bad-frame``, ``stopped``), each emitted as ``frameDropped``
+and carried in the cumulative ``dropped`` header field. While running, ``frames.pending`` are
+the frames in the ring or in the engine.
+
+A stop is bounded: the camera stops, the frames it already gave are still restored for up to
+``drain_timeout_s``, what is left is counted as ``stopped``, and the threads are joined; an
+engine call that does not return in time is left behind with its frame counted as ``stopped``.
 
 Example
 -------
@@ -31,16 +40,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from livedenoise.calibration.maps import Calibration, CalibrationError, PhotonConverter
+from livedenoise.calibration.maps import Calibration
 from livedenoise.inference.engines import Engine
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.events import PipelineEvents
+from livedenoise.live.intake import Intake
 from livedenoise.live.qc import QCSummary, frame_qc
 from livedenoise.live.ringbuffer import RingBuffer, Slot
 from livedenoise.live.sink import FrameSink
-from livedenoise.live.sources import FrameInfo, FrameSource, SourceError
+from livedenoise.live.sources import FrameSource
 from livedenoise.live.stats import PipelineStats
-from livedenoise.live.types import DropReason, PipelineState, RingPolicy, Roi
+from livedenoise.live.types import DropReason, PipelineState, Roi
+from livedenoise.util.threads import Beside
 
 __all__ = ["Pipeline", "PipelineError"]
 
@@ -103,42 +114,66 @@ class Pipeline:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pending_engine: Engine | None = None
+        self._pending_shape: tuple[int, int] | None = None
         self._engine_lock = threading.Lock()
-        self._expected_index = 0
-        self._roi: Roi | None = None
-        self._converter: PhotonConverter | None = None
-        self._cal_roi: Calibration | None = None
         self._raw_scale_cal: Calibration | None = None  # _raw_scale() computed for this one
         self._raw_scale_keys: dict[str, float] = {}
         self._ring: RingBuffer | None = None
-        self._reserved: Slot | None = None
-        self._t_reserve = 0.0
         self._t_start = 0.0
         self._engine_failed = False
+        self._intake = Intake(
+            calibration,
+            self.config,
+            self.stats,
+            self.events,
+            fail=self._fail,
+            past_deadline=self._past_deadline,
+            # sources handing frames over on another program's threads only copy there (module doc)
+            convert_on_worker=bool(getattr(source, "delivers_on_foreign_threads", False)),
+        )
+        self._deadline: float | None = None  # stopping: after this (monotonic s) what is left is dropped
+        self._in_flight: int | None = None  # frame the worker holds
+        self._flight_lock = threading.Lock()
+        self._abandoned = False  # stop gave up waiting for the worker's engine call
+        self._engine_swapped = threading.Condition()
+        self._state_changed = threading.Condition()
+        self._starts = 0
+        self._close_later: dict[str, list[Any]] = {}
         self.control_endpoint: str | None = None
         self.control: _Closable | None = None  # the control server the application attached
 
     # -- life cycle -----------------------------------------------------------------
 
     def _set_state(self, state: PipelineState) -> None:
-        self.state = state
+        with self._state_changed:
+            self.state = state
+            self._state_changed.notify_all()
         self.events.stateChanged.emit(state)
 
     def start(self) -> Pipeline:
         """Prepare the ring and engine for the camera's current ROI and start both threads."""
         if self._threads:
             raise RuntimeError("pipeline already started")
+        self._starts += 1
         self._set_state(PipelineState.STARTING)
         try:
             roi = self.source.geometry()
-            self._ring = None  # a fresh ring (a stopped one is closed)
-            self._configure(roi, roi.shape)
+            self._ring = self._intake.new_ring(roi)  # a fresh ring (a stopped one is closed)
+            with Beside(getattr(self.source, "prepare", None)):  # e.g. the camera's buffer made resident
+                name = f"{getattr(self.engine, 'name', type(self.engine).__name__)}: {self.engine.model_id}"
+                log.info("preparing the engine (%s) for %d×%d frames ...", name, roi.width, roi.height)
+                t0 = time.perf_counter()
+                self.engine.prepare(roi.shape)
+                log.info("engine ready in %.1f s", time.perf_counter() - t0)
         except BaseException:
             self._set_state(PipelineState.STOPPED)
             raise
         self._stop.clear()
         self.failure = None
         self._engine_failed = False
+        self._deadline = None
+        self._in_flight = None
+        self._abandoned = False
         self._t_start = time.time()
         acq = threading.Thread(target=self._acquire_loop, name="livedenoise-acquire", daemon=True)
         work = threading.Thread(target=self._work_loop, name="livedenoise-worker", daemon=True)
@@ -149,42 +184,124 @@ class Pipeline:
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop acquisition, let the worker finish the frames already acquired, join threads."""
+        """Stop acquisition, restore what was acquired (bounded), join the threads.
+
+        The camera stops and the frames it already gave enter the ring; the worker restores
+        the ring's frames for up to ``config.drain_timeout_s``, and counts the rest as dropped
+        (``stopped``). Each thread then gets ``timeout_s`` more to finish; an engine call still
+        running after that is left behind, its frame counted as ``stopped``.
+        """
         if not self._threads:
+            return
+        if self._abandoned:  # an earlier stop left a thread behind: nothing more to wait for
+            self._threads = [t for t in self._threads if t.is_alive()]
             return
         if self.state is not PipelineState.FAILED:
             self._set_state(PipelineState.STOPPING)
-        self._stop.set()
+        self._begin_stop()
         acq, work = self._threads
-        acq.join(timeout_s)
+        acq.join(self.config.drain_timeout_s + timeout_s)
         if self._ring is not None:
             self._ring.close()
-        work.join(timeout_s)
+        work.join(max(0.0, (self._deadline or 0.0) - time.monotonic()) + timeout_s)
         alive = [t.name for t in self._threads if t.is_alive()]
-        self._threads = []
         if alive:
-            log.error("threads still alive after %s s: %s", timeout_s, alive)
+            self._abandon(alive, timeout_s)
+        else:
+            self._threads = []
         if self.state is not PipelineState.FAILED:
             self._set_state(PipelineState.STOPPED)
 
+    def _begin_stop(self) -> None:
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self.config.drain_timeout_s
+        self._stop.set()
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() > self._deadline
+
+    def _abandon(self, alive: list[str], timeout_s: float) -> None:
+        """Give up on threads that did not end; their frame is counted, they touch nothing more."""
+        with self._flight_lock:
+            self._abandoned = True
+            frame, self._in_flight = self._in_flight, None
+        left = [frame] if frame is not None else []
+        if self._ring is not None:
+            left += self._ring.discard()
+        for f in left:
+            self._drop(f, DropReason.STOPPED)
+        log.error(
+            "%s still busy %.0f s after the stop (the engine did not return%s); left behind. "
+            "If this repeats, check the engine (`livedenoise bench --engine-only`)",
+            ", ".join(alive),
+            self.config.drain_timeout_s + timeout_s,
+            f"; {len(left)} frame(s) counted as dropped (stopped)" if left else "",
+        )
+        self._threads = [t for t in self._threads if t.is_alive()]
+
     def close(self) -> None:
-        """Stop, then close the control socket, the engine, the source and the publisher."""
+        """Stop, then close the control socket, the engine, the source and the publisher.
+
+        What a left-behind thread still uses (engine and publisher, or source) is not closed
+        (see :meth:`stop`).
+        """
         self.stop()
+        with self._flight_lock:  # a left-behind thread closes what it uses when it ends
+            busy = {t.name for t in self._threads if t.is_alive()}
+            self._close_later = {
+                "livedenoise-worker": [self.engine, self.publisher] if "livedenoise-worker" in busy else [],
+                "livedenoise-acquire": [self.source] if "livedenoise-acquire" in busy else [],
+            }
+        later = [id(o) for objs in self._close_later.values() for o in objs]
         for obj in (self.control, self.engine, self.source, self.publisher):
-            if obj is None:
+            if obj is None or id(obj) in later:
                 continue
-            try:
-                obj.close()
-            except Exception as exc:
-                log.warning("closing %s failed: %s", type(obj).__name__, exc)
+            _close(obj)
+
+    def _closing_thread_ends(self, name: str) -> None:
+        """A thread that :meth:`stop` left behind ends: close what :meth:`close` left to it."""
+        with self._flight_lock:
+            objs = self._close_later.pop(name, [])
+        for obj in objs:
+            _close(obj)
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Wait until the pipeline stopped (by :meth:`stop`, a fault or a ``stop`` request)."""
         return self._stop.wait(timeout_s)
 
     @property
+    def frame_shape(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the frames the ring and the engine are prepared for (None before the start)."""
+        return self._ring.shape if self._ring is not None else None
+
+    @property
     def running(self) -> bool:
         return bool(self._threads) and not self._stop.is_set()
+
+    @property
+    def ended(self) -> bool:
+        """Whether the pipeline was started and has stopped (or failed) since."""
+        return (
+            self._starts > 0
+            and not self.running
+            and self.state in (PipelineState.STOPPED, PipelineState.FAILED)
+        )
+
+    def wait_running(self, timeout_s: float | None = None) -> bool:
+        """Wait until the stream runs (True), or it ended or never started within ``timeout_s`` (False).
+
+        A pipeline that was not started yet, or is still starting (preparing its engine), is
+        waited for: control commands sent right after the daemon's start use this.
+        """
+
+        def settled() -> bool:
+            return (
+                self.running and self.state in (PipelineState.RUNNING, PipelineState.PAUSED)
+            ) or self.ended
+
+        with self._state_changed:
+            self._state_changed.wait_for(settled, timeout_s)
+        return self.running
 
     def pause(self, timeout_s: float = 5.0) -> None:
         """Stop the camera (frames already acquired are still restored and published)."""
@@ -197,31 +314,48 @@ class Pipeline:
         self._set_state(PipelineState.RUNNING)
 
     def _fail(self, where: str, message: str) -> None:
+        if self.failure is not None:
+            return  # the first failure is the story
         log.error("%s: %s", where, message)
         self.failure = f"{where}: {message}"
         self.events.error.emit(where, message)
         self._set_state(PipelineState.FAILED)
-        self._stop.set()
+        self._begin_stop()
         if self._ring is not None:
             self._ring.close()
 
     # -- engine and model -----------------------------------------------------------------
 
-    def set_engine(self, engine: Engine) -> None:
-        """Use ``engine`` from the next frame on (the old one is closed by the worker)."""
+    def set_engine(self, engine: Engine, prepared_shape: tuple[int, int] | None = None) -> None:
+        """Use ``engine`` from the next frame on (the old one is closed by the worker).
+
+        ``prepared_shape``: the frame shape ``engine`` was already prepared for (off the worker
+        thread, see ``livedenoise.app.daemon.set_model``), so the swap between two frames costs
+        nothing; otherwise the worker prepares it. :meth:`wait_engine` waits for the swap.
+        """
         with self._engine_lock:
             self._pending_engine = engine
+            self._pending_shape = prepared_shape
         if not self._threads:
             self._swap_engine(None)
+
+    def wait_engine(self, engine: Engine, timeout_s: float = 5.0) -> bool:
+        """Wait until ``engine`` is the one in use (True), or ``timeout_s`` passes."""
+        with self._engine_swapped:
+            return self._engine_swapped.wait_for(lambda: self.engine is engine, timeout_s)
 
     def _swap_engine(self, shape: tuple[int, int] | None) -> None:
         with self._engine_lock:
             new, self._pending_engine = self._pending_engine, None
+            prepared, self._pending_shape = self._pending_shape, None
         if new is None:
             return
-        if shape is not None:
+        if shape is not None and tuple(shape) != prepared:
             new.prepare(shape)
-        old, self.engine = self.engine, new
+        old = self.engine
+        with self._engine_swapped:
+            self.engine = new
+            self._engine_swapped.notify_all()
         if old is not new:
             try:
                 old.close()
@@ -230,160 +364,35 @@ class Pipeline:
         self.events.modelChanged.emit(str(new.model_id))
         log.info("engine now %s", new.describe())
 
-    # -- drops ----------------------------------------------------------------------------
-
     def _drop(self, frame: int, reason: DropReason) -> None:
-        total = self.stats.add_drop(reason)
-        self.events.frameDropped.emit(frame, reason, total)
+        self._intake.drop(frame, reason)
 
-    # -- geometry ---------------------------------------------------------------------------
-
-    def _calibration_for(self, roi: Roi, shape: tuple[int, int]) -> Calibration:
-        cal = self.calibration
-        if cal.meta.get("source") == "nominal":
-            if cal.shape == shape:
-                return cal
-            return Calibration(
-                np.full(shape, cal.offset_adu.flat[0] * roi.binning**2, np.float32),
-                np.full(shape, cal.gain_adu_per_e.flat[0], np.float32),
-                np.full(shape, cal.read_var_e2.flat[0], np.float32),
-                meta=dict(cal.meta),
-            )
-        if roi.shape != shape:
-            raise CalibrationError(
-                f"the camera reports ROI {roi.width}×{roi.height} but delivers {shape[1]}×{shape[0]} frames"
-            )
-        return cal.for_roi(roi.x, roi.y, roi.width, roi.height, roi.binning)
-
-    def _configure(self, roi: Roi, shape: tuple[int, int]) -> None:
-        """Crop the calibration and (re)size the ring for frames of ``roi``."""
-        cal = self._calibration_for(roi, shape)
-        self._converter = PhotonConverter(cal)
-        self._cal_roi = cal
-        if self._ring is None:
-            self._ring = RingBuffer(
-                self.config.ring_slots, shape, self.config.ring_policy, on_drop=self._drop
-            )
-            self.engine.prepare(shape)
-        else:
-            self._ring.resize(shape)
-        if self._roi is not None:
-            log.info("camera geometry changed %s -> %s; calibration re-cropped", self._roi, roi)
-        self._roi = roi
-
-    def _commit_geometry_change(self, roi: Roi, shape: tuple[int, int]) -> None:
-        """An ROI that moved without changing shape: only the calibration is re-cropped."""
-        try:
-            cal = self._calibration_for(roi, shape)
-        except CalibrationError as exc:
-            raise SourceError(str(exc)) from exc
-        self._converter = PhotonConverter(cal)
-        self._cal_roi = cal
-        log.info("camera geometry changed %s -> %s; calibration re-cropped", self._roi, roi)
-        self._roi = roi
+    def check_geometry(self, roi: Roi) -> None:
+        """Raise :class:`CalibrationError` (saying what to do) if the calibration cannot cover ``roi``."""
+        self._intake.calibration_for(roi, roi.shape)
 
     # -- acquisition thread ------------------------------------------------------------------
 
-    def _claim(self) -> Slot | None:
-        ring = self._ring
-        assert ring is not None
-        if self.config.ring_policy is RingPolicy.BLOCK:
-            slot = None
-            while slot is None and not ring.closed:
-                slot = ring.claim(timeout_s=0.5)
-            return slot
-        return ring.claim()
-
-    def _reserve(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray | None:
-        """A claimed slot's raw array for the next frame (None: the source uses its own)."""
-        ring = self._ring
-        if ring is None or tuple(shape) != ring.shape or np.dtype(dtype) != np.uint16 or self._reserved:
-            return None
-        slot = self._claim()
-        if slot is None:
-            return None
-        self._reserved = slot
-        self._t_reserve = time.perf_counter()
-        return slot.raw
-
-    def _unreserve(self) -> None:
-        slot, self._reserved = self._reserved, None
-        if slot is not None and self._ring is not None:
-            self._ring.abort(slot)
-
-    def _sink(self, raw: np.ndarray, info: FrameInfo) -> None:
-        t0 = time.perf_counter()
-        ring = self._ring
-        assert ring is not None
-        slot = self._reserved
-        if slot is not None:
-            self._reserved = None
-            if raw is slot.raw:
-                t0 = self._t_reserve
-            else:  # not the reserved array after all: give it back, take the normal path
-                ring.abort(slot)
-                slot = None
-        if info.index > self._expected_index:
-            for frame in range(self._expected_index, info.index):
-                self._drop(frame, info.missed_reason)
-        self._expected_index = max(self._expected_index, info.index + 1)
-        if raw.dtype != np.uint16 or raw.ndim != 2:
-            if slot is not None:
-                ring.abort(slot)
-            self._drop(info.index, DropReason.BAD_FRAME)
-            self.events.error.emit(
-                "source", f"frame {info.index} is {raw.dtype} {raw.shape}, expected uint16 2D"
-            )
-            return
-        if raw.shape != ring.shape or info.roi != self._roi:
-            if slot is not None:  # same shape, new ROI position: keep the data, re-crop the maps
-                try:
-                    self._commit_geometry_change(info.roi, raw.shape)
-                except SourceError:
-                    ring.abort(slot)
-                    self._drop(info.index, DropReason.BAD_FRAME)
-                    raise
-            else:
-                try:
-                    self._configure(info.roi, raw.shape)
-                except (CalibrationError, TimeoutError) as exc:
-                    self._drop(info.index, DropReason.BAD_FRAME)
-                    raise SourceError(str(exc)) from exc
-        if slot is None:
-            slot = self._claim()
-            if slot is None:  # closed while waiting: the pipeline is stopping
-                self._drop(info.index, DropReason.STOPPED)
-                return
-            np.copyto(slot.raw, raw)
-        t1 = time.perf_counter()
-        self._converter(slot.raw, slot.e)  # type: ignore[misc]
-        t2 = time.perf_counter()
-        slot.frame = info.index
-        slot.exposure_ms = info.exposure_ms
-        slot.t_acquired = info.t_acquired
-        slot.camera = info.camera
-        slot.truth_id = info.truth_id
-        slot.t_pop = t0
-        slot.acquire_s = t1 - t0
-        slot.convert_s = t2 - t1
-        ring.commit(slot)
-        self.stats.latency["acquire"].add(t1 - t0)
-        self.stats.latency["convert"].add(t2 - t1)
-        self.stats.rates["acquired"].tick()
-        self.events.frameAcquired.emit(info.index, info.t_acquired)
-
     def _acquire_loop(self) -> None:
         try:
-            self.source.run(_Sink(self), self._stop)
+            self.source.run(self._intake, self._stop)
         except Exception as exc:
             self._fail("acquisition", str(exc) or type(exc).__name__)
         finally:
+            self._intake.unreserve()
             if self._ring is not None and self._stop.is_set():
-                self._ring.close()
+                self._ring.close()  # after the source delivered what the camera already gave
+            self._closing_thread_ends("livedenoise-acquire")
 
     # -- worker thread -------------------------------------------------------------------------
 
     def _work_loop(self) -> None:
+        try:
+            self._work()
+        finally:
+            self._closing_thread_ends("livedenoise-worker")
+
+    def _work(self) -> None:
         ring = self._ring
         assert ring is not None
         out = np.zeros(ring.shape, np.float32)
@@ -395,18 +404,34 @@ class Pipeline:
             if slot is None:
                 if ring.closed:
                     break
+                if self._pending_engine is not None:  # idle: swap now
+                    self._swap_engine(ring.shape)
                 continue
             t_get = time.perf_counter()
             lent = None
+            with self._flight_lock:
+                if self._abandoned:  # stop() gave up on this thread and counted what was left
+                    ring.release(slot)
+                    break
+                self._in_flight = slot.frame
             try:
+                if self._past_deadline():  # stopping, and the time to restore is up
+                    self._settle(slot.frame, DropReason.STOPPED)
+                    continue
                 shape = slot.e.shape
                 if out.shape != shape:
                     out = np.zeros(shape, np.float32)
                     self.engine.prepare(shape)
                 if self._pending_engine is not None:
                     self._swap_engine(shape)
+                if not slot.converted:
+                    slot.converter(slot.raw, slot.e)  # type: ignore[misc]
+                    slot.converted = True
+                    t_conv = time.perf_counter()
+                    lat["convert"].add(t_conv - t_get)
+                    t_get = t_conv
                 if self._engine_failed:
-                    self._drop(slot.frame, DropReason.ENGINE_ERROR)
+                    self._settle(slot.frame, DropReason.ENGINE_ERROR)
                     continue
                 lat["queue"].add(t_get - slot.t_commit)
                 restored = None
@@ -418,7 +443,8 @@ class Pipeline:
                     failures = 0
                 except Exception as exc:
                     failures += 1
-                    self._drop(slot.frame, DropReason.ENGINE_ERROR)
+                    if not self._settle(slot.frame, DropReason.ENGINE_ERROR):
+                        break  # left behind by stop(): touch nothing more
                     self.events.error.emit("engine", f"frame {slot.frame}: {exc}")
                     log.warning("engine failed on frame %s: %s", slot.frame, exc)
                     if failures >= self.config.max_engine_failures:
@@ -430,8 +456,9 @@ class Pipeline:
                         )
                 t_eng = time.perf_counter()
                 if restored is not None:
+                    if not self._settle(slot.frame, None):
+                        break  # left behind by stop(): its frame is already counted
                     lat["engine"].add(t_eng - t_get)
-                    stats.rates["restored"].tick()
                 self._publish(slot, restored)
                 t_pub = time.perf_counter()
                 lat["publish"].add(t_pub - t_eng)
@@ -439,6 +466,7 @@ class Pipeline:
                 if restored is not None:
                     self.events.frameRestored.emit(slot.frame, t_pub - slot.t_pop)
             except Exception as exc:  # a publisher or observer fault: report, keep going
+                self._settle(slot.frame, DropReason.ENGINE_ERROR)  # no-op if already counted
                 self.events.error.emit("worker", f"frame {slot.frame}: {exc}")
                 log.warning("worker failed on frame %s: %s", slot.frame, exc)
             finally:
@@ -446,23 +474,41 @@ class Pipeline:
                     self.publisher.give_back("denoised", lent)
                 ring.release(slot)
 
+    def _settle(self, frame: int, reason: DropReason | None) -> bool:
+        """Count the worker's frame once: restored (``reason`` None) or dropped for ``reason``.
+
+        Returns False when :meth:`stop` left the worker behind (the frame was counted there).
+        """
+        with self._flight_lock:
+            if self._abandoned:
+                return False
+            if self._in_flight != frame:
+                return True  # already counted
+            self._in_flight = None
+        if reason is None:
+            self.stats.rates["restored"].tick()
+        else:
+            self._drop(frame, reason)
+        return True
+
     def _borrow(self, shape: tuple[int, ...]) -> np.ndarray | None:
         return self.publisher.borrow("denoised", shape, np.float32)
 
     def _publish(self, slot: Slot, restored: np.ndarray | None) -> None:
         pub = self.publisher
         model = self.engine.model_id
-        cal_id = self._cal_roi.id if self._cal_roi is not None else None
         common: dict[str, Any] = {
             "frame": slot.frame,
             "exposure_ms": slot.exposure_ms,
             "t_acquired": slot.t_acquired,
             "camera": slot.camera,
             "model": model,
-            "calibration": cal_id,
+            "calibration": slot.calibration,
         }
+        if slot.identity:
+            common.update(slot.identity)
         dropped = self.stats.dropped_total
-        raw_extra: dict[str, Any] = self._raw_scale()
+        raw_extra: dict[str, Any] = self._raw_scale(slot)
         pub.publish("raw", slot.raw, dropped=dropped, **common, **raw_extra)
         truth = None
         if self.config.publish_truth and slot.truth_id is not None:
@@ -472,7 +518,7 @@ class Pipeline:
                 if truth.shape != slot.e.shape:
                     truth = None
         if restored is not None:
-            qc = self._frame_qc(slot.e, restored)
+            qc = self._frame_qc(slot, restored)
             extra: dict[str, Any] = {} if qc is None else {"qc": qc}
             pub.publish("denoised", restored, dropped=dropped, **extra, **common)
             if truth is not None:
@@ -481,19 +527,20 @@ class Pipeline:
             if self.observer is not None:
                 self.observer(slot.frame, slot.e, restored, truth)
 
-    def _frame_qc(self, e: np.ndarray, restored: np.ndarray) -> dict[str, Any] | None:
+    def _frame_qc(self, slot: Slot, restored: np.ndarray) -> dict[str, Any] | None:
         """The frame's trust score (:mod:`livedenoise.live.qc`), or None when it is switched off."""
         stride = self.config.qc_stride
-        cal = self._cal_roi
+        e = slot.e
+        cal = getattr(slot.converter, "calibration", None)  # the crop that converted this frame
         if stride == 0 or cal is None or cal.read_var_e2.shape != e.shape:
             return None
         qc = frame_qc(e, restored, cal.read_var_e2, stride=stride)
         self.qc.add(qc)
         return qc
 
-    def _raw_scale(self) -> dict[str, float]:
+    def _raw_scale(self, slot: Slot) -> dict[str, float]:
         """Additive raw-header keys: the ROI's median offset and gain, for viewers showing raw in e⁻."""
-        cal = self._cal_roi
+        cal = getattr(slot.converter, "calibration", None)  # the crop that converted this frame
         if cal is None:
             return {}
         if cal is not self._raw_scale_cal:  # once per calibration crop (ROI change), not per frame
@@ -510,11 +557,12 @@ class Pipeline:
         """JSON-able state for the control socket and the live display."""
         snap = self.stats.snapshot()
         ring = self._ring.counters() if self._ring is not None else {}
+        snap["frames"]["pending"] = ring.get("queued", 0) + int(self._in_flight is not None)
         try:
             engine = self.engine.describe()
         except Exception as exc:
             engine = {"error": str(exc)}
-        cal = self._cal_roi or self.calibration
+        cal = self._intake.cal_roi or self.calibration
         return {
             "state": str(self.state),
             "failure": self.failure,
@@ -522,7 +570,7 @@ class Pipeline:
             "endpoints": {"pub": self.publisher.endpoint, "control": self.control_endpoint},
             "camera": self.source.camera,
             "source": self.source.describe(),
-            "roi": self._roi.as_list() if self._roi else None,
+            "roi": self._intake.roi.as_list() if self._intake.roi else None,
             "frames": snap["frames"],
             "fps": snap["fps"],
             "dropped": snap["dropped"],
@@ -540,15 +588,8 @@ class Pipeline:
         self._stop.set()
 
 
-class _Sink:
-    """What the pipeline hands its source: ``sink(raw, info)`` plus ``reserve``/``unreserve``."""
-
-    __slots__ = ("_pipeline", "reserve", "unreserve")
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self._pipeline = pipeline
-        self.reserve = pipeline._reserve
-        self.unreserve = pipeline._unreserve
-
-    def __call__(self, raw: np.ndarray, info: FrameInfo) -> None:
-        self._pipeline._sink(raw, info)
+def _close(obj: _Closable) -> None:
+    try:
+        obj.close()
+    except Exception as exc:
+        log.warning("closing %s failed: %s", type(obj).__name__, exc)

@@ -58,17 +58,30 @@ class Slot:
         Camera device label.
     truth_id : int or None
         Simulator frame id (for the ``truth`` topic), else None.
+    identity : dict or None
+        Where the frame belongs (``index``, ``channel``, ``position_um`` of its MDA event), else None.
+    converter : callable or None
+        ``converter(raw, e)``: the photoelectron conversion for the frame's own geometry, when
+        ``e`` is still to be filled (``converted`` False); the consumer then converts.
+    converted : bool
+        Whether ``e`` already holds the frame's photoelectrons.
+    calibration : str or None
+        Id of the calibration (crop) that converts this frame.
     t_pop, t_commit, acquire_s, convert_s : float
         Timing of the acquisition stages (``perf_counter`` seconds).
     """
 
     __slots__ = (
         "acquire_s",
+        "calibration",
         "camera",
         "convert_s",
+        "converted",
+        "converter",
         "e",
         "exposure_ms",
         "frame",
+        "identity",
         "index",
         "raw",
         "t_acquired",
@@ -89,6 +102,10 @@ class Slot:
         self.t_acquired = 0.0
         self.camera: str | None = None
         self.truth_id: int | None = None
+        self.identity: dict[str, Any] | None = None
+        self.converter: Callable[[np.ndarray, np.ndarray], Any] | None = None
+        self.converted = False
+        self.calibration: str | None = None
         self.t_pop = 0.0
         self.t_commit = 0.0
         self.acquire_s = 0.0
@@ -272,6 +289,19 @@ class RingBuffer:
                 raise TimeoutError(f"the consumer did not drain the ring within {timeout_s} s; cannot resize")
             self._allocate(shape)
             self._cond.notify_all()
+
+    def discard(self) -> list[int]:
+        """Take every committed frame back unprocessed; returns their frame numbers (oldest first).
+
+        For a consumer that cannot go on (a stop that gave up waiting for it): the caller
+        accounts for these frames.
+        """
+        with self._cond:
+            frames = [self._slots[i].frame for i in self._queue]
+            self._free.extend(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+            return frames
 
     def close(self) -> None:
         """Wake every waiting thread; ``claim`` returns None, ``get`` drains then returns None."""

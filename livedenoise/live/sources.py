@@ -20,16 +20,20 @@ Two ways in:
     Never starts, stops or pops anything, so the other program keeps every frame.
 
     - MDA: ``core.mda.events.frameReady(img, event, meta)`` is connected; the handler
-      copies the frame into the ring and returns (it runs on the MDA's acquisition thread:
+      copies the frame into the ring, with the event's index, channel and position as the
+      frame's identity, and returns (it runs on the MDA's acquisition thread:
       with ``ring_policy = "block"`` a slow engine would slow the MDA, so use the default
       ``drop-oldest`` when attached). Every MDA frame is seen.
     - Live / sequence acquisitions started by the other program: there is no per-frame
-      signal, and popping would steal the other program's frames, so the source *peeks*
-      (``getLastImageAndMD`` / ``getNBeforeLastImageAndMD``) and follows the core's
-      ``ImageNumber``. Frames that left the core's buffer before the source looked (the
-      other program pops faster than the poll interval) are **not seen**: they are
-      counted with reason ``"not-seen"`` (the other program still has them).
+      signal, and popping would steal the other program's frames, so the source takes each
+      frame as the other program pops it (the core's pop methods are wrapped while attached)
+      and *peeks* (``getNBeforeLastImageAndMD``) at those left in the buffer, following the
+      core's ``ImageNumber``; a sequence already running at the attach is followed from its
+      next frame. A number it never got (overwritten in the core's buffer first) is counted
+      with reason ``"not-seen"``.
     - Snaps (``imageSnapped``) outside MDA and sequences are taken with ``include_snaps``.
+    - Frames handed over on the other program's threads are only copied into the ring there
+      (``delivers_on_foreign_threads``); the pipeline's worker converts them.
 
 A replay source for benchmarks is a :class:`CoreSource` over a core whose camera is the
 simulator's ``ReplayCamera``: acquisition still goes through the core.
@@ -66,7 +70,8 @@ class FrameInfo:
 
     ``index`` is the frame number since acquisition start (it runs on across pauses);
     a jump of ``index`` means frames were lost before the pipeline saw them, for the
-    reason ``missed_reason``.
+    reason ``missed_reason``. ``identity`` places the frame in an MDA (``index``, ``channel``,
+    ``position_um``: see :func:`livedenoise.live.attached.event_identity`), None outside one.
     """
 
     index: int
@@ -76,6 +81,7 @@ class FrameInfo:
     roi: Roi
     truth_id: int | None
     missed_reason: DropReason = DropReason.CAMERA
+    identity: Mapping[str, Any] | None = None
 
 
 class Sink(Protocol):
@@ -235,6 +241,14 @@ class CoreSource:
 
     def close(self) -> None:
         self._stop_sequence()
+
+    def prepare(self) -> None:
+        """Before the start, off the acquisition thread: make the core's sequence buffer resident.
+
+        The pipeline runs this while it prepares its engine, so the two waits overlap.
+        """
+        if not self.core.isSequenceRunning():
+            self._make_sequence_buffer_resident()
 
     # -- acquisition ------------------------------------------------------------------
 

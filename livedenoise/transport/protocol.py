@@ -32,6 +32,13 @@ in to remote access, which then requires CURVE keys). Every message has exactly 
      calibration maps over the current ROI, so that a viewer can show raw frames approximately
      in photoelectrons, ``(adu - median_offset_adu) / median_gain_adu_per_e`` (the per-pixel
      maps differ by a few %).
+   - present when known: where the frame belongs in an MDA (attached mode), so that a
+     subscriber can place each frame even after a drop:
+
+     - ``index``: the useq MDA event index, e.g. ``{"t": 3, "c": 1, "z": 5, "p": 0}``;
+     - ``channel``: the channel's config name, e.g. ``"GFP"``;
+     - ``position_um``: the stage position ``{"x": .., "y": .., "z": ..}`` in µm (the axes
+       known; measured when the MDA recorded it, else the event's requested position).
 
    Subscribers must ignore keys they do not know: keys are added without changing the
    protocol name.
@@ -44,8 +51,13 @@ Control
 A ZeroMQ REP socket, by default ``tcp://127.0.0.1:5556``. A request is one JSON object
 ``{"cmd": NAME, ...arguments}``; the reply is ``{"ok": true, ...}`` or
 ``{"ok": false, "error": "what was wrong and what to do"}``. Every request gets a reply and
-the daemon keeps running. Commands: ``status``, ``set_model`` (``model``), ``collect_pairs``
-(replies with a job id at once), ``job`` (``id``), ``stop``. See
+the daemon keeps running. Commands: ``status``, ``set_model`` (``model``; the new model is
+prepared and validated first and takes over between two frames; the reply describes the engine
+in use), ``set`` (any of ``exposure_ms``, ``binning``, ``roi`` ``[x, y, width, height]`` in
+binned pixels; applied between two frames, the calibration re-cropped; refused when attached to
+another program's core or when the calibration does not cover the ROI), ``collect_pairs``
+(replies with a job id at once; sent during the start-up, it waits for the stream), ``job``
+(``id``), ``stop``. ``livedenoise ctl`` sends them from the shell. See
 :mod:`livedenoise.transport.control`.
 """
 

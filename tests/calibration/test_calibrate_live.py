@@ -288,3 +288,25 @@ def test_cli_live_on_simulator_config(tmp_path, capsys):
         == 2
     )
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_readme_command_works_on_the_simulator_and_shows_progress_without_a_terminal(tmp_path, capsys):
+    """`calibrate --live --config rig.cfg -o cal.tif --report cal.png`: no light options needed there."""
+    from livedenoise.cli import main
+
+    cfg = tmp_path / "rig.cfg"
+    src = Path(simcam.__file__).with_name("simcam.cfg").read_text()
+    cfg.write_text(
+        src.replace("SensorWidth,2048", "SensorWidth,96").replace("SensorHeight,2048", "SensorHeight,64")
+    )
+    out, report = tmp_path / "cal.tif", tmp_path / "cal.png"
+    # the README's command; fewer frames and a short exposure only to keep the test quick
+    argv = ["calibrate", "--live", "--config", str(cfg), "-o", str(out), "--report", str(report)]
+    assert main([*argv, "--darks", "100", "--frames", "100", "--levels", "4", "--exposure-ms", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "wrote" in captured.out and report.is_file()
+    assert "simulated camera: calibrating on its uniform scene" in captured.err
+    assert "calibrate (level 4" in captured.err and "100 %" in captured.err  # progress as log lines
+    cal = read_calibration(out)
+    assert cal.shape == (64, 96)
+    assert abs(float(np.median(cal.gain_adu_per_e)) / 2.0 - 1) < 0.05  # the simulator's gain is 2 ADU/e-

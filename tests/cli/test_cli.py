@@ -21,7 +21,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("command", ["demo", "serve", "bench"])
+def _assert_summary_accounted(out: str) -> None:
+    """The run's summary: acquired == restored + dropped, and the drops by reason add up."""
+    import re
+
+    frames = re.search(r"frames: acquired (\d+), restored (\d+), published (\d+)", out)
+    dropped = re.search(r"dropped: (\d+)(?: (\{.*\}))?", out)
+    assert frames and dropped, out[-2000:]
+    acquired, restored = int(frames.group(1)), int(frames.group(2))
+    total = int(dropped.group(1))
+    by_reason = json.loads(dropped.group(2).replace("'", '"')) if dropped.group(2) else {}
+    assert sum(by_reason.values()) == total and acquired == restored + total, (
+        frames.group(0),
+        dropped.group(0),
+    )
+
+
+@pytest.mark.parametrize("command", ["demo", "serve", "bench", "ctl"])
 def test_help(command: str, capsys: Any) -> None:
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
@@ -58,6 +74,7 @@ def test_demo_runs_for_three_seconds_and_summarises() -> None:
     assert "state: stopped" in out and "| end_to_end |" in out
     assert "PSNR vs truth" in out
     assert "frames: acquired" in out
+    _assert_summary_accounted(out)
 
 
 def test_serve_on_the_simulator_config_uses_its_maps_and_stops(tmp_path: Path, capsys: Any) -> None:
@@ -86,6 +103,57 @@ def test_serve_on_the_simulator_config_uses_its_maps_and_stops(tmp_path: Path, c
     out = capsys.readouterr().out
     assert rc == 0
     assert "simulated camera: using its true calibration" in out and "state: stopped" in out
+    _assert_summary_accounted(out)
+
+
+def test_serve_exits_cleanly_and_bounded_when_the_engine_hangs(tmp_path: Path) -> None:
+    """The program itself (no argv), an engine call that never returns: a clean exit, every frame counted."""
+    from livedenoise.drivers import config_path
+
+    cfg = tmp_path / "small-sim.cfg"
+    text = config_path("simcam.cfg").read_text()
+    cfg.write_text(
+        text.replace("SensorWidth,2048", "SensorWidth,64").replace("SensorHeight,2048", "SensorHeight,64")
+    )
+    settings = tmp_path / "pipeline.toml"
+    settings.write_text("drain_timeout_s = 0.5\n")
+    argv = [
+        "livedenoise",
+        "serve",
+        "--config",
+        str(cfg),
+        "--settings",
+        str(settings),
+        "--seconds",
+        "1.5",
+        "--pub",
+        f"tcp://127.0.0.1:{_free_port()}",
+        "--control",
+        f"tcp://127.0.0.1:{_free_port()}",
+    ]
+    script = f"""
+import sys, threading
+import livedenoise.cli.serve as serve
+from livedenoise.inference.engines import PassthroughEngine
+
+class Hung(PassthroughEngine):
+    def restore(self, frame_e, out):
+        threading.Event().wait(3600)  # never returns
+
+serve.choose_engine = lambda *a, **k: Hung()
+sys.argv = {argv!r}
+from livedenoise.cli import main
+raise SystemExit(main())
+"""
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    took = time.monotonic() - t0
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
+    assert "terminate called" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "still busy" in proc.stderr  # said, not hidden
+    assert "state: stopped" in proc.stdout
+    _assert_summary_accounted(proc.stdout)
+    assert took < 120, took
 
 
 def test_demo_refuses_a_calibration_of_another_sensor_size(tmp_path: Path, capsys: Any) -> None:

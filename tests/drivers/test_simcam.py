@@ -222,7 +222,7 @@ def test_stop_is_prompt_even_during_a_long_exposure(sim):
     core.startContinuousSequenceAcquisition(0)
     t0 = time.monotonic()
     core.stopSequenceAcquisition()
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 3.0  # not the 5 s exposure (slack for a loaded machine)
     assert not core.isSequenceRunning() and core.getRemainingImageCount() == 0
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import useq
-from _pipeline_helpers import fake_core, running_source, sim_core, wait_for
+from _pipeline_helpers import OtherProgram, fake_core, running_source, sim_core, wait_for
 
 from livedenoise.live.attached import AttachedSource
 from livedenoise.live.sources import (
@@ -209,3 +209,68 @@ def test_attached_source_peeks_live_acquisition_without_popping() -> None:
     assert src.seen == len(sink) and src.seen + src.not_seen == idx[-1] + 1
     # frames seen are the core's frames with those numbers
     assert all(i.missed_reason == "not-seen" for i in sink.infos)
+
+
+@pytest.mark.parametrize("call", ["popNextImageAndMD", "popNextImage"])
+def test_attached_source_follows_a_live_mode_already_running_and_popping(call: str) -> None:
+    core, _ = sim_core(64, exposure_ms=2.0)
+    src = AttachedSource(core, poll_interval_ms=0.5)
+    other = OtherProgram(core, attached=src.attached, call=call).start()
+    assert wait_for(lambda: len(other.popped) >= 10)  # running, its buffer kept empty by its pops
+    sink = Collector()
+    with running_source(src, sink):
+        assert src.attached.wait(5.0)
+        assert wait_for(lambda: len(sink) >= 40), (len(sink), src.describe())
+        other.stop()
+        assert wait_for(lambda: bool(sink.infos) and sink.infos[-1].truth_id == other.popped[-1][0])
+    ids = [i.truth_id for i in sink.infos]
+    assert ids == list(range(ids[0], ids[0] + len(ids)))  # every frame from the first one on
+    # popped after the attach but not taken: only frames already waiting in its buffer then (its past)
+    missed = {sim for sim, attached in other.popped if attached} - set(ids)
+    assert all(m < ids[0] for m in missed) and len(missed) <= 2, (missed, ids[0])
+    assert ids[-1] == other.popped[-1][0]  # up to the other program's last frame
+    assert src.seen == len(ids) and src.not_seen == 0
+    assert [i.index for i in sink.infos] == list(range(len(ids)))
+    assert core.popNextImage.__func__ is type(core).popNextImage  # the tap is gone after detach
+
+
+def test_attached_source_counts_the_tail_of_a_sequence_popped_in_bursts() -> None:
+    core, _ = sim_core(64, exposure_ms=2.0)
+    src = AttachedSource(core, poll_interval_ms=0.5)
+    sink = Collector()
+    with running_source(src, sink):
+        assert src.attached.wait(5.0)
+        other = OtherProgram(core, burst=8, frames=80, attached=src.attached).start()
+        other.stop()
+        assert wait_for(lambda: len(sink) + src.not_seen >= 80)
+    assert len(other.popped) == 80  # the other program got every frame
+    assert src.seen + src.not_seen == 80  # and every one of them is accounted for here
+    assert src.not_seen == 0 and [i.index for i in sink.infos] == list(range(80))
+
+
+def test_attached_source_sees_pops_through_a_method_looked_up_before_it_attached() -> None:
+    """``popNextImageAndMD`` bound before the attach still pops through ``popNextImageMD``: seen."""
+    core, _ = sim_core(64, exposure_ms=2.0)
+    src = AttachedSource(core, poll_interval_ms=50.0)  # a slow poll: the pops win
+    sink = Collector()
+    other = OtherProgram(_PreBound(core), frames=60)
+    with running_source(src, sink):
+        assert src.attached.wait(5.0)
+        other.attached = src.attached
+        other.start()
+        other.stop()
+        assert wait_for(lambda: len(sink) >= 60)
+    assert len(other.popped) == 60
+    assert src.seen == 60 and src.not_seen == 0
+    assert [i.truth_id for i in sink.infos] == [sim for sim, _ in other.popped]
+
+
+class _PreBound:
+    """The other program's core, with ``popNextImageAndMD`` looked up before livedenoise attached."""
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+        self.popNextImageAndMD = core.popNextImageAndMD
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._core, name)

@@ -120,7 +120,7 @@ def test_request_times_out_with_a_hint() -> None:
             TimeoutError, match="no livedenoise daemon answered at tcp://127.0.0.1:.* within 0.3 s"
         ):
             request(srv.endpoint, {"cmd": "status"}, timeout_s=0.3)
-        assert time.monotonic() - t < 2.0
+        assert time.monotonic() - t < 10.0  # the timeout, not a hang (slack for a loaded machine)
     finally:
         srv.close()
 
@@ -142,7 +142,12 @@ def test_curve_control_socket(tmp_path) -> None:
     srv.start()
     try:
         good = ClientSecurity(secret, keys / "server.key")
-        assert request(srv.endpoint, {"cmd": "status"}, security=good) == {"ok": True, "state": "idle"}
+        # an authorised client is answered (the CURVE handshake and the key check may take a while
+        # on a loaded machine: wait for the answer, not for a quiet machine)
+        assert request(srv.endpoint, {"cmd": "status"}, timeout_s=60, security=good) == {
+            "ok": True,
+            "state": "idle",
+        }
         with pytest.raises(TimeoutError):
             request(
                 srv.endpoint,
@@ -152,7 +157,7 @@ def test_curve_control_socket(tmp_path) -> None:
             )
         with pytest.raises(TimeoutError):
             request(srv.endpoint, {"cmd": "status"}, timeout_s=0.5)
-        assert request(srv.endpoint, {"cmd": "status"}, security=good)["ok"] is True
+        assert request(srv.endpoint, {"cmd": "status"}, timeout_s=60, security=good)["ok"] is True
     finally:
         srv.close()
 
