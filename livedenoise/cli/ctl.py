@@ -10,6 +10,7 @@ from typing import Any
 
 from livedenoise.cli import CLIError
 from livedenoise.cli._args import roi
+from livedenoise.live.qc import qc_verdict
 from livedenoise.transport.client import request
 from livedenoise.transport.security import ClientSecurity
 
@@ -140,6 +141,12 @@ def format_status(st: dict[str, Any]) -> str:
         f"latency end to end: p50 {e2e.get('p50')} ms, p99 {e2e.get('p99')} ms",
         "endpoints: " + ", ".join(f"{k} {v}" for k, v in (st.get("endpoints") or {}).items()),
     ]
+    qc = st.get("qc") or {}
+    if qc.get("frames"):
+        lines.append(
+            f"trust score: {100 * qc['ok_fraction']:.0f}% of {qc['frames']} restored frames ok, "
+            f"mean chi2 {qc['chi2_mean']}; last frame: {qc_verdict(qc.get('last'))}"
+        )
     return "\n".join(lines)
 
 
