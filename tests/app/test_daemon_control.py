@@ -270,6 +270,7 @@ def test_ctl_status_set_model_set_and_stop_from_the_shell(capsys: pytest.Capture
         out = capsys.readouterr().out
         assert "state: running" in out and "ROI [x, y, w, h, binning]: [0, 0, 64, 64, 1]" in out
         assert "frames: acquired" in out and "endpoints:" in out
+        assert "trust score:" in out and "follows the noise" in out  # passthrough: nothing restored
         assert main([*ctl, "--json", "status"]) == 0
         assert json.loads(capsys.readouterr().out)["state"] == "running"
         assert main([*ctl, "set", "--roi", "0,0,32,16", "--exposure-ms", "6"]) == 0
