@@ -420,31 +420,26 @@ def install_pair_commands(
         )
         return {"id": job_id, "state": "queued"}
 
-    def job(req: dict[str, Any]) -> dict[str, Any]:
-        job_id = req.get("id")
-        if not isinstance(job_id, str):
-            known = ", ".join(j["id"] for j in jobs.jobs()) or "none"
-            return {
-                "ok": False,
-                "error": f"job needs an 'id' string (from collect_pairs); known jobs: {known}",
-            }
-        try:
-            return jobs.job(job_id)
-        except KeyError as exc:
-            return {"ok": False, "error": str(exc.args[0])}
+    def by_id(cmd: str, act: Callable[[str], dict[str, Any]]) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        """A handler of ``{"cmd": cmd, "id": JOB}`` that calls ``act(JOB)``."""
 
-    def cancel(req: dict[str, Any]) -> dict[str, Any]:
-        job_id = req.get("id")
-        if not isinstance(job_id, str):
-            known = ", ".join(j["id"] for j in jobs.jobs()) or "none"
-            return {
-                "ok": False,
-                "error": f"cancel needs an 'id' string (from collect_pairs); known jobs: {known}",
-            }
-        try:
-            return jobs.cancel(job_id)
-        except KeyError as exc:
-            return {"ok": False, "error": str(exc.args[0])}
+        def handle(req: dict[str, Any]) -> dict[str, Any]:
+            job_id = req.get("id")
+            if not isinstance(job_id, str):
+                known = ", ".join(j["id"] for j in jobs.jobs()) or "none"
+                return {
+                    "ok": False,
+                    "error": f"{cmd} needs an 'id' string (from collect_pairs); known jobs: {known}",
+                }
+            try:
+                return act(job_id)
+            except KeyError as exc:
+                return {"ok": False, "error": str(exc.args[0])}
+
+        return handle
+
+    job = by_id("job", jobs.job)
+    cancel = by_id("cancel", jobs.cancel)
 
     server.register("collect_pairs", collect_pairs)
     server.register("job", job)

@@ -333,6 +333,42 @@ def fit_pairs(
     return history, after, best_step, step
 
 
+def derived_card(
+    init_card: Any,
+    new_id: str,
+    description: str,
+    *,
+    training: dict[str, Any],
+    heldout: tuple[str, dict[str, Any]],
+    command: str | None = None,
+) -> Any:
+    """The card of a model trained further from ``init_card`` (fine-tuned or adapted).
+
+    ``training`` gains the starting model, the command line (default: this process's argv) and
+    the starting model's own training record; ``quality`` holds the starting model's quality and
+    ``heldout = (key, measures)``. Id, path and checksum are left for :func:`save_model`.
+    """
+    return replace(
+        init_card,
+        id=new_id,
+        created="",
+        sha256="",
+        path=None,
+        description=description,
+        training={
+            "kind": training["kind"],
+            "init_model": {"id": init_card.id, "sha256": init_card.sha256, "path": init_card.path},
+            **{k: v for k, v in training.items() if k != "kind"},
+            "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+            "previous": init_card.training,
+        },
+        quality={
+            "init_model_quality": init_card.quality,  # measured on the initial model, not this one
+            heldout[0]: heldout[1],
+        },
+    )
+
+
 def finetune(
     dataset: str | os.PathLike[str] | PairDataset,
     init: str | os.PathLike[str] | None = None,
@@ -399,16 +435,12 @@ def finetune(
     history, after, best_step, step = fit_pairs(module, train_pairs, val_pairs, cfg, rng, before, progress)
     out_path = Path(output) if output is not None else None
     new_id = model_id or (out_path.stem if out_path is not None else f"{init_card.id}-ft")
-    card = replace(
+    card = derived_card(
         init_card,
-        id=new_id,
-        created="",
-        sha256="",
-        path=None,
-        description=f"{init_card.id} fine-tuned on the paired dataset {ds.path.name} ({len(train_pairs)} pairs)",
+        new_id,
+        f"{init_card.id} fine-tuned on the paired dataset {ds.path.name} ({len(train_pairs)} pairs)",
         training={
             "kind": "finetune",
-            "init_model": {"id": init_card.id, "sha256": init_card.sha256, "path": init_card.path},
             "dataset": {
                 "path": str(ds.path.resolve()),
                 "pairs": len(ds),
@@ -422,20 +454,19 @@ def finetune(
             "config": asdict(cfg),
             "steps": step,
             "best_step": best_step,
-            "command": command or " ".join(shlex.quote(a) for a in sys.argv),
             "seed": cfg.seed,
-            "previous": init_card.training,
         },
-        quality={
-            "init_model_quality": init_card.quality,  # measured on the initial model, not this one
-            "heldout_pairs": {
+        heldout=(
+            "heldout_pairs",
+            {
                 "before": before,
                 "after": after,
                 "deviance_change": round(after["poisson_deviance"] - before["poisson_deviance"], 5),
                 "psnr_gain_db": round(after["psnr_db"] - before["psnr_db"], 3),
                 "reference": "restored short vs long / r on held-out pairs",
             },
-        },
+        ),
+        command=command,
     )
     if out_path is not None:
         card = save_model(module, card, out_path)

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
-import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ import numpy as np
 
 from livedenoise.calibration.maps import Calibration, PhotonConverter
 from livedenoise.inference.modelio import load_model, save_model
-from livedenoise.training.finetune import FinetuneConfig, LoadedPair, evaluate_pairs, fit_pairs
+from livedenoise.training.finetune import FinetuneConfig, LoadedPair, derived_card, evaluate_pairs, fit_pairs
 
 __all__ = ["METHODS", "MIN_FRAMES", "SelfSupConfig", "adapt", "frames_to_e", "make_pairs", "read_frames"]
 
@@ -192,17 +190,13 @@ def adapt(
     history.update(method=method, improved=improved)
     out_path = Path(output) if output is not None else None
     new_id = model_id or (out_path.stem if out_path is not None else f"{init_card.id}-adapted")
-    card = replace(
+    card = derived_card(
         init_card,
-        id=new_id,
-        created="",
-        sha256="",
-        path=None,
-        description=f"{init_card.id} adapted to the sample by {method} self-supervision ({source})",
+        new_id,
+        f"{init_card.id} adapted to the sample by {method} self-supervision ({source})",
         training={
             "kind": "self-supervised",
             "method": method,
-            "init_model": {"id": init_card.id, "sha256": init_card.sha256, "path": init_card.path},
             "frames": {
                 "source": source,
                 "count": len(frames_e),
@@ -215,13 +209,11 @@ def adapt(
             "config": {"method": cfg.method, **asdict(ft)},
             "steps": steps,
             "best_step": best_step,
-            "command": command or " ".join(shlex.quote(a) for a in sys.argv),
             "seed": ft.seed,
-            "previous": init_card.training,
         },
-        quality={
-            "init_model_quality": init_card.quality,  # measured on the initial model, not this one
-            "heldout_frames": {
+        heldout=(
+            "heldout_frames",
+            {
                 "before": before,
                 "after": after,
                 "deviance_change": round(after["poisson_deviance"] - before["poisson_deviance"], 5),
@@ -229,7 +221,8 @@ def adapt(
                 "measure": f"Poisson deviance of one {method} view under the restoration of the other, "
                 "on held-out frames",
             },
-        },
+        ),
+        command=command,
     )
     if out_path is not None:
         card = save_model(module, card, out_path)
