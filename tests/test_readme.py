@@ -74,3 +74,20 @@ def test_subscriber_example_receives_a_frame(capsys: pytest.CaptureFixture[str])
         pub.close()
     out = capsys.readouterr().out
     assert re.search(r"frame \d+: 3\.50 photoelectrons \(model rln-denoise-v1\)", out), out
+
+
+def test_the_model_table_is_written_from_the_cards() -> None:
+    """The README's model table is what `python tools/train_shipped.py table` makes of models/*.json."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_shipped", ROOT / "tools" / "train_shipped.py")
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    table = tool.model_table()
+    assert f"{tool.TABLE_BEGIN}\n{table}\n{tool.TABLE_END}" in README, (
+        "README.md's model table is stale: run `python tools/train_shipped.py table`"
+    )
+    from livedenoise.inference.modelio import DEFAULT_MODEL, QUALITY_MODEL
+
+    assert f"`{DEFAULT_MODEL}` (live default on the CPU)" in table and f"`{QUALITY_MODEL}` (quality)" in table

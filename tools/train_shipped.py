@@ -6,6 +6,9 @@ Usage (from the repository root)::
     python tools/train_shipped.py measure rln-denoise-v1     # held-out quality + CPU speed into the card
     python tools/train_shipped.py speed                      # only re-measure the speed (quiet machine)
     python tools/train_shipped.py all                        # train + measure every shipped model
+    python tools/train_shipped.py real                       # real-structure figures into the cards
+    python tools/train_shipped.py table                      # the README's model table, from the cards
+    python tools/train_shipped.py table --check              # exit 1 if the README's table is stale
 
 ``train`` runs ``livedenoise train`` with the arguments in ``SHIPPED`` (the same string
 ends up in the card's ``training.command``). ``measure`` adds to the card:
@@ -15,6 +18,13 @@ ends up in the card's ``training.command``). ``measure`` adds to the card:
   for the raw frame and the model;
 - ``speed``: milliseconds per 512x512 frame with the CPU engine, fp32 and bf16 (bf16 only
   where it passed validation against fp32), with the machine and its load.
+
+``real`` runs ``livedenoise evaluate --real`` (all 25 frames, GAT+BM3D on every frame when the
+``bm3d`` package is installed) over every shipped denoising model and writes each one's figures
+(mean PSNR, per peak, per background, flux bias, the baselines' means on the same frames) into
+``quality.real``; for a deconvolution model it runs ``evaluate --real --task deconvolve`` and writes
+``quality.real_deconvolution``. ``table`` writes the README's model table (between the
+``<!-- model-table -->`` markers) from the cards alone.
 """
 
 from __future__ import annotations
@@ -128,6 +138,122 @@ SHIPPED: dict[str, list[str]] = {
         "--id",
         "resunet-denoise-v1",
     ],
+    # the fast live model: RESUNET with a 4x pixel-unshuffle front end, sample-like data
+    "resunet-live-v1": [
+        "--arch",
+        "resunet",
+        "--arch-param",
+        "channels=[32,64,128,256]",
+        "--arch-param",
+        "unshuffle=4",
+        "--arch-param",
+        "mid_blocks=2",
+        "--task",
+        "denoise",
+        "--loss",
+        "poisson",
+        "--steps",
+        "6000",
+        "--epoch-steps",
+        "250",
+        "--batch",
+        "16",
+        "--patch",
+        "128",
+        "--lr",
+        "0.002",
+        "--lr-schedule",
+        "cosine",
+        "--peak-range",
+        "1",
+        "500",
+        "--data",
+        "sample",
+        "--seed",
+        "3",
+        "--val-size",
+        "24",
+        "--threads",
+        "1",
+        "--id",
+        "resunet-live-v1",
+    ],
+    # the quality model: RESUNET with a 2x pixel-unshuffle front end, four levels, sample-like data
+    "resunet-denoise-v2": [
+        "--arch",
+        "resunet",
+        "--arch-param",
+        "channels=[32,64,128,256]",
+        "--arch-param",
+        "unshuffle=2",
+        "--arch-param",
+        "mid_blocks=2",
+        "--task",
+        "denoise",
+        "--loss",
+        "poisson",
+        "--steps",
+        "4500",
+        "--epoch-steps",
+        "250",
+        "--batch",
+        "8",
+        "--patch",
+        "128",
+        "--lr",
+        "0.0015",
+        "--lr-schedule",
+        "cosine",
+        "--peak-range",
+        "1",
+        "500",
+        "--data",
+        "sample",
+        "--seed",
+        "4",
+        "--val-size",
+        "24",
+        "--threads",
+        "1",
+        "--id",
+        "resunet-denoise-v2",
+    ],
+    # deconvolution: the paper's RLN (softplus) for one microscope (1.4 NA, 520 nm, 65 nm pixels)
+    "rln-deconvolve-v1": [
+        "--arch",
+        "rln",
+        "--task",
+        "deconvolve",
+        "--psf",
+        "airy-na1.4",
+        "--loss",
+        "poisson",
+        "--steps",
+        "3000",
+        "--epoch-steps",
+        "250",
+        "--batch",
+        "16",
+        "--patch",
+        "64",
+        "--lr",
+        "0.005",
+        "--lr-schedule",
+        "cosine",
+        "--peak-range",
+        "1",
+        "500",
+        "--data",
+        "sample",
+        "--seed",
+        "5",
+        "--val-size",
+        "24",
+        "--threads",
+        "1",
+        "--id",
+        "rln-deconvolve-v1",
+    ],
 }
 
 EVAL_PEAKS_E = (2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 300.0)
@@ -152,7 +278,7 @@ def train(model_id: str) -> None:
         raise SystemExit(rc)
 
 
-def measure_quality(module) -> dict:
+def measure_quality(module, task: str = "denoise") -> dict:
     import numpy as np
 
     from livedenoise.imaging.synthetic import make_eval_set
@@ -160,7 +286,7 @@ def measure_quality(module) -> dict:
 
     per_peak = {}
     for i, peak in enumerate(EVAL_PEAKS_E):
-        x, t, _ = make_eval_set(EVAL_FRAMES_PER_PEAK, EVAL_SIZE, (peak, peak), "denoise", seed=EVAL_SEED + i)
+        x, t, _ = make_eval_set(EVAL_FRAMES_PER_PEAK, EVAL_SIZE, (peak, peak), task, seed=EVAL_SEED + i)
         ev = evaluate_psnr(module, x, t)
         per_peak[f"{peak:g}"] = {
             "raw_psnr_db": round(ev["raw_psnr_db"], 2),
@@ -218,30 +344,183 @@ def measure(model_id: str, quality: bool = True) -> None:
     from livedenoise.inference.modelio import load_model, save_model
 
     module, card = load_model(ROOT / "models" / f"{model_id}.pt")
-    if quality:
+    if quality and card.task == "denoise":
         card.quality["held_out"] = measure_quality(module)
     card.speed = measure_speed(str(ROOT / "models" / f"{model_id}.pt"))
     save_model(module, card, ROOT / "models" / f"{model_id}.pt")
-    q = card.quality["held_out"]["mean_5_100_e"]
+    q = card.quality.get("held_out", {}).get("mean_5_100_e", {})
     print(
-        f"{model_id}: held-out 5-100 e- mean PSNR {q['psnr_db']} dB (raw {q['raw_psnr_db']} dB); speed {card.speed}"
+        f"{model_id}: held-out 5-100 e- mean PSNR {q.get('psnr_db')} dB (raw {q.get('raw_psnr_db')} dB); "
+        f"speed {card.speed}"
     )
+
+
+def _r(v, nd: int = 2):
+    return None if v is None else round(float(v), nd)
+
+
+def measure_real(ids: list[str]) -> None:
+    """Real-structure figures of the shipped models into their cards (see the module docstring)."""
+    from livedenoise.inference.modelio import load_model, save_model
+    from livedenoise.training.baselines import available_baselines
+    from livedenoise.training.evaluate_deconv import RealDeconvConfig, evaluate_real_deconv
+    from livedenoise.training.evaluate_real import RealEvalConfig, evaluate_real
+
+    cards = {m: load_model(ROOT / "models" / f"{m}.pt") for m in ids}
+    denoise = [m for m in ids if cards[m][1].task == "denoise"]
+    results: dict[str, dict] = {}
+    if denoise:
+        avail = available_baselines("denoise")
+        baselines = [b for b in ("tv", "gat-nlm", "gat-bm3d") if avail[b][0]]
+        paths = [str(ROOT / "models" / f"{m}.pt") for m in denoise]
+        rep = evaluate_real(RealEvalConfig(models=paths, baselines=baselines), progress=True)
+        date = time.strftime("%Y-%m-%d")
+        for m in denoise:
+            s = rep["summary"][m]
+            results[m] = {
+                "real": {
+                    "set": (
+                        f"livedenoise evaluate --real: {len(rep['frames'])} frames of 256x256 (7 real crops x "
+                        "peaks 2,5,20,100,500 e- x backgrounds 0,1,3,10,30 e-, PSFs gauss-0.8, airy-na1.4, "
+                        f"airy-na0.75), seed 0, {date}"
+                    ),
+                    "psnr_db": _r(s["psnr"]),
+                    "per_peak_psnr_db": {k: _r(v["psnr"]) for k, v in rep["by_peak"][m].items()},
+                    "per_background_psnr_db": {k: _r(v["psnr"]) for k, v in rep["by_background"][m].items()},
+                    "max_abs_flux_bias_pct": _r(100 * s["max_abs_bias_rel"]),
+                    "background_bias_e_per_background": {
+                        k: _r(v["bg_bias_e"], 3) for k, v in rep["by_background"][m].items()
+                    },
+                    "counts_kept_pct": _r(100 * s["kept"], 0),
+                    "levels_not_kept": s["levels_not_kept"],
+                    "baselines_psnr_db": {b: _r(rep["summary"][b]["psnr"]) for b in baselines},
+                    "ms_per_256_frame": _r(rep["ms_per_frame"][m], 1),
+                }
+            }
+    for m in ids:
+        module, card = cards[m]
+        if card.task == "deconvolve":
+            rep = evaluate_real_deconv(
+                RealDeconvConfig(model=str(ROOT / "models" / f"{m}.pt")), progress=True
+            )
+            results[m] = {
+                "real_deconvolution": {
+                    "set": f"livedenoise evaluate --real --task deconvolve: {len(rep['frames'])} frames of 256x256, "
+                    f"blurred by {rep['psf']['name']}, truth seen through a Gaussian of sigma "
+                    f"{rep['psf']['target_sigma_px']:.2f} px, seed 0, {time.strftime('%Y-%m-%d')}",
+                    "psnr_db": _r(rep["summary"][rep["model"]]),
+                    "richardson_lucy_best_psnr_db": _r(rep["summary"]["rl-best"]),
+                    "richardson_lucy_best_iterations": rep["rl_best_iterations"],
+                    "gain_over_richardson_lucy_db": _r(rep["gain_db"]),
+                    "per_peak_psnr_db": {k: _r(v) for k, v in rep["by_peak"][rep["model"]].items()},
+                    "raw_psnr_db": _r(rep["summary"]["raw"]),
+                }
+            }
+        if m in results:
+            card.quality.update(results[m])
+            save_model(module, card, ROOT / "models" / f"{m}.pt")
+            print(f"{m}: {results[m]}")
+
+
+TABLE_BEGIN = "<!-- model-table: generated by `python tools/train_shipped.py table` from models/*.json -->"
+TABLE_END = "<!-- /model-table -->"
+
+
+def _network(card) -> str:
+    p = card.arch_params
+    if card.architecture == "resunet":
+        r = int(p.get("unshuffle", 1))
+        ch = "-".join(str(c) for c in p.get("channels", (32, 64, 128)))
+        front = f", {r}× pixel-unshuffle" if r > 1 else ""
+        return f"RESUNET {ch}{front}"
+    act = p.get("activation", "softplus")
+    return "RLN, ReLU hidden layers" if act == "relu" else "RLN, softplus (as in the paper)"
+
+
+def model_table() -> str:
+    """The README's model table, from the cards in models/ alone."""
+    from livedenoise.inference.modelio import DEFAULT_MODEL, QUALITY_MODEL, list_models
+
+    cards = [c for c in list_models() if c.path and Path(c.path).resolve().parent == ROOT / "models"]
+    order = {DEFAULT_MODEL: 0, QUALITY_MODEL: 1}
+    cards.sort(key=lambda c: (order.get(c.id, 2), c.task != "denoise", c.id))
+    rows = [
+        "| model | task, network | parameters | real structures: mean PSNR (GAT+BM3D on the same frames) "
+        "| photon counts kept | 512² on the 2-core CPU (engine p50) | reproduce |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in cards:
+        role = {DEFAULT_MODEL: " (live default on the CPU)", QUALITY_MODEL: " (quality)"}.get(c.id, "")
+        real, dec = c.quality.get("real"), c.quality.get("real_deconvolution")
+        if real:
+            ref = real.get("baselines_psnr_db", {}).get("gat-bm3d")
+            quality = f"{real['psnr_db']:.2f} dB" + (f" ({ref:.2f} dB)" if ref is not None else "")
+            bad = real.get("levels_not_kept", [])
+            kept = "yes, at every peak and background" if not bad else "no: " + ", ".join(bad)
+        elif dec:
+            quality = (
+                f"deconvolution: {dec['psnr_db']:.2f} dB, {dec['gain_over_richardson_lucy_db']:+.2f} dB over "
+                f"Richardson–Lucy at its best ({dec['richardson_lucy_best_psnr_db']:.2f} dB)"
+            )
+            kept = "–"
+        else:
+            quality, kept = "not measured", "–"
+        sp = c.speed or {}
+        ms = [
+            sp.get(k)
+            for k in ("fp32_2t_ms_median", "bf16_2t_ms_median")
+            if isinstance(sp.get(k), (int, float))
+        ]
+        speed = f"{min(ms):.0f} ms" if ms else "–"
+        psf = c.training.get("psf")
+        task = f"{c.task} ({psf['name']})" if isinstance(psf, dict) else c.task
+        n = c.parameters
+        params = f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k" if n >= 1e4 else f"{n / 1e3:.1f}k"
+        rows.append(
+            f"| `{c.id}`{role} | {task}, {_network(c)} | {params} | {quality} | {kept} | {speed} "
+            f"| `python tools/train_shipped.py train {c.id}` |"
+        )
+    return "\n".join(rows)
+
+
+def write_table(check: bool) -> int:
+    readme = ROOT / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    if TABLE_BEGIN not in text or TABLE_END not in text:
+        print(f"README.md lacks the markers {TABLE_BEGIN!r} ... {TABLE_END!r}", file=sys.stderr)
+        return 1
+    head, rest = text.split(TABLE_BEGIN, 1)
+    _, tail = rest.split(TABLE_END, 1)
+    new = f"{head}{TABLE_BEGIN}\n{model_table()}\n{TABLE_END}{tail}"
+    if check:
+        if new != text:
+            print("README.md's model table differs from the cards: run `python tools/train_shipped.py table`")
+            return 1
+        return 0
+    readme.write_text(new, encoding="utf-8")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "action",
-        choices=("train", "measure", "speed", "all"),
+        choices=("train", "measure", "speed", "all", "real", "table"),
         help="speed: re-measure only the speed (e.g. on a quiet machine)",
     )
     p.add_argument("models", nargs="*", help=f"model ids (default: all of {', '.join(SHIPPED)})")
+    p.add_argument("--check", action="store_true", help="table: only check that the README is current")
     a = p.parse_args(argv)
     os.chdir(ROOT)
+    if a.action == "table":
+        return write_table(a.check)
     ids = a.models or list(SHIPPED)
     unknown = [m for m in ids if m not in SHIPPED]
     if unknown:
         p.error(f"unknown model ids {unknown}; shipped: {', '.join(SHIPPED)}")
+    if a.action == "real":
+        measure_real(ids)
+        return 0
     for m in ids:
         if a.action in ("train", "all"):
             train(m)

@@ -21,6 +21,7 @@ import numpy as np
 
 from livedenoise.acquisition.core import CameraSettings, CoreError, apply_camera_settings, sensor_shape
 from livedenoise.acquisition.jobs import JobManager, install_pair_commands
+from livedenoise.app.modelchoice import choose_model
 from livedenoise.calibration.maps import Calibration, CalibrationError, read_calibration
 from livedenoise.imaging.metrics import psnr
 from livedenoise.inference.engines import Engine, EngineUnavailable, PassthroughEngine, make_engine
@@ -269,6 +270,29 @@ def choose_engine(
             file=out or sys.stderr,
         )
         return PassthroughEngine()
+
+
+def start_live_engine(
+    kind: str | None,
+    model: str | None,
+    core: Any,
+    *,
+    fallback: bool,
+    options: dict[str, Any] | None = None,
+    out: TextIO | None = None,
+) -> Engine:
+    """The engine for the live path, with the model chosen for the camera (:mod:`livedenoise.app.modelchoice`).
+
+    Prints the choice and its reason (``livedenoise: model ...``) before anything loads, so it is
+    the first line of ``serve`` and ``demo``.
+    """
+    shape = (int(core.getImageHeight()), int(core.getImageWidth()))
+    interval_ms = max(float(core.getExposure()), 0.1)
+    choice = choose_model(kind, model, frame_shape=shape, frame_interval_ms=interval_ms, options=options)
+    print(f"livedenoise: model {choice.model or 'none'}: {choice.reason}", file=out or sys.stdout, flush=True)
+    if choice.engine is not None:
+        return choice.engine
+    return choose_engine(kind, choice.model, fallback=fallback, out=out, options=options)
 
 
 class QualitySampler:

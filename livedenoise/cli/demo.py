@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from livedenoise.acquisition.core import CameraSettings, apply_camera_settings
-from livedenoise.app.daemon import choose_engine, run_live
+from livedenoise.app.daemon import run_live, start_live_engine
 from livedenoise.calibration.maps import read_calibration
 from livedenoise.cli._args import (
     CLIError,
@@ -116,9 +116,10 @@ def run(args: argparse.Namespace) -> int:
         calibration = read_calibration(args.calibration)
     else:
         calibration = camera.true_calibration()
-    engine = choose_engine(
+    engine = start_live_engine(
         args.engine,
         configured_model(config),
+        core,
         fallback=args.engine is None and args.model is None,
         options=engine_options(args.precision),
     )

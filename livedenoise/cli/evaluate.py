@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from livedenoise.cli._args import CLIError
+from livedenoise.inference.modelio import list_models
 from livedenoise.training.baselines import tune
 from livedenoise.training.evaluate import EvalConfig, evaluate, format_markdown, tuning_set
+from livedenoise.training.evaluate_deconv import (
+    RealDeconvConfig,
+    evaluate_real_deconv,
+    format_deconv_markdown,
+)
 from livedenoise.training.evaluate_real import (
     PSFS,
     RealEvalConfig,
@@ -33,12 +40,15 @@ livedenoise/training/data/real/README.md; evaluation only, never training) blurr
 Gaussian and widefield Born-Wolf PSFs, at peaks 2-500 e- and backgrounds 0-30 e-, through
 the sCMOS camera model. Prints PSNR per peak and per background, the flux bias (restored
 mean vs truth, whole frame and background regions), the time per frame, and writes a PNG
-figure (raw | restored | truth, PSNR vs peak).
+figure (raw | restored | truth, PSNR vs peak). With --real --task deconvolve: each
+deconvolution model against Richardson-Lucy with the model's PSF (from its card) at its
+best iteration count per peak, on the same structures blurred by that PSF.
 
 examples:
   livedenoise evaluate                               # all models, all baselines (~2-3 min on 2 cores)
   livedenoise evaluate --real --figure real.png      # real structures (GAT+BM3D if `bm3d` is installed)
   livedenoise evaluate --real --bm3d-every 3 --size 128 --json real.json
+  livedenoise evaluate --real --task deconvolve      # rln-deconvolve-v1 against Richardson-Lucy
   livedenoise evaluate --models rln-denoise-v1 --baselines gat-nlm,tv --n 2 --json eval.json
   livedenoise evaluate --tune-baselines              # re-tune baseline parameters (tuning seed only)
 """
@@ -108,7 +118,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--figure",
         metavar="OUT.png",
         default="evaluate-real.png",
-        help="figure to write with --real (default %(default)s; 'none' for no figure)",
+        help="figure to write with --real (default %(default)s; 'none' for no figure; "
+        "--real --task deconvolve writes no figure)",
     )
     real.add_argument("--force", action="store_true", help="overwrite an existing --figure / --json")
 
@@ -171,9 +182,70 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deconvolve_models(args: argparse.Namespace) -> list[str]:
+    if args.models is not None:
+        if args.models == ["none"]:
+            raise CLIError(
+                "--real --task deconvolve compares models with Richardson-Lucy: name at least one model"
+            )
+        return list(args.models)
+    ids = [c.id for c in list_models() if c.task == "deconvolve" and isinstance(c.training.get("psf"), dict)]
+    if not ids:
+        raise CLIError(
+            "no installed deconvolution model names its PSF; train one with "
+            "`livedenoise train --task deconvolve --psf NAME` or pass --models"
+        )
+    return ids
+
+
+def _real_deconv(args: argparse.Namespace) -> int:
+    import json
+
+    if args.json and Path(args.json).exists() and not args.force:
+        raise CLIError(f"{args.json} exists; choose another name or pass --force to overwrite it")
+    if args.json:
+        check_writable_dir(Path(args.json).parent if str(Path(args.json).parent) else Path("."), args.json)
+    opts = {"precision": args.precision} if args.precision else {}
+    kw: dict[str, object] = {}
+    if args.peaks:
+        kw["peaks"] = args.peaks
+    if args.backgrounds:
+        kw["backgrounds"] = args.backgrounds
+    reports = []
+    for model in _deconvolve_models(args):
+        try:
+            cfg = RealDeconvConfig(
+                model=model,
+                crops=args.crops,
+                size=min(args.size, 256),
+                reps=1 if args.n is None else args.n,
+                seed=args.seed,
+                engine=args.engine,
+                engine_options=opts,
+                **kw,  # type: ignore[arg-type]
+            )
+            report = evaluate_real_deconv(cfg, progress=False if args.no_progress else None)
+        except (ValueError, FileNotFoundError) as exc:
+            raise CLIError(str(exc)) from None
+        print(format_deconv_markdown(report))
+        print(
+            f"\n{report['seconds']:.0f} s on {report['machine']['processor']} "
+            f"({report['machine']['cpus']} CPUs)\n"
+        )
+        reports.append(report)
+    if args.json:
+        with atomic_path(args.json, "JSON results") as tmp:
+            tmp.write_text(json.dumps(reports if len(reports) > 1 else reports[0], indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _real(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
+
+    if args.task == "deconvolve":
+        return _real_deconv(args)
 
     figure = None if args.figure in (None, "", "none") else Path(args.figure)
     for path in (figure, Path(args.json) if args.json else None):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from livedenoise.acquisition.core import CameraSettings, apply_camera_settings, load_core
-from livedenoise.app.daemon import choose_engine, run_live
+from livedenoise.app.daemon import run_live, start_live_engine
 from livedenoise.calibration.maps import Calibration, read_calibration
 from livedenoise.cli._args import (
     CLIError,
@@ -124,6 +124,9 @@ def run(args: argparse.Namespace) -> int:
     settings = CameraSettings(args.exposure_ms, args.binning, args.roi)
     if settings != CameraSettings():
         apply_camera_settings(core, settings)
+    engine = start_live_engine(
+        config.engine, configured_model(config), core, fallback=False, options=engine_options(args.precision)
+    )
     camera_label = core.getCameraDevice()
     sim = None
     if getattr(core, "isPyDevice", lambda label: False)(camera_label):
@@ -150,9 +153,6 @@ def run(args: argparse.Namespace) -> int:
             "--no-calibration --nominal-gain-adu-per-e G --nominal-offset-adu O with the values "
             "from the camera's data sheet"
         )
-    engine = choose_engine(
-        config.engine, configured_model(config), fallback=False, options=engine_options(args.precision)
-    )
     source = CoreSource(core, truth=truth, poll_interval_ms=config.poll_interval_ms)
     return run_live(source, engine, calibration, config, seconds=args.seconds)
 

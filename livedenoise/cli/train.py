@@ -11,6 +11,7 @@ from typing import Any
 
 from livedenoise.cli._args import CLIError, add_force_argument, existing_outputs
 from livedenoise.cli._selfsup import add_selfsup_arguments, run_selfsup
+from livedenoise.imaging.psf import NAMED_PSFS
 from livedenoise.inference.modelio import save_model
 from livedenoise.training.finetune import FinetuneConfig, finetune
 from livedenoise.training.train import TrainConfig, train
@@ -94,6 +95,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "textured nuclei, puncta, tubules, backgrounds 0-30 e- with drifts and haze, PSFs from "
         "sigma 0.8 px to wide widefield); default %(default)s",
     )
+    p.add_argument(
+        "--psf",
+        choices=tuple(NAMED_PSFS),
+        help="blur every synthetic frame by this one PSF, recorded in the card (a deconvolution model "
+        "for one microscope: gauss-0.8, airy-na1.4 = 1.4 NA at 520 nm on 65 nm pixels, airy-na0.75 "
+        "= 0.75 NA at 600 nm on 100 nm pixels); default: a PSF drawn per frame",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-size", type=int, default=24, help="validation frames (96x96)")
     p.add_argument("--checkpoint-dir", help="write last.pt here every epoch")
@@ -142,6 +150,7 @@ def canonical_command(args: argparse.Namespace) -> str:
         f"{args.peak_range[0]:g}",
         f"{args.peak_range[1]:g}",
         *(["--data", args.data] if args.data != "legacy" else []),
+        *(["--psf", args.psf] if args.psf else []),
         "--seed",
         str(args.seed),
         "--val-size",
@@ -254,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
         lr_schedule=args.lr_schedule,
         peak_e_range=tuple(args.peak_range),
         data=args.data,
+        psf=args.psf,
         seed=args.seed,
         val_size=args.val_size,
         checkpoint_dir=args.checkpoint_dir,

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["airy_psf", "airy_sigma_px", "convolve_fft", "gaussian_psf"]
+__all__ = [
+    "NAMED_PSFS",
+    "airy_psf",
+    "airy_sigma_px",
+    "convolve_fft",
+    "deconvolve_target_psf",
+    "gaussian_psf",
+    "named_psf",
+]
 
 
 def _grid(size: int, oversample: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,3 +117,37 @@ def convolve_fft(image: np.ndarray, psf: np.ndarray) -> np.ndarray:
     padded = np.pad(image.astype(np.float32, copy=False), ((ph, ph), (pw, pw)), mode="reflect")
     out = fftconvolve(padded, psf, mode="valid")
     return np.maximum(out, 0).astype(np.float32, copy=False)
+
+
+NAMED_PSFS: dict[str, tuple[str, dict[str, float]]] = {
+    "gauss-0.8": ("gaussian", {"sigma_px": 0.8}),
+    "airy-na1.4": ("airy", {"na": 1.4, "wavelength_nm": 520.0, "pixel_nm": 65.0}),
+    "airy-na0.75": ("airy", {"na": 0.75, "wavelength_nm": 600.0, "pixel_nm": 100.0}),
+}
+"""PSFs known by name: the real-structure evaluation's, and the fixed PSF of a deconvolution model.
+
+``gauss-0.8``: a sharp Gaussian of sigma 0.8 px; ``airy-na1.4``: in-focus widefield Born-Wolf
+PSF of a 1.4 NA oil objective at 520 nm on 65 nm pixels (sigma ~1.2 px); ``airy-na0.75``: a
+0.75 NA air objective at 600 nm on 100 nm pixels (sigma ~1.7 px).
+"""
+
+
+def named_psf(name: str) -> tuple[np.ndarray, dict[str, float | str]]:
+    """The kernel of a :data:`NAMED_PSFS` entry and its description (with ``sigma_px``)."""
+    try:
+        kind, params = NAMED_PSFS[name]
+    except KeyError:
+        raise ValueError(f"unknown PSF {name!r}; choose from {', '.join(NAMED_PSFS)}") from None
+    if kind == "gaussian":
+        return gaussian_psf(params["sigma_px"]), {"name": name, "psf": kind, **params}
+    sigma = airy_sigma_px(params["na"], params["wavelength_nm"], params["pixel_nm"])
+    kernel = airy_psf(params["na"], params["wavelength_nm"], params["pixel_nm"])
+    return kernel, {"name": name, "psf": kind, **params, "sigma_px": sigma}
+
+
+def deconvolve_target_psf(sigma_px: float) -> np.ndarray:
+    """What the ``deconvolve`` task restores to: the object seen through a Gaussian of half the PSF's width.
+
+    (At least 0.35 px, so that the target stays a band-limited image on the camera grid.)
+    """
+    return gaussian_psf(max(0.35, float(sigma_px) / 2))

@@ -35,7 +35,14 @@ from typing import Any
 import numpy as np
 
 from livedenoise.imaging import samples
-from livedenoise.imaging.psf import airy_psf, airy_sigma_px, convolve_fft, gaussian_psf
+from livedenoise.imaging.psf import (
+    airy_psf,
+    airy_sigma_px,
+    convolve_fft,
+    deconvolve_target_psf,
+    gaussian_psf,
+    named_psf,
+)
 
 __all__ = [
     "BACKGROUNDS",
@@ -290,18 +297,20 @@ def make_frame(
     *,
     background: str = "legacy",
     psf_range: str = "legacy",
+    psf: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """One synthetic frame: ``(input_e, target_e, params)``, float32 ``(size, size)``.
 
     ``background`` (:data:`BACKGROUNDS`) and ``psf_range`` (:data:`PSF_RANGES`) choose the
-    sample-like variants; the defaults reproduce the original frames seed for seed.
+    sample-like variants; the defaults reproduce the original frames seed for seed. ``psf``
+    (a :data:`~livedenoise.imaging.psf.NAMED_PSFS` name) fixes the PSF instead of drawing one.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     _check_variants(background, psf_range)
     obj = make_phantom(rng, size, mix)
-    psf, pinfo = random_psf(rng) if psf_range == "legacy" else samples.sample_psf(rng)
-    blurred = convolve_fft(obj, psf)
+    kernel, pinfo = _draw_psf(rng, psf_range, psf)
+    blurred = convolve_fft(obj, kernel)
     scale = float(np.percentile(blurred, 99.9))
     scale = scale if scale > 1e-6 else 1.0
     bg_params: dict[str, Any] = {}
@@ -313,13 +322,19 @@ def make_frame(
     if task == "denoise":
         target = expected
     else:
-        narrow = gaussian_psf(max(0.35, pinfo["sigma_px"] / 2))
+        narrow = deconvolve_target_psf(pinfo["sigma_px"])
         target = (convolve_fft(obj, narrow) * (peak_e / scale) + bg_e).astype(np.float32)
     noisy, cam = add_noise(rng, expected)
     params = {"peak_e": float(peak_e), "background_e": bg_e, **pinfo, **cam}
     if bg_params:
         params.update(bg_params)
     return noisy, target, params
+
+
+def _draw_psf(rng: np.random.Generator, psf_range: str, psf: str | None) -> tuple[np.ndarray, dict[str, Any]]:
+    if psf is not None:
+        return named_psf(psf)
+    return random_psf(rng) if psf_range == "legacy" else samples.sample_psf(rng)
 
 
 def _check_variants(background: str, psf_range: str) -> None:
@@ -341,6 +356,9 @@ def make_eval_set(
     seed: int = 0,
     *,
     held_out: bool = True,
+    background: str = "legacy",
+    psf_range: str = "legacy",
+    psf: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """A fixed evaluation set.
 
@@ -357,6 +375,8 @@ def make_eval_set(
     seed : int
         Seed; with ``held_out`` the generator uses ``seed + EVAL_SEED_OFFSET`` and the
         :data:`HELD_OUT_MIX` structure mix, which training never uses.
+    background, psf_range, psf : str
+        As in :func:`make_frame` (sample-like backgrounds and PSFs, a fixed named PSF).
 
     Returns
     -------
@@ -375,7 +395,16 @@ def make_eval_set(
     ts = np.empty((n, size, size), np.float32)
     params = []
     for i in range(n):
-        xs[i], ts[i], p = make_frame(rng, size, _log_uniform(rng, lo, hi), task, mix)
+        xs[i], ts[i], p = make_frame(
+            rng,
+            size,
+            _log_uniform(rng, lo, hi),
+            task,
+            mix,
+            background=background,
+            psf_range=psf_range,
+            psf=psf,
+        )
         params.append(p)
     return xs, ts, params
 
@@ -408,6 +437,9 @@ class SyntheticPatches:
         ``"legacy"`` (the original stream, seed for seed) or ``"sample"`` / ``"wide"``: per-patch
         backgrounds of 0-30 e- with drifts and out-of-focus haze, PSFs from sigma 0.8 px to wide
         widefield (:mod:`livedenoise.imaging.samples`).
+    psf : str or None
+        A :data:`~livedenoise.imaging.psf.NAMED_PSFS` name: every patch is blurred by that one
+        PSF (a deconvolution model is made for one microscope), instead of a drawn one.
     """
 
     patch: int = 64
@@ -419,24 +451,27 @@ class SyntheticPatches:
     refresh_every: int = 4
     background: str = "legacy"
     psf_range: str = "legacy"
+    psf: str | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
         _check_variants(self.background, self.psf_range)
+        if self.psf is not None:
+            named_psf(self.psf)  # raises on an unknown name
         if self.patch < 8:
             raise ValueError(f"patch must be >= 8 pixels, got {self.patch}")
 
     def _clean(self, rng) -> tuple[np.ndarray, np.ndarray]:
         size = 2 * self.patch
         obj = make_phantom(rng, size, self.mix)
-        psf, pinfo = random_psf(rng) if self.psf_range == "legacy" else samples.sample_psf(rng)
-        blurred = convolve_fft(obj, psf)
+        kernel, pinfo = _draw_psf(rng, self.psf_range, self.psf)
+        blurred = convolve_fft(obj, kernel)
         scale = float(np.percentile(blurred, 99.9))
         scale = scale if scale > 1e-6 else 1.0
         if self.task == "denoise":
             return blurred / scale, blurred / scale
-        narrow = convolve_fft(obj, gaussian_psf(max(0.35, pinfo["sigma_px"] / 2)))
+        narrow = convolve_fft(obj, deconvolve_target_psf(pinfo["sigma_px"]))
         return blurred / scale, narrow / scale
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:

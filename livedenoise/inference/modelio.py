@@ -35,6 +35,7 @@ from livedenoise.util.paths import PathError, check_path_text, confine
 
 __all__ = [
     "DEFAULT_MODEL",
+    "QUALITY_MODEL",
     "SCHEMA_VERSION",
     "ModelCard",
     "ModelError",
@@ -53,6 +54,9 @@ SCHEMA_VERSION = 1
 DEFAULT_MODEL = "rln-denoise-v2"
 """The fast RLN used by the live pipeline when no model is named (ReLU variant: ~28 ms per
 512x512 frame in bf16 on a 2-core CPU; ``rln-denoise-v1``, all softplus, ~45 ms, ~0.25 dB better)."""
+QUALITY_MODEL = "resunet-denoise-v1"
+"""The quality model: ``livedenoise denoise`` uses it when asked, the daemon where it keeps up with the
+camera (a GPU engine, or a small or slow frame on the CPU; see :mod:`livedenoise.app.modelchoice`)."""
 UNITS = "photoelectrons"
 TASKS = ("denoise", "deconvolve")
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from livedenoise.imaging import metrics
-from livedenoise.imaging.psf import airy_psf, gaussian_psf
+from livedenoise.imaging.psf import airy_psf, deconvolve_target_psf, gaussian_psf
 from livedenoise.imaging.synthetic import make_eval_set
 from livedenoise.inference.engines import make_engine
 from livedenoise.inference.modelio import list_models
@@ -123,7 +123,7 @@ def _psfs(p: dict[str, Any], task: str) -> dict[str, np.ndarray] | None:
         psf = airy_psf(p["na"], p["wavelength_nm"], p["pixel_nm"])
     else:
         psf = gaussian_psf(p["sigma_px"])
-    return {"psf": psf, "target_psf": gaussian_psf(max(0.35, p["sigma_px"] / 2))}
+    return {"psf": psf, "target_psf": deconvolve_target_psf(p["sigma_px"])}
 
 
 def _score(est: np.ndarray, ref: np.ndarray) -> dict[str, float]:

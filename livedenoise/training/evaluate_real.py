@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from livedenoise.imaging import metrics
-from livedenoise.imaging.psf import airy_psf, convolve_fft, gaussian_psf
+from livedenoise.imaging.psf import NAMED_PSFS, convolve_fft, named_psf
 from livedenoise.imaging.synthetic import EVAL_SEED_OFFSET, add_noise
 from livedenoise.inference.engines import make_engine
 from livedenoise.inference.modelio import list_models
@@ -60,12 +60,7 @@ log = logging.getLogger("livedenoise")
 REAL_DIR = Path(__file__).resolve().parent / "data" / "real"
 DEFAULT_PEAKS: tuple[float, ...] = (2.0, 5.0, 20.0, 100.0, 500.0)
 DEFAULT_BACKGROUNDS: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0, 30.0)
-# name -> (kind, parameters)
-PSFS: dict[str, tuple[str, dict[str, float]]] = {
-    "gauss-0.8": ("gaussian", {"sigma_px": 0.8}),
-    "airy-na1.4": ("airy", {"na": 1.4, "wavelength_nm": 520.0, "pixel_nm": 65.0}),
-    "airy-na0.75": ("airy", {"na": 0.75, "wavelength_nm": 600.0, "pixel_nm": 100.0}),
-}
+PSFS = NAMED_PSFS  # the PSFs of the evaluation, by name
 SLOW_BASELINES = ("gat-bm3d",)
 BG_MASK_LEVEL = 0.02  # background region: blurred structure below this fraction of the peak
 KEEP_REL = 0.005  # photon counts kept: |bias| <= 0.5 % of the truth's mean ...
@@ -101,13 +96,7 @@ def load_real_crops(names: Sequence[str] | None = None, size: int | None = None)
 
 
 def _psf(name: str) -> np.ndarray:
-    try:
-        kind, params = PSFS[name]
-    except KeyError:
-        raise ValueError(f"unknown PSF {name!r}; choose from {', '.join(PSFS)}") from None
-    if kind == "gaussian":
-        return gaussian_psf(params["sigma_px"])
-    return airy_psf(params["na"], params["wavelength_nm"], params["pixel_nm"])
+    return named_psf(name)[0]
 
 
 @dataclass
@@ -219,7 +208,25 @@ def _frame_stats(est: np.ndarray, fr: dict[str, Any]) -> dict[str, Any]:
         "bg_bias_e": bg_e,
         "bg_bias_rel": (bg_e / bg_t) if (bg_e is not None and bg_t and bg_t > 0) else None,
         "kept": kept(bias_e, mean_t) and kept(bg_e, bg_t),
+        "truth_mean_e": mean_t,
+        "bg_truth_e": bg_t,
     }
+
+
+def _level_kept(rows: list[dict[str, Any]]) -> bool | None:
+    """Counts kept at one level: the mean bias over its frames within 0.5 % of the truth's mean or
+    0.05 e- per pixel, over whole frames and over the background regions alike."""
+    if not rows:
+        return None
+    ok = abs(float(np.mean([r["bias_e"] for r in rows]))) <= max(
+        KEEP_REL * float(np.mean([r["truth_mean_e"] for r in rows])), KEEP_ABS_E
+    )
+    bg = [r for r in rows if r["bg_bias_e"] is not None]
+    if bg:
+        ok = ok and abs(float(np.mean([r["bg_bias_e"] for r in bg]))) <= max(
+            KEEP_REL * float(np.mean([r["bg_truth_e"] for r in bg])), KEEP_ABS_E
+        )
+    return bool(ok)
 
 
 def _methods(cfg: RealEvalConfig) -> tuple[list[tuple[str, Any]], list[str]]:
@@ -327,6 +334,7 @@ def evaluate_real(cfg: RealEvalConfig, progress: bool | None = None) -> dict[str
             "bias_e": _mean([r["bias_e"] for r in rows]),
             "bg_bias_e": _mean([r["bg_bias_e"] for r in rows]),
             "kept": _mean([float(r["kept"]) for r in rows]),
+            "level_kept": _level_kept(rows),
         }
 
     slow_frames = [fr["index"] for fr in frames if fr["index"] % cfg.slow_every == 0]
@@ -341,6 +349,12 @@ def evaluate_real(cfg: RealEvalConfig, progress: bool | None = None) -> dict[str
             "max_abs_bias_rel": max((abs(r["bias_rel"]) for r in rows), default=None),
             "bg_bias_e": _mean([r["bg_bias_e"] for r in rows]),
             "kept": _mean([float(r["kept"]) for r in rows]),
+            "levels_not_kept": [
+                f"{'peak' if key == 'peak_e' else 'background'} {level:g} e-"
+                for key, levels in (("peak_e", cfg.peaks), ("background_e", cfg.backgrounds))
+                for level in levels
+                if agg(m, key, float(level))["level_kept"] is False
+            ],
         }
     return {
         "config": asdict(cfg),
@@ -440,6 +454,15 @@ def format_real_markdown(report: dict[str, Any]) -> str:
             + " | ".join([*cells, _f(None if s[m]["kept"] is None else 100 * s[m]["kept"], ".0f") + " %"])
             + " |"
         )
+    lines += [
+        "",
+        f"Photon counts kept at every peak and every background (the level's mean bias within {KEEP_REL:.1%} "
+        f"or {KEEP_ABS_E} e⁻/px, whole frames and background regions):",
+        "",
+    ]
+    for m in methods:
+        bad = s[m].get("levels_not_kept", [])
+        lines.append(f"- {m}: " + ("yes" if not bad else "no: " + ", ".join(bad)))
     gat = s.get("gat-bm3d")
     models = [m for m in report.get("models", {})]
     if gat and gat["psnr_slow_frames"] is not None and models:

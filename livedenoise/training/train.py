@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from livedenoise.imaging.psf import named_psf
 from livedenoise.imaging.synthetic import SAMPLE_MIX, TASKS, TRAIN_MIX, SyntheticPatches, make_eval_set
 from livedenoise.inference.modelio import ModelCard, load_model
 from livedenoise.inference.nets import ARCHITECTURES, build_network
@@ -68,6 +69,9 @@ class TrainConfig:
     data : ``"legacy"`` (the original phantoms, flat backgrounds, :func:`random_psf`) or
         ``"sample"`` (:data:`~livedenoise.imaging.synthetic.SAMPLE_MIX`, backgrounds 0-30 e- with
         drifts and haze, PSFs from sigma 0.8 px to wide widefield; :mod:`livedenoise.imaging.samples`).
+    psf : a :data:`~livedenoise.imaging.psf.NAMED_PSFS` name: every training patch (and validation
+        frame) is blurred by that one PSF, recorded in the card (a deconvolution model is made for
+        one microscope); None: PSFs drawn per patch.
     seed : seeds the network initialisation, the data stream and the validation set.
     val_size, val_px : validation frames and their side length.
     checkpoint_dir, resume : where ``last.pt`` goes each epoch; continue from it.
@@ -90,6 +94,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     peak_e_range: tuple[float, float] = (1.0, 500.0)
     data: str = "legacy"
+    psf: str | None = None
     seed: int = 0
     val_size: int = 24
     val_px: int = 96
@@ -112,6 +117,8 @@ class TrainConfig:
             raise ValueError(f"unknown loss {self.loss!r}; expected one of {tuple(LOSSES)}")
         if self.data not in DATA_KINDS:
             raise ValueError(f"unknown data {self.data!r}; expected one of {DATA_KINDS}")
+        if self.psf is not None:
+            named_psf(self.psf)  # raises on an unknown name
         if self.lr_schedule not in ("cosine", "exp", "constant"):
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; expected cosine, exp or constant")
         for name in ("patch", "batch", "steps", "epoch_steps", "val_size", "val_px"):
@@ -212,6 +219,7 @@ def _device(name: str):
 
 def _default_val(config: TrainConfig):
 
+    sample = config.data == "sample"
     x, t, _ = make_eval_set(
         config.val_size,
         config.val_px,
@@ -219,8 +227,22 @@ def _default_val(config: TrainConfig):
         config.task,
         seed=config.seed + VAL_SEED_OFFSET,
         held_out=False,
+        background="sample" if sample else "legacy",
+        psf_range="wide" if sample else "legacy",
+        psf=config.psf,
     )
     return x, t, np.ones(len(x), np.float32)
+
+
+def _psf_record(config: TrainConfig) -> dict[str, Any]:
+    """The fixed PSF of a run, as the card records it (and the target's PSF for ``deconvolve``)."""
+    _, info = named_psf(str(config.psf))
+    rec: dict[str, Any] = dict(info)
+    if config.task == "deconvolve":
+        rec["target"] = (
+            f"the object seen through a Gaussian of sigma {max(0.35, float(info['sigma_px']) / 2):g} px"
+        )
+    return rec
 
 
 def train(config: TrainConfig, data: Iterable | None = None, val_data=None, progress: bool = True):
@@ -301,12 +323,15 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
             mix=dict(SAMPLE_MIX if sample else TRAIN_MIX),
             background="sample" if sample else "legacy",
             psf_range="wide" if sample else "legacy",
+            psf=config.psf,
         )
         data_desc = (
             f"synthetic {'sample-like ' if sample else ''}phantoms ({config.task}), {config.patch}px patches, "
             f"peak {config.peak_e_range[0]:g}-{config.peak_e_range[1]:g} e- log-uniform, "
             "Poisson + sCMOS read noise, seed " + str(config.seed)
         )
+        if config.psf is not None:
+            data_desc += f", every patch blurred by the {config.psf} PSF"
     else:
         data_desc = getattr(data, "description", type(data).__name__)
     vx, vt, vr = _default_val(config) if val_data is None else val_data
@@ -424,6 +449,7 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
             "device": str(device),
             "torch_threads": torch.get_num_threads(),
             "init": config.init,
+            **({"psf": _psf_record(config)} if config.psf is not None else {}),
         },
         quality={
             "validation": {

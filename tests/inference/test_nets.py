@@ -8,7 +8,11 @@ from livedenoise.inference.nets import ARCHITECTURES, build_network, count_param
 
 SMALL = {"rln": {}, "resunet": {"channels": [8, 16, 16], "mid_blocks": 1}}
 # every architecture at its small size, plus the RLN's fast ReLU variant
-VARIANTS = {**{a: (a, SMALL[a]) for a in ARCHITECTURES}, "rln-relu": ("rln", {"activation": "relu"})}
+VARIANTS = {
+    **{a: (a, SMALL[a]) for a in ARCHITECTURES},
+    "rln-relu": ("rln", {"activation": "relu"}),
+    "resunet-unshuffle": ("resunet", {"channels": [8, 16], "mid_blocks": 1, "unshuffle": 4}),
+}
 
 
 @pytest.fixture(params=sorted(VARIANTS))
@@ -134,3 +138,39 @@ def test_relu_variant_outputs_are_non_negative_and_dead_units_stay_rare(rng):
     assert all((o >= 0).all() for o in outs)
     alive = np.mean([float((o > 0).float().mean()) for o in outs])
     assert alive > 0.3, f"only {alive:.0%} of the activations are non-zero"
+
+
+def test_unshuffle_front_end_runs_the_u_net_on_fewer_pixels(rng):
+    """With ``unshuffle=r`` the head sees r*r channels at 1/r resolution and the output is full size."""
+    torch.manual_seed(0)
+    net = build_network("resunet", channels=[8, 16], mid_blocks=1, unshuffle=2).eval()
+    assert net.head.in_channels == 4 and net.tail.out_channels == 4
+    assert net.multiple == 4
+    seen = []
+    net.enc[0].register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    x = torch.from_numpy(rng.poisson(20.0, (1, 1, 30, 42)).astype("float32"))
+    with torch.no_grad():
+        y = net(x)
+    assert y.shape == x.shape
+    assert seen == [(1, 8, 16, 22)]  # padded to 32 x 44, then folded 2x
+    # at initialisation the network is close to the identity (a residual in the Anscombe domain)
+    assert float((y - x).abs().mean()) < 0.2 * float(x.mean())
+    with pytest.raises(ValueError, match="unshuffle"):
+        build_network("resunet", unshuffle=0)
+
+
+@pytest.mark.parametrize("arch, params", [("rln", {}), ("resunet", {"channels": [8, 16], "mid_blocks": 1})])
+def test_flux_block_keeps_the_frames_local_counts(arch, params, rng):
+    """With ``flux_block`` the output's block means follow the input's (unbiased) means, not the net's."""
+    torch.manual_seed(0)
+    plain = build_network(arch, **params).eval()
+    kept = build_network(arch, **params, flux_block=16).eval()
+    kept.load_state_dict(plain.state_dict())  # no parameters of its own: the same weights load
+    x = torch.from_numpy(rng.poisson(3.0, (1, 1, 64, 80)).astype("float32"))
+    with torch.no_grad():
+        y0, y1 = plain(x), kept(x)
+    assert y1.shape == x.shape and (y1 >= 0).all()
+    assert abs(float(y1.mean() - x.mean())) < 0.02 * float(x.mean())
+    assert abs(float(y1.mean() - x.mean())) <= abs(float(y0.mean() - x.mean()))
+    with pytest.raises(ValueError, match="flux_block"):
+        build_network(arch, flux_block=-1)

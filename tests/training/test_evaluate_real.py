@@ -81,8 +81,14 @@ def test_evaluate_real_reports_psnr_bias_and_time(tmp_path):
     assert abs(report["summary"]["raw"]["bias_rel"]) < 0.05
     assert report["summary"]["tv"]["psnr"] > report["summary"]["raw"]["psnr"]
     assert report["ms_per_frame"]["rln-denoise-v2"] > 0
+    # counts kept per level (on 32-pixel frames even the raw frame's noise can miss 0.05 e-)
+    for m in report["methods"]:
+        assert isinstance(report["summary"][m]["levels_not_kept"], list)
+        for level in report["by_peak"][m].values():
+            assert level["level_kept"] in (True, False)
     text = format_real_markdown(report)
     assert "Flux bias" in text and "| rln-denoise-v2 |" in text
+    assert "- raw: " in text and "- tv: " in text
     png = tmp_path / "fig.png"
     write_real_figure(report, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from livedenoise.inference.nets._common import ANSCOMBE_OFFSET, check_input, pad_to_multiple, to_vst
+from livedenoise.inference.nets._common import (
+    ANSCOMBE_OFFSET,
+    check_input,
+    keep_flux,
+    pad_to_multiple,
+    to_vst,
+)
 
 __all__ = ["RCAB", "ResUNet"]
 
@@ -72,6 +78,14 @@ class ResUNet(nn.Module):
         RCABs at the coarsest level.
     reduction : int
         Channel-attention reduction ratio.
+    unshuffle : int
+        Pixel-unshuffle factor of the front end (1: none). With ``r > 1`` the Anscombe
+        image is folded into ``r*r`` channels at ``1/r`` resolution before the head and
+        unfolded after the tail, so the whole U-Net runs on ``1/r^2`` of the pixels: the
+        fast live network is this one with ``unshuffle=4``.
+    flux_block : int
+        0: off. Otherwise the output's ``flux_block``-pixel local means are set to the input's
+        (:func:`~livedenoise.inference.nets._common.keep_flux`): photon counts kept at that scale.
     """
 
     def __init__(
@@ -81,13 +95,22 @@ class ResUNet(nn.Module):
         dec_blocks: int = 1,
         mid_blocks: int = 3,
         reduction: int = 8,
+        unshuffle: int = 1,
+        flux_block: int = 0,
     ) -> None:
         super().__init__()
         channels = [int(c) for c in channels]
         if len(channels) < 2 or min(channels) < 4:
             raise ValueError(f"channels must list >= 2 widths >= 4, got {channels}")
-        self.multiple = 2 ** (len(channels) - 1)
-        self.head = nn.Conv2d(1, channels[0], 3, padding=1)
+        unshuffle = int(unshuffle)
+        if unshuffle < 1:
+            raise ValueError(f"unshuffle must be >= 1, got {unshuffle}")
+        self.unshuffle = unshuffle
+        if int(flux_block) < 0:
+            raise ValueError(f"flux_block must be >= 0 (0: off), got {flux_block}")
+        self.flux_block = int(flux_block)
+        self.multiple = unshuffle * 2 ** (len(channels) - 1)
+        self.head = nn.Conv2d(unshuffle * unshuffle, channels[0], 3, padding=1)
         self.enc = nn.ModuleList()
         self.down = nn.ModuleList()
         for i, c in enumerate(channels[:-1]):
@@ -102,7 +125,7 @@ class ResUNet(nn.Module):
             self.up.append(nn.ConvTranspose2d(channels[i + 1], c, 2, stride=2))
             self.reduce.append(nn.Conv2d(2 * c, c, 1))
             self.dec.append(_stage(c, dec_blocks, reduction))
-        self.tail = nn.Conv2d(channels[0], 1, 3, padding=1)
+        self.tail = nn.Conv2d(channels[0], unshuffle * unshuffle, 3, padding=1)
         with torch.no_grad():  # start as the identity in the Anscombe domain
             self.tail.weight.mul_(0.1)
             assert self.tail.bias is not None
@@ -113,7 +136,10 @@ class ResUNet(nn.Module):
         check_input(x_e)
         z, (h, w) = pad_to_multiple(to_vst(x_e), self.multiple)
         # the transforms run in the input's precision, the body in the weights' (bf16 inference)
-        f = self.head((z - 4.0).to(self.head.weight.dtype))  # centre the typical Anscombe range
+        f = (z - 4.0).to(self.head.weight.dtype)  # centre the typical Anscombe range
+        if self.unshuffle > 1:
+            f = F.pixel_unshuffle(f, self.unshuffle)
+        f = self.head(f)
         skips = []
         for enc, down in zip(self.enc, self.down):
             f = enc(f)
@@ -123,6 +149,9 @@ class ResUNet(nn.Module):
         for up, reduce, dec in zip(self.up, self.reduce, self.dec):
             f = up(f)
             f = dec(reduce(torch.cat([f, skips.pop()], dim=1)))
-        o = z + self.tail(f).to(z.dtype)
-        y = F.softplus(0.25 * F.softplus(o, beta=2.0) ** 2 - ANSCOMBE_OFFSET, beta=4.0)
-        return y[..., :h, :w]
+        f = self.tail(f)
+        if self.unshuffle > 1:
+            f = F.pixel_shuffle(f, self.unshuffle)
+        o = z + f.to(z.dtype)
+        y = F.softplus(0.25 * F.softplus(o, beta=2.0) ** 2 - ANSCOMBE_OFFSET, beta=4.0)[..., :h, :w]
+        return keep_flux(x_e, y, self.flux_block) if self.flux_block else y

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from livedenoise.inference.nets._common import check_input, from_vst, pad_to_multiple, to_vst
+from livedenoise.inference.nets._common import check_input, from_vst, keep_flux, pad_to_multiple, to_vst
 
 __all__ = ["ACTIVATIONS", "RLN"]
 
@@ -117,6 +117,10 @@ class RLN(nn.Module):
     activation : str
         ``"softplus"`` (the paper's, default) or ``"relu"`` (faster on CPUs; the forward
         projections and the output layer keep softplus, see the module docstring).
+    flux_block : int
+        0: off. Otherwise the output's ``flux_block``-pixel local means are set to the input's
+        (:func:`~livedenoise.inference.nets._common.keep_flux`; for deconvolution too: a blur
+        keeps photon counts, so the deconvolved image has the input's at that scale).
     """
 
     multiple = 2
@@ -128,6 +132,7 @@ class RLN(nn.Module):
         merge_channels: int = 8,
         kernel: int = 3,
         activation: str = "softplus",
+        flux_block: int = 0,
     ) -> None:
         super().__init__()
         if kernel % 2 == 0 or kernel < 1:
@@ -137,6 +142,9 @@ class RLN(nn.Module):
                 f"unknown RLN activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}"
             )
         self.activation = activation
+        if int(flux_block) < 0:
+            raise ValueError(f"flux_block must be >= 0 (0: off), got {flux_block}")
+        self.flux_block = int(flux_block)
         k, act = kernel, activation
         # estimation branch (half resolution)
         self.fp_est = _Projection(1, fp_channels, k, mean=True, activation=act)
@@ -180,6 +188,8 @@ class RLN(nn.Module):
         e2 = self.bp_upd(ratio2) * e1m
         out = self.merge(torch.cat([e1, e2], dim=1)).mean(dim=1, keepdim=True)
         y = from_vst(out.to(x_e.dtype) * scale)[..., :h, :w]
+        if self.flux_block:
+            y = keep_flux(x_e, y, self.flux_block)
         if return_estimate:
             return y, from_vst(e1m.to(x_e.dtype) * scale)[..., :h, :w]
         return y

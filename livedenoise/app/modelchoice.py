@@ -1,0 +1,152 @@
+"""Which model the daemon restores with when none is named: the best one that keeps up with the camera.
+
+Two models ship for the live path: the quality model (:data:`~livedenoise.inference.modelio.QUALITY_MODEL`)
+and the fast live model (:data:`~livedenoise.inference.modelio.DEFAULT_MODEL`). Without ``--model``:
+
+- on a GPU engine (``cuda``, ``tensorrt``) the quality model is built and timed on the camera's
+  frame shape; it is kept when its median frame takes at most :data:`KEEP_UP` of the camera's frame
+  interval, else the fast model is used;
+- on the CPU engine the quality model's speed comes from its card (measured on a 2-core CPU at
+  512², scaled by the frame's pixels): it is used only where that keeps up (small ROIs, slow
+  exposures), else the fast model. Timing it here would cost seconds of start-up on every CPU.
+
+The choice and its reason are the first thing ``serve`` and ``demo`` print. ``--model`` always wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from livedenoise.inference.engines import AUTO_ORDER, Engine, available_backends, make_engine
+from livedenoise.inference.modelio import DEFAULT_MODEL, QUALITY_MODEL, ModelCard, read_card, resolve_model
+
+__all__ = ["GPU_ENGINES", "KEEP_UP", "ModelChoice", "card_frame_ms", "choose_model", "engine_kind"]
+
+log = logging.getLogger("livedenoise")
+
+KEEP_UP = 0.8
+"""A model keeps up when its median frame takes at most this fraction of the camera's frame interval."""
+GPU_ENGINES = ("cuda", "tensorrt")
+CARD_FRAME_PX = 512 * 512  # the frame of the cards' speed figures
+TIMED_FRAMES = 5
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model to load (``None``: the engine's own, e.g. passthrough) and why, in words."""
+
+    model: str | None
+    reason: str
+    engine: Engine | None = None  # an engine already built (and prepared) for the choice, to reuse
+
+
+def engine_kind(kind: str | None) -> str:
+    """The backend ``kind`` stands for (``None`` is ``cpu``; ``auto`` is the first available one)."""
+    if kind is None:
+        return "cpu"
+    if kind != "auto":
+        return kind
+    avail = available_backends()
+    return next((k for k in AUTO_ORDER if avail.get(k, (False, ""))[0]), "cpu")
+
+
+def card_frame_ms(card: ModelCard, shape: tuple[int, int]) -> float | None:
+    """The card's fastest CPU median (2 threads, fp32 or bf16) at 512², scaled to ``shape``'s pixels."""
+    speed = card.speed if isinstance(card.speed, dict) else {}
+    vals = [speed.get(k) for k in ("fp32_2t_ms_median", "bf16_2t_ms_median")]
+    nums = [float(v) for v in vals if isinstance(v, (int, float)) and v > 0]
+    if not nums:
+        return None
+    return min(nums) * (shape[0] * shape[1]) / CARD_FRAME_PX
+
+
+def _timed_ms(engine: Engine, shape: tuple[int, int]) -> float:
+    engine.prepare(shape)
+    rng = np.random.default_rng(0)
+    x = rng.poisson(20.0, size=shape).astype(np.float32)
+    out = np.empty(shape, np.float32)
+    engine.restore(x, out)  # first frame: allocation, autotuning
+    times = []
+    for _ in range(TIMED_FRAMES):
+        t0 = time.perf_counter()
+        engine.restore(x, out)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def choose_model(
+    kind: str | None,
+    model: str | None,
+    *,
+    frame_shape: tuple[int, int],
+    frame_interval_ms: float,
+    options: dict[str, Any] | None = None,
+) -> ModelChoice:
+    """Choose the live model (see the module docstring).
+
+    Parameters
+    ----------
+    kind : the engine asked for (``None``: cpu).
+    model : the model asked for (``--model``); returned as is.
+    frame_shape : the camera's frame (rows, columns).
+    frame_interval_ms : the camera's frame interval (at least its exposure).
+    options : engine options, for the GPU timing run.
+    """
+    if model is not None:
+        return ModelChoice(model, "asked for with --model")
+    backend = engine_kind(kind)
+    if backend == "passthrough":
+        return ModelChoice(None, "the passthrough engine converts frames but restores none")
+    budget = KEEP_UP * frame_interval_ms
+    frame = f"{frame_shape[1]}×{frame_shape[0]}"
+    try:
+        qcard = read_card(resolve_model(QUALITY_MODEL))
+    except (FileNotFoundError, ValueError) as exc:
+        return ModelChoice(DEFAULT_MODEL, f"the fast live model (the quality model is not installed: {exc})")
+    if backend in GPU_ENGINES:
+        engine = None
+        try:
+            engine = make_engine(backend, model=QUALITY_MODEL, **(options or {}))
+            ms = _timed_ms(engine, frame_shape)
+        except Exception as exc:  # any failure of the trial run: fall back, say why
+            if engine is not None:
+                engine.close()
+            log.warning("the quality model could not be timed on %s: %s", backend, exc)
+            return ModelChoice(
+                DEFAULT_MODEL, f"the fast live model (the quality model failed on {backend}: {exc})"
+            )
+        if ms <= budget:
+            return ModelChoice(
+                QUALITY_MODEL,
+                f"the quality model: {ms:.1f} ms a {frame} frame on {backend}, within the camera's "
+                f"{frame_interval_ms:g} ms frame interval",
+                engine=engine,
+            )
+        engine.close()
+        return ModelChoice(
+            DEFAULT_MODEL,
+            f"the fast live model: the quality model {QUALITY_MODEL} takes {ms:.1f} ms a {frame} frame on "
+            f"{backend}, more than {KEEP_UP:.0%} of the camera's {frame_interval_ms:g} ms frame interval",
+        )
+    est = card_frame_ms(qcard, frame_shape)
+    if est is not None and est <= budget:
+        return ModelChoice(
+            QUALITY_MODEL,
+            f"the quality model: its card's ~{est:.0f} ms a {frame} frame on a 2-core CPU keeps up with "
+            f"the camera's {frame_interval_ms:g} ms frame interval",
+        )
+    why = (
+        f"~{est:.0f} ms a {frame} frame on a 2-core CPU (its card)"
+        if est is not None
+        else "no CPU speed in its card"
+    )
+    return ModelChoice(
+        DEFAULT_MODEL,
+        f"the fast live model on the {backend} engine: the quality model {QUALITY_MODEL} would take {why}, "
+        f"beyond the camera's {frame_interval_ms:g} ms frame interval; --model {QUALITY_MODEL} overrides",
+    )
