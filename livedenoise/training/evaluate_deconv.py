@@ -194,7 +194,11 @@ def _report(
         return float(np.mean([v for v, fr in zip(psnr[method], frames) if fr["peak_e"] == peak]))
 
     rl_names = [f"rl-{n}" for n in cfg.iterations]
-    best_per_peak = {str(p): max(cfg.iterations, key=lambda n, p=p: mean_at(f"rl-{n}", p)) for p in peaks}
+
+    def best_at(peak: float) -> int:
+        return max(cfg.iterations, key=lambda n: mean_at(f"rl-{n}", peak))
+
+    best_per_peak = {str(p): best_at(p) for p in peaks}
     best_single = max(cfg.iterations, key=lambda n: float(np.mean(psnr[f"rl-{n}"])))
     rl_best = [
         psnr[f"rl-{best_per_peak[str(fr['peak_e'])]}"][i] for i, fr in enumerate(frames)

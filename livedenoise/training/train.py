@@ -217,6 +217,15 @@ def _device(name: str):
     return torch.device(name)
 
 
+def _fingerprint(*arrays: np.ndarray) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
 def _default_val(config: TrainConfig):
 
     sample = config.data == "sample"
@@ -292,6 +301,7 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
     loss_fn = LOSSES[config.loss]
     history: list[dict[str, Any]] = []
     start = 0
+    resumed_val: str | None = None
     best: tuple[float, dict | None, int] = (float("inf"), None, -1)
     ckpt_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     if ckpt_dir is not None:
@@ -309,6 +319,7 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
             start = int(ck["step"])
             history = json.loads(ck["history"])
             best = (float(ck["best_loss"]), ck["best_model"], int(ck["best_step"]))
+            resumed_val = ck.get("val_sha256")
             log.info("resumed from %s at step %d", last, start)
         elif config.resume:
             log.warning("--resume: no checkpoint in %s; starting from scratch", ckpt_dir)
@@ -336,6 +347,7 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
         data_desc = getattr(data, "description", type(data).__name__)
     vx, vt, vr = _default_val(config) if val_data is None else val_data
     vr = np.asarray(vr, np.float32)
+    val_sha = _fingerprint(vx, vt, vr)
 
     def validate() -> tuple[float, float, float]:
         module.eval()
@@ -352,6 +364,12 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
 
     # where training starts from (an --init model): the end result is compared with it
     start_eval = validate() if config.init and start == 0 else None
+    if start and resumed_val != val_sha:
+        # the validation frames changed since the checkpoint (other --val-size, data or version): its
+        # best loss is on other frames and says nothing here; the best is measured again from now on
+        vloss = validate()[0]
+        log.warning("--resume: the validation set changed since %s; its best model is compared afresh", last)
+        best = (vloss, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}, start)
     module.train()
     stream = batches(data, config.batch)
     bar = tqdm(
@@ -419,6 +437,7 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
                     "best_loss": best[0],
                     "best_model": best[1],
                     "best_step": best[2],
+                    "val_sha256": val_sha,
                 }
                 with atomic_path(ckpt_dir / "last.pt", "checkpoint") as tmp:
                     torch.save(ck, tmp)

@@ -60,6 +60,26 @@ def test_checkpoint_and_resume(tmp_path):
     assert h2[:2] == h1
 
 
+def test_resume_on_other_validation_frames_measures_the_best_afresh(tmp_path, caplog):
+    """A best loss measured on other validation frames is not compared with the new frames' losses."""
+    import torch
+
+    train(_tiny(steps=6, epoch_steps=3, checkpoint_dir=str(tmp_path)), progress=False)
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    ck["best_loss"] = -1.0  # a best no loss on any frames can beat
+    torch.save(ck, tmp_path / "last.pt")
+    same = _tiny(steps=9, epoch_steps=3, checkpoint_dir=str(tmp_path), resume=True)
+    _, card, _ = train(same, progress=False)
+    assert card.training["best_step"] == 6  # same frames: the checkpoint's best stands
+    ck["best_loss"] = -1.0
+    torch.save(ck, tmp_path / "last.pt")
+    other = _tiny(steps=9, epoch_steps=3, checkpoint_dir=str(tmp_path), resume=True, val_size=5)
+    with caplog.at_level("WARNING", logger="livedenoise"):
+        _, card, _ = train(other, progress=False)
+    assert "validation set changed" in caplog.text
+    assert card.training["best_step"] >= 6 and card.quality["validation"]["frames"] == 5
+
+
 def test_paired_data_source_with_exposure_ratio(rng):
     # a "paired acquisition": the target is a 4x longer exposure of the same field
     def pairs():
