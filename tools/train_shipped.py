@@ -38,7 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SHIPPED: dict[str, list[str]] = {
+SHIPPED: dict[str, list[str] | list[list[str]]] = {
     # the fast live model: ~5k parameters, RL structure
     "rln-denoise-v1": [
         "--arch",
@@ -138,87 +138,207 @@ SHIPPED: dict[str, list[str]] = {
         "--id",
         "resunet-denoise-v1",
     ],
-    # the fast live model: RESUNET with a 4x pixel-unshuffle front end, sample-like data (a first run at
-    # lr 0.002 diverged after ~900 steps; flux_block=32 is set in the card after training, see measure)
+    # the fast live model: RESUNET with a 4x pixel-unshuffle front end, sample-like data, in two stages
+    # (its schedule lengthened to 8000 steps at step 1750); a first run at lr 0.002 diverged after
+    # ~900 steps; flux_block=32 is set in the card after training (AFTER_TRAINING)
     "resunet-live-v1": [
-        "--arch",
-        "resunet",
-        "--arch-param",
-        "channels=[32,64,128,256]",
-        "--arch-param",
-        "unshuffle=4",
-        "--arch-param",
-        "mid_blocks=2",
-        "--task",
-        "denoise",
-        "--loss",
-        "poisson",
-        "--steps",
-        "5000",
-        "--epoch-steps",
-        "250",
-        "--batch",
-        "16",
-        "--patch",
-        "128",
-        "--lr",
-        "0.001",
-        "--lr-schedule",
-        "cosine",
-        "--peak-range",
-        "1",
-        "500",
-        "--data",
-        "sample",
-        "--seed",
-        "3",
-        "--val-size",
-        "24",
-        "--threads",
-        "1",
-        "--id",
-        "resunet-live-v1",
+        [
+            "--arch",
+            "resunet",
+            "--arch-param",
+            "channels=[32,64,128,256]",
+            "--arch-param",
+            "unshuffle=4",
+            "--arch-param",
+            "mid_blocks=2",
+            "--task",
+            "denoise",
+            "--loss",
+            "poisson",
+            "--steps",
+            "5000",
+            "--stop-after",
+            "1750",
+            "--epoch-steps",
+            "250",
+            "--batch",
+            "16",
+            "--patch",
+            "128",
+            "--lr",
+            "0.001",
+            "--lr-schedule",
+            "cosine",
+            "--peak-range",
+            "1",
+            "500",
+            "--data",
+            "sample",
+            "--seed",
+            "3",
+            "--val-size",
+            "24",
+            "--threads",
+            "1",
+            "--id",
+            "resunet-live-v1",
+        ],
+        [
+            "--arch",
+            "resunet",
+            "--arch-param",
+            "channels=[32,64,128,256]",
+            "--arch-param",
+            "unshuffle=4",
+            "--arch-param",
+            "mid_blocks=2",
+            "--task",
+            "denoise",
+            "--loss",
+            "poisson",
+            "--steps",
+            "8000",
+            "--resume",
+            "--epoch-steps",
+            "250",
+            "--batch",
+            "16",
+            "--patch",
+            "128",
+            "--lr",
+            "0.001",
+            "--lr-schedule",
+            "cosine",
+            "--peak-range",
+            "1",
+            "500",
+            "--data",
+            "sample",
+            "--seed",
+            "3",
+            "--val-size",
+            "24",
+            "--threads",
+            "1",
+            "--id",
+            "resunet-live-v1",
+        ],
     ],
-    # the quality model: RESUNET with a 2x pixel-unshuffle front end, four levels, sample-like data
-    # (trained as a 4500-step run for its first 1500 steps, then resumed as this 7000-step one)
+    # the quality model: RESUNET with a 2x pixel-unshuffle front end, four levels, sample-like data, in
+    # three stages: a 4500-step schedule to step 1500, lengthened to 7000 steps to step 3250 (lengthened
+    # again to 10000 it diverged at lr ~1.3e-3), then 4000 steps from those weights at lr 0.0005
     "resunet-denoise-v2": [
-        "--arch",
-        "resunet",
-        "--arch-param",
-        "channels=[32,64,128,256]",
-        "--arch-param",
-        "unshuffle=2",
-        "--arch-param",
-        "mid_blocks=2",
-        "--task",
-        "denoise",
-        "--loss",
-        "poisson",
-        "--steps",
-        "7000",
-        "--epoch-steps",
-        "250",
-        "--batch",
-        "8",
-        "--patch",
-        "128",
-        "--lr",
-        "0.0015",
-        "--lr-schedule",
-        "cosine",
-        "--peak-range",
-        "1",
-        "500",
-        "--data",
-        "sample",
-        "--seed",
-        "4",
-        "--val-size",
-        "24",
-        "--threads",
-        "1",
-        "--id",
-        "resunet-denoise-v2",
+        [
+            "--arch",
+            "resunet",
+            "--arch-param",
+            "channels=[32,64,128,256]",
+            "--arch-param",
+            "unshuffle=2",
+            "--arch-param",
+            "mid_blocks=2",
+            "--task",
+            "denoise",
+            "--loss",
+            "poisson",
+            "--steps",
+            "4500",
+            "--stop-after",
+            "1500",
+            "--epoch-steps",
+            "250",
+            "--batch",
+            "8",
+            "--patch",
+            "128",
+            "--lr",
+            "0.0015",
+            "--lr-schedule",
+            "cosine",
+            "--peak-range",
+            "1",
+            "500",
+            "--data",
+            "sample",
+            "--seed",
+            "4",
+            "--val-size",
+            "24",
+            "--threads",
+            "1",
+            "--id",
+            "resunet-denoise-v2",
+        ],
+        [
+            "--arch",
+            "resunet",
+            "--arch-param",
+            "channels=[32,64,128,256]",
+            "--arch-param",
+            "unshuffle=2",
+            "--arch-param",
+            "mid_blocks=2",
+            "--task",
+            "denoise",
+            "--loss",
+            "poisson",
+            "--steps",
+            "7000",
+            "--resume",
+            "--stop-after",
+            "3250",
+            "--epoch-steps",
+            "250",
+            "--batch",
+            "8",
+            "--patch",
+            "128",
+            "--lr",
+            "0.0015",
+            "--lr-schedule",
+            "cosine",
+            "--peak-range",
+            "1",
+            "500",
+            "--data",
+            "sample",
+            "--seed",
+            "4",
+            "--val-size",
+            "24",
+            "--threads",
+            "1",
+            "--id",
+            "resunet-denoise-v2",
+        ],
+        [
+            "--arch",
+            "resunet",
+            "--init",
+            "models/resunet-denoise-v2.pt",
+            "--data",
+            "sample",
+            "--patch",
+            "128",
+            "--batch",
+            "8",
+            "--steps",
+            "4000",
+            "--epoch-steps",
+            "250",
+            "--lr",
+            "0.0005",
+            "--lr-schedule",
+            "cosine",
+            "--seed",
+            "6",
+            "--val-size",
+            "24",
+            "--threads",
+            "1",
+            "--id",
+            "resunet-denoise-v2",
+        ],
     ],
     # deconvolution: the paper's RLN (softplus) for one microscope (1.4 NA, 520 nm, 65 nm pixels);
     # flux_block=16 is set in the card after training (see AFTER_TRAINING)
@@ -272,20 +392,22 @@ EVAL_SIZE = 128
 EVAL_SEED = 2024
 
 
+def stages(model_id: str) -> list[list[str]]:
+    """The ``livedenoise train`` arguments of each stage of a shipped model (one for most)."""
+    spec = SHIPPED[model_id]
+    return [list(spec)] if all(isinstance(a, str) for a in spec) else [list(st) for st in spec]
+
+
 def train(model_id: str) -> None:
     from livedenoise.cli import main
 
-    args = [
-        "train",
-        *SHIPPED[model_id],
-        "--checkpoint-dir",
-        f"runs/{model_id}",
-        "-o",
-        f"models/{model_id}.pt",
-    ]
-    rc = main(args)
-    if rc:
-        raise SystemExit(rc)
+    for i, stage in enumerate(stages(model_id)):
+        # a stage that starts from another model's weights (--init) is a new run: its own checkpoints
+        ckpt = f"runs/{model_id}" if "--init" not in stage else f"runs/{model_id}-stage{i + 1}"
+        args = ["train", *stage, "--checkpoint-dir", ckpt, "-o", f"models/{model_id}.pt", "--force"]
+        rc = main(args)
+        if rc:
+            raise SystemExit(rc)
     if model_id in AFTER_TRAINING:
         finish(model_id)
 
@@ -386,12 +508,17 @@ def _r(v, nd: int = 2):
     return None if v is None else round(float(v), nd)
 
 
-def measure_real(ids: list[str]) -> None:
+def measure_real(ids: list[str], figure: str | None = None) -> None:
     """Real-structure figures of the shipped models into their cards (see the module docstring)."""
     from livedenoise.inference.modelio import load_model, save_model
     from livedenoise.training.baselines import available_baselines
     from livedenoise.training.evaluate_deconv import RealDeconvConfig, evaluate_real_deconv
-    from livedenoise.training.evaluate_real import RealEvalConfig, evaluate_real
+    from livedenoise.training.evaluate_real import (
+        RealEvalConfig,
+        evaluate_real,
+        format_real_markdown,
+        write_real_figure,
+    )
 
     cards = {m: load_model(ROOT / "models" / f"{m}.pt") for m in ids}
     denoise = [m for m in ids if cards[m][1].task == "denoise"]
@@ -401,6 +528,10 @@ def measure_real(ids: list[str]) -> None:
         baselines = [b for b in ("tv", "gat-nlm", "gat-bm3d") if avail[b][0]]
         paths = [str(ROOT / "models" / f"{m}.pt") for m in denoise]
         rep = evaluate_real(RealEvalConfig(models=paths, baselines=baselines), progress=True)
+        print(format_real_markdown(rep))
+        if figure:
+            write_real_figure(rep, figure)
+            print(f"wrote {figure}")
         date = time.strftime("%Y-%m-%d")
         for m in denoise:
             s = rep["summary"][m]
@@ -439,6 +570,8 @@ def measure_real(ids: list[str]) -> None:
                     "richardson_lucy_best_psnr_db": _r(rep["summary"]["rl-best"]),
                     "richardson_lucy_best_iterations": rep["rl_best_iterations"],
                     "gain_over_richardson_lucy_db": _r(rep["gain_db"]),
+                    "richardson_lucy_best_single_count": rep["rl_best_single"],
+                    "richardson_lucy_best_single_psnr_db": _r(rep["summary"][f"rl-{rep['rl_best_single']}"]),
                     "per_peak_psnr_db": {k: _r(v) for k, v in rep["by_peak"][rep["model"]].items()},
                     "raw_psnr_db": _r(rep["summary"]["raw"]),
                 }
@@ -487,7 +620,7 @@ def model_table() -> str:
         elif dec:
             quality = (
                 f"deconvolution: {dec['psnr_db']:.2f} dB, {dec['gain_over_richardson_lucy_db']:+.2f} dB over "
-                f"Richardson–Lucy at its best ({dec['richardson_lucy_best_psnr_db']:.2f} dB)"
+                f"Richardson–Lucy at its best count per peak ({dec['richardson_lucy_best_psnr_db']:.2f} dB)"
             )
             kept = "–"
         else:
@@ -537,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("models", nargs="*", help=f"model ids (default: all of {', '.join(SHIPPED)})")
     p.add_argument("--check", action="store_true", help="table: only check that the README is current")
+    p.add_argument("--figure", help="real: also write the evaluation's figure (PNG) here")
     a = p.parse_args(argv)
     os.chdir(ROOT)
     if a.action == "table":
@@ -546,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown model ids {unknown}; shipped: {', '.join(SHIPPED)}")
     if a.action == "real":
-        measure_real(ids)
+        measure_real(ids, a.figure)
         return 0
     for m in ids:
         if a.action in ("train", "all"):

@@ -75,6 +75,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps in total (default 2000)")
     p.add_argument("--epoch-steps", type=int, default=200, help="steps per epoch: validation + checkpoint")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="STEP",
+        help="stop at this step, keeping the learning-rate schedule of --steps (a run in stages: "
+        "--resume the next one)",
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--patch", type=int, default=64, help="training patch side in pixels")
     p.add_argument("--lr", type=float, default=2e-3)
@@ -138,6 +145,7 @@ def canonical_command(args: argparse.Namespace) -> str:
         str(args.steps),
         "--epoch-steps",
         str(args.epoch_steps),
+        *(["--stop-after", str(args.stop_after)] if args.stop_after else []),
         "--batch",
         str(args.batch),
         "--patch",
@@ -258,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
         patch=args.patch,
         batch=args.batch,
         steps=args.steps,
+        stop_after=args.stop_after,
         epoch_steps=args.epoch_steps,
         lr=args.lr,
         lr_schedule=args.lr_schedule,

@@ -63,6 +63,8 @@ class TrainConfig:
     patch, batch : training patch side (pixels) and batch size.
     steps : optimiser steps in total; ``epoch_steps`` steps make an epoch (validation
         and checkpoint after each).
+    stop_after : stop at this step (a whole number of epochs), the schedule still the one of
+        ``steps``: a run made in stages (``--resume`` the next stage) is reproducible this way.
     lr, lr_schedule, warmup_steps : Adam learning rate, ``"cosine"`` | ``"exp"`` |
         ``"constant"`` decay, linear warm-up.
     peak_e_range : synthetic peak photon levels (log-uniform).
@@ -88,6 +90,7 @@ class TrainConfig:
     batch: int = 16
     steps: int = 2000
     epoch_steps: int = 200
+    stop_after: int | None = None
     lr: float = 2e-3
     lr_schedule: str = "cosine"
     warmup_steps: int = 50
@@ -124,6 +127,8 @@ class TrainConfig:
         for name in ("patch", "batch", "steps", "epoch_steps", "val_size", "val_px"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.stop_after is not None and not 1 <= int(self.stop_after) <= int(self.steps):
+            raise ValueError(f"stop_after must be 1 to steps ({self.steps}), got {self.stop_after}")
         if self.patch < 16:
             raise ValueError(f"patch must be >= 16 pixels, got {self.patch}")
         self.peak_e_range = (float(self.peak_e_range[0]), float(self.peak_e_range[1]))
@@ -382,7 +387,8 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
     )
     running, n_run = 0.0, 0
     step = start
-    while step < config.steps:
+    end = config.steps if config.stop_after is None else int(config.stop_after)
+    while step < end:
         x_np, t_np, r_np = next(stream)
         x = torch.from_numpy(x_np).to(device).contiguous(memory_format=torch.channels_last)
         t = torch.from_numpy(t_np).to(device).contiguous(memory_format=torch.channels_last)
@@ -407,7 +413,7 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
         bar.update(1)
         if step % 10 == 0:
             bar.set_postfix(loss=f"{running / n_run:.4g}")
-        if step % config.epoch_steps == 0 or step == config.steps:
+        if step % config.epoch_steps == 0 or step == end:
             vloss, vpsnr, vraw = validate()
             rec = {
                 "step": step,

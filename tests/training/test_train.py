@@ -60,6 +60,19 @@ def test_checkpoint_and_resume(tmp_path):
     assert h2[:2] == h1
 
 
+def test_a_run_in_stages_keeps_the_schedule_of_its_steps(tmp_path):
+    from livedenoise.training.train import lr_at
+
+    cfg = _tiny(steps=9, epoch_steps=3, stop_after=6, checkpoint_dir=str(tmp_path))
+    _, card, h1 = train(cfg, progress=False)
+    assert [h["step"] for h in h1] == [3, 6]
+    assert h1[-1]["lr"] == pytest.approx(lr_at(cfg, 5))  # the 9-step schedule, not a 6-step one
+    _, _, h2 = train(_tiny(steps=9, epoch_steps=3, checkpoint_dir=str(tmp_path), resume=True), progress=False)
+    assert [h["step"] for h in h2] == [3, 6, 9]
+    with pytest.raises(ValueError, match="stop_after"):
+        _tiny(steps=9, stop_after=10)
+
+
 def test_resume_on_other_validation_frames_measures_the_best_afresh(tmp_path, caplog):
     """A best loss measured on other validation frames is not compared with the new frames' losses."""
     import torch
