@@ -466,7 +466,7 @@ class KeepUpCheck:
             f"frame) while the camera gives {camera_fps:.1f} frames/s, so about {share:.0f} % of the frames "
             "will be dropped (counted as ring-full, never silently). To keep up: a smaller ROI or binning "
             "(--roi, --binning, or `livedenoise ctl set`), a longer exposure, a faster model "
-            "(`livedenoise models`; rln-denoise-v2 is the fastest), or a GPU (--engine cuda)"
+            "(`livedenoise models`; the default live model is the fastest), or a GPU (--engine cuda)"
         )
 
 

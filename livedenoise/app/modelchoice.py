@@ -6,9 +6,11 @@ and the fast live model (:data:`~livedenoise.inference.modelio.DEFAULT_MODEL`). 
 - on a GPU engine (``cuda``, ``tensorrt``) the quality model is built and timed on the camera's
   frame shape; it is kept when its median frame takes at most :data:`KEEP_UP` of the camera's frame
   interval, else the fast model is used;
-- on the CPU engine the quality model's speed comes from its card (measured on a 2-core CPU at
-  512², scaled by the frame's pixels): it is used only where that keeps up (small ROIs, slow
-  exposures), else the fast model. Timing it here would cost seconds of start-up on every CPU.
+- on the CPU engine the quality model's speed comes from its card (measured alone on a 2-core CPU
+  at 512², scaled by the frame's pixels, times :data:`CPU_PIPELINE_SLOWDOWN`: inside the pipeline
+  the engine shares the cores with the camera, conversion and publishing threads): it is used only
+  where that keeps up (small ROIs, slow exposures), else the fast model. Timing it here would cost
+  seconds of start-up on every CPU.
 
 The choice and its reason are the first thing ``serve`` and ``demo`` print. ``--model`` always wins.
 """
@@ -25,12 +27,24 @@ import numpy as np
 from livedenoise.inference.engines import AUTO_ORDER, Engine, available_backends, make_engine
 from livedenoise.inference.modelio import DEFAULT_MODEL, QUALITY_MODEL, ModelCard, read_card, resolve_model
 
-__all__ = ["GPU_ENGINES", "KEEP_UP", "ModelChoice", "card_frame_ms", "choose_model", "engine_kind"]
+__all__ = [
+    "CPU_PIPELINE_SLOWDOWN",
+    "GPU_ENGINES",
+    "KEEP_UP",
+    "ModelChoice",
+    "card_frame_ms",
+    "choose_model",
+    "engine_kind",
+]
 
 log = logging.getLogger("livedenoise")
 
 KEEP_UP = 0.8
 """A model keeps up when its median frame takes at most this fraction of the camera's frame interval."""
+CPU_PIPELINE_SLOWDOWN = 2.0
+"""How much slower a CPU engine runs inside the pipeline than alone: ``livedenoise bench`` measured
+1.7x at 512² on a 2-core CPU (41 ms alone, 69 ms in the pipeline), and small frames use the cores
+less well than the 512² of the cards; rounded up."""
 GPU_ENGINES = ("cuda", "tensorrt")
 CARD_FRAME_PX = 512 * 512  # the frame of the cards' speed figures
 TIMED_FRAMES = 5
@@ -133,15 +147,16 @@ def choose_model(
             f"the fast live model: the quality model {QUALITY_MODEL} takes {ms:.1f} ms a {frame} frame on "
             f"{backend}, more than {KEEP_UP:.0%} of the camera's {frame_interval_ms:g} ms frame interval",
         )
-    est = card_frame_ms(qcard, frame_shape)
+    card_ms = card_frame_ms(qcard, frame_shape)
+    est = None if card_ms is None else card_ms * CPU_PIPELINE_SLOWDOWN
     if est is not None and est <= budget:
         return ModelChoice(
             QUALITY_MODEL,
-            f"the quality model: its card's ~{est:.0f} ms a {frame} frame on a 2-core CPU keeps up with "
-            f"the camera's {frame_interval_ms:g} ms frame interval",
+            f"the quality model: ~{est:.0f} ms a {frame} frame in the pipeline on a 2-core CPU (its card) "
+            f"keeps up with the camera's {frame_interval_ms:g} ms frame interval",
         )
     why = (
-        f"~{est:.0f} ms a {frame} frame on a 2-core CPU (its card)"
+        f"~{est:.0f} ms a {frame} frame in the pipeline on a 2-core CPU (its card)"
         if est is not None
         else "no CPU speed in its card"
     )

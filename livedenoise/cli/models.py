@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from livedenoise.inference.modelio import DEFAULT_MODEL, list_models, load_model, model_dirs
+from livedenoise.inference.modelio import DEFAULT_MODEL, QUALITY_MODEL, list_models, load_model, model_dirs
 
 HELP = "list installed restoration models (id, architecture, task, quality, speed)"
 DESCRIPTION = """\
@@ -26,6 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _quality(card) -> str:
+    real = card.quality.get("real")
+    if real and real.get("psnr_db") is not None:
+        return f"{real['psnr_db']:.1f} dB on real structures"
+    dec = card.quality.get("real_deconvolution")
+    if dec and dec.get("gain_over_richardson_lucy_db") is not None:
+        return f"{dec['gain_over_richardson_lucy_db']:+.1f} dB vs best Richardson-Lucy"
     held = card.quality.get("held_out", {}).get("mean_5_100_e")
     if held:
         return f"{held['psnr_db']:.1f} dB (raw {held['raw_psnr_db']:.1f}) @5-100e-"
@@ -53,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     rows = [("id", "arch", "task", "params", "quality (PSNR)", "speed (CPU)", "path")]
     for c in cards:
-        mark = "*" if c.id == DEFAULT_MODEL else " "
+        mark = "*" if c.id == DEFAULT_MODEL else "q" if c.id == QUALITY_MODEL else " "
         rows.append(
             (
                 mark + c.id,
@@ -77,5 +83,8 @@ def run(args: argparse.Namespace) -> int:
             except Exception as exc:
                 failed += 1
                 print(f"FAILED  {c.id}: {exc}")
-    print(f"\n* = default live model ({DEFAULT_MODEL}); searched: " + ", ".join(str(d) for d in model_dirs()))
+    print(
+        f"\n* = default live model ({DEFAULT_MODEL}), q = quality model ({QUALITY_MODEL}; the daemon runs it where "
+        "it keeps up with the camera); searched: " + ", ".join(str(d) for d in model_dirs())
+    )
     return 1 if failed else 0

@@ -51,10 +51,11 @@ __all__ = [
 log = logging.getLogger("livedenoise")
 
 SCHEMA_VERSION = 1
-DEFAULT_MODEL = "rln-denoise-v2"
-"""The fast RLN used by the live pipeline when no model is named (ReLU variant: ~28 ms per
-512x512 frame in bf16 on a 2-core CPU; ``rln-denoise-v1``, all softplus, ~45 ms, ~0.25 dB better)."""
-QUALITY_MODEL = "resunet-denoise-v1"
+DEFAULT_MODEL = "resunet-live-v1"
+"""The fast live model, used when no model is named: RESUNET with a 4x pixel-unshuffle front end
+(the U-Net runs on 1/16 of the pixels), ~30 ms per 512x512 frame on a 2-core CPU. The RLNs
+(``rln-denoise-v1``/``-v2``) stay shipped and selectable."""
+QUALITY_MODEL = "resunet-denoise-v2"
 """The quality model: ``livedenoise denoise`` uses it when asked, the daemon where it keeps up with the
 camera (a GPU engine, or a small or slow frame on the CPU; see :mod:`livedenoise.app.modelchoice`)."""
 UNITS = "photoelectrons"
