@@ -63,7 +63,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--engine", default="auto", help="auto, cpu, onnxruntime, cuda, tensorrt or passthrough")
     add_precision_argument(p)
-    p.add_argument("--tile", type=int, default=512, help="tile side in pixels for large frames (default 512)")
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=2048,
+        help="tile side in pixels for frames larger than it (default 2048: a whole sCMOS frame in one piece; "
+        "the RESUNETs see the whole tile through their channel attention, so tiles differ from one "
+        "whole frame by a few %% of the peak)",
+    )
     p.add_argument("--overlap", type=int, default=32, help="overlap between tiles in pixels (default 32)")
     p.add_argument(
         "--saturation-adu",

@@ -76,7 +76,7 @@ class TiledRestorer:
     Buffers are allocated once per frame shape and reused for every frame.
     """
 
-    def __init__(self, engine: Engine, tile: int = 512, overlap: int = 32) -> None:
+    def __init__(self, engine: Engine, tile: int = 2048, overlap: int = 32) -> None:
         tile, overlap = int(tile), int(overlap)
         if tile < 16:
             raise ValueError(f"--tile must be at least 16 pixels, got {tile}")

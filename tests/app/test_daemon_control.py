@@ -14,6 +14,7 @@ from _pipeline_helpers import assert_accounted, livedenoise_threads, sim_core, w
 from livedenoise.app.daemon import serve_control
 from livedenoise.cli import main
 from livedenoise.inference.engines import PassthroughEngine, make_engine
+from livedenoise.inference.modelio import DEFAULT_MODEL
 from livedenoise.live.config import PipelineConfig
 from livedenoise.live.pipeline import Pipeline
 from livedenoise.live.sources import CoreSource
@@ -80,7 +81,7 @@ def test_set_model_prepares_off_the_worker_and_swaps_between_frames() -> None:
         pipe.close()
     models = [h["model"] for h in sink.headers["denoised"]]
     k = models.index("rln-denoise-v1")
-    assert set(models[:k]) == {"rln-denoise-v2"} and set(models[k:]) == {"rln-denoise-v1"}
+    assert set(models[:k]) == {DEFAULT_MODEL} and set(models[k:]) == {"rln-denoise-v1"}
     frames = [h["frame"] for h in sink.headers["denoised"]]
     st = pipe.status()
     assert frames == list(range(st["frames"]["acquired"])) and st["dropped"] == 0  # none lost

@@ -93,9 +93,10 @@ def test_tiled_matches_untiled(rng: np.random.Generator, shape: tuple[int, int])
 
 
 def test_tiled_real_cpu_engine_close_to_untiled(rng: np.random.Generator) -> None:
+    """The tiler's blending, with a local network (the RLN: no global context, so tiles must agree)."""
     engines = pytest.importorskip("livedenoise.inference.engines")
     try:
-        eng = engines.make_engine("cpu", precision="fp32")
+        eng = engines.make_engine("cpu", model="rln-denoise-v2", precision="fp32")
     except Exception as exc:  # no shipped model yet, or the engine is missing
         pytest.skip(f"CPU engine with the default model unavailable: {exc}")
     frame = (rng.poisson(15.0, (200, 330)) + rng.normal(0, 1.5, (200, 330))).astype(np.float32)

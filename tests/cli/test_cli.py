@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from livedenoise.cli import main
+from livedenoise.inference.modelio import DEFAULT_MODEL
 
 
 def _free_port() -> int:
@@ -140,7 +141,7 @@ class Hung(PassthroughEngine):
     def restore(self, frame_e, out):
         threading.Event().wait(3600)  # never returns
 
-serve.choose_engine = lambda *a, **k: Hung()
+serve.start_live_engine = lambda *a, **k: Hung()
 sys.argv = {argv!r}
 from livedenoise.cli import main
 raise SystemExit(main())
@@ -269,7 +270,7 @@ def test_bench_engine_only_times_the_engine_alone(tmp_path: Path, capsys: Any) -
     rc = main([*argv, "-n", "5", "--json", str(out_json)])
     assert rc == 0
     table = capsys.readouterr().out
-    assert "| passthrough | None |" in table and "| cpu | rln-denoise-v2 |" in table and "Machine:" in table
+    assert "| passthrough | None |" in table and f"| cpu | {DEFAULT_MODEL} |" in table and "Machine:" in table
     report = json.loads(out_json.read_text())
     assert [r["engine"]["backend"] for r in report["engine_results"]] == ["passthrough", "cpu"]
     for r in report["engine_results"]:
