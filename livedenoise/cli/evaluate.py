@@ -15,6 +15,8 @@ from livedenoise.training.evaluate_deconv import (
     format_deconv_markdown,
 )
 from livedenoise.training.evaluate_real import (
+    DEFAULT_BACKGROUNDS,
+    DEFAULT_PEAKS,
     PSFS,
     RealEvalConfig,
     evaluate_real,
@@ -182,6 +184,16 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_outputs(args: argparse.Namespace, *paths: Path | None) -> None:
+    """Refuse an existing output without --force, and an output folder that cannot be written, before any work."""
+    for path in paths:
+        if path is None:
+            continue
+        if path.exists() and not args.force:
+            raise CLIError(f"{path} exists; choose another name or pass --force to overwrite it")
+        check_writable_dir(path.parent if str(path.parent) else Path("."), str(path))
+
+
 def _deconvolve_models(args: argparse.Namespace) -> list[str]:
     if args.models is not None:
         if args.models == ["none"]:
@@ -201,16 +213,8 @@ def _deconvolve_models(args: argparse.Namespace) -> list[str]:
 def _real_deconv(args: argparse.Namespace) -> int:
     import json
 
-    if args.json and Path(args.json).exists() and not args.force:
-        raise CLIError(f"{args.json} exists; choose another name or pass --force to overwrite it")
-    if args.json:
-        check_writable_dir(Path(args.json).parent if str(Path(args.json).parent) else Path("."), args.json)
+    _check_outputs(args, Path(args.json) if args.json else None)
     opts = {"precision": args.precision} if args.precision else {}
-    kw: dict[str, object] = {}
-    if args.peaks:
-        kw["peaks"] = args.peaks
-    if args.backgrounds:
-        kw["backgrounds"] = args.backgrounds
     reports = []
     for model in _deconvolve_models(args):
         try:
@@ -222,7 +226,8 @@ def _real_deconv(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 engine=args.engine,
                 engine_options=opts,
-                **kw,  # type: ignore[arg-type]
+                peaks=args.peaks or DEFAULT_PEAKS,
+                backgrounds=args.backgrounds or DEFAULT_BACKGROUNDS,
             )
             report = evaluate_real_deconv(cfg, progress=False if args.no_progress else None)
         except (ValueError, FileNotFoundError) as exc:
@@ -242,28 +247,15 @@ def _real_deconv(args: argparse.Namespace) -> int:
 
 def _real(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     if args.task == "deconvolve":
         return _real_deconv(args)
 
     figure = None if args.figure in (None, "", "none") else Path(args.figure)
-    for path in (figure, Path(args.json) if args.json else None):
-        if path is None:
-            continue
-        if path.exists() and not args.force:
-            raise CLIError(f"{path} exists; choose another name or pass --force to overwrite it")
-        check_writable_dir(path.parent if str(path.parent) else Path("."), str(path))
+    _check_outputs(args, figure, Path(args.json) if args.json else None)
     models = None if args.models is None else ([] if args.models == ["none"] else args.models)
     baselines = None if args.baselines is None else ([] if args.baselines == ["none"] else args.baselines)
     opts = {"precision": args.precision} if args.precision else {}
-    kw = {}
-    if args.peaks:
-        kw["peaks"] = args.peaks
-    if args.backgrounds:
-        kw["backgrounds"] = args.backgrounds
-    if args.psfs:
-        kw["psfs"] = tuple(args.psfs)
     cfg = RealEvalConfig(
         models=models,
         baselines=baselines,
@@ -274,7 +266,9 @@ def _real(args: argparse.Namespace) -> int:
         engine=args.engine,
         engine_options=opts,
         slow_every=args.bm3d_every,
-        **kw,
+        peaks=args.peaks or DEFAULT_PEAKS,
+        backgrounds=args.backgrounds or DEFAULT_BACKGROUNDS,
+        psfs=tuple(args.psfs) if args.psfs else tuple(PSFS),
     )
     report = evaluate_real(cfg, progress=False if args.no_progress else None)
     print(format_real_markdown(report))

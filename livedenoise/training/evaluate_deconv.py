@@ -27,12 +27,17 @@ import numpy as np
 
 from livedenoise.imaging import metrics
 from livedenoise.imaging.psf import convolve_fft, deconvolve_target_psf, named_psf
-from livedenoise.imaging.synthetic import EVAL_SEED_OFFSET, add_noise
 from livedenoise.inference.engines import make_engine
 from livedenoise.inference.modelio import read_card, resolve_model
 from livedenoise.training.baselines import available_baselines, run_baseline
 from livedenoise.training.evaluate import _machine
-from livedenoise.training.evaluate_real import DEFAULT_BACKGROUNDS, DEFAULT_PEAKS, load_real_crops
+from livedenoise.training.evaluate_real import (
+    DEFAULT_BACKGROUNDS,
+    DEFAULT_PEAKS,
+    grid_design,
+    load_real_crops,
+    noisy_frame,
+)
 
 __all__ = ["RL_ITERATIONS", "RealDeconvConfig", "evaluate_real_deconv", "format_deconv_markdown", "model_psf"]
 
@@ -102,31 +107,25 @@ def _frames(cfg: RealDeconvConfig, psf_name: str) -> list[dict[str, Any]]:
     target_psf = deconvolve_target_psf(float(info["sigma_px"]))
     seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     frames = []
-    i = 0
-    for r in range(cfg.reps):
-        for ib, bg in enumerate(cfg.backgrounds):
-            for ip, peak in enumerate(cfg.peaks):
-                crop = names[(ip + ib * len(cfg.peaks) + r) % len(names)]
-                if crop not in seen:
-                    blurred = convolve_fft(crops[crop], psf)
-                    scale = max(float(np.percentile(blurred, 99.9)), 1e-12)
-                    seen[crop] = (blurred / scale, convolve_fft(crops[crop], target_psf) / scale)
-                rel, rel_truth = seen[crop]
-                expected = (rel * float(peak) + float(bg)).astype(np.float32)
-                rng = np.random.default_rng(cfg.seed + EVAL_SEED_OFFSET + 7919 * i)
-                x, cam = add_noise(rng, expected)
-                frames.append(
-                    {
-                        "index": i,
-                        "x": np.ascontiguousarray(x, np.float32),
-                        "truth": (rel_truth * float(peak) + float(bg)).astype(np.float32),
-                        "peak_e": float(peak),
-                        "background_e": float(bg),
-                        "crop": crop,
-                        "read_var_e2": cam["read_var_e2"],
-                    }
-                )
-                i += 1
+    for i, peak, bg, ic, _ in grid_design(cfg.peaks, cfg.backgrounds, cfg.reps, len(names)):
+        crop = names[ic]
+        if crop not in seen:
+            blurred = convolve_fft(crops[crop], psf)
+            scale = max(float(np.percentile(blurred, 99.9)), 1e-12)
+            seen[crop] = (blurred / scale, convolve_fft(crops[crop], target_psf) / scale)
+        rel, rel_truth = seen[crop]
+        x, read_var = noisy_frame(cfg.seed, i, (rel * peak + bg).astype(np.float32))
+        frames.append(
+            {
+                "index": i,
+                "x": x,
+                "truth": (rel_truth * peak + bg).astype(np.float32),
+                "peak_e": peak,
+                "background_e": bg,
+                "crop": crop,
+                "read_var_e2": read_var,
+            }
+        )
     return frames
 
 
@@ -190,13 +189,13 @@ def _report(
 ) -> dict[str, Any]:
     peaks = [float(p) for p in cfg.peaks]
 
-    def mean_at(method: str, peak: float) -> float:
-        return float(np.mean([v for v, fr in zip(psnr[method], frames) if fr["peak_e"] == peak]))
+    def mean_over(values: list[float], key: str, level: float) -> float:
+        return float(np.mean([v for v, fr in zip(values, frames) if fr[key] == level]))
 
     rl_names = [f"rl-{n}" for n in cfg.iterations]
 
     def best_at(peak: float) -> int:
-        return max(cfg.iterations, key=lambda n: mean_at(f"rl-{n}", peak))
+        return max(cfg.iterations, key=lambda n: mean_over(psnr[f"rl-{n}"], "peak_e", peak))
 
     best_per_peak = {str(p): best_at(p) for p in peaks}
     best_single = max(cfg.iterations, key=lambda n: float(np.mean(psnr[f"rl-{n}"])))
@@ -205,17 +204,9 @@ def _report(
     ]  # per frame, RL at its peak's best count
     psnr_all = {**psnr, "rl-best": rl_best}
     shown = ["raw", model, "rl-best", f"rl-{best_single}"]
-    by_peak = {m: {str(p): mean_at(m, p) if m in psnr else None for p in peaks} for m in shown}
-    by_peak["rl-best"] = {
-        str(p): float(np.mean([v for v, fr in zip(rl_best, frames) if fr["peak_e"] == p])) for p in peaks
-    }
+    by_peak = {m: {str(p): mean_over(psnr_all[m], "peak_e", p) for p in peaks} for m in shown}
     by_bg = {
-        m: {
-            str(float(b)): float(
-                np.mean([v for v, fr in zip(psnr_all[m], frames) if fr["background_e"] == b])
-            )
-            for b in cfg.backgrounds
-        }
+        m: {str(float(b)): mean_over(psnr_all[m], "background_e", float(b)) for b in cfg.backgrounds}
         for m in shown
     }
     summary = {m: float(np.mean(psnr_all[m])) for m in shown}

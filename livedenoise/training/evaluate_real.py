@@ -50,8 +50,10 @@ __all__ = [
     "RealEvalConfig",
     "evaluate_real",
     "format_real_markdown",
+    "grid_design",
     "load_real_crops",
     "make_real_frames",
+    "noisy_frame",
     "write_real_figure",
 ]
 
@@ -95,8 +97,28 @@ def load_real_crops(names: Sequence[str] | None = None, size: int | None = None)
     return out
 
 
-def _psf(name: str) -> np.ndarray:
-    return named_psf(name)[0]
+def grid_design(
+    peaks: Sequence[float], backgrounds: Sequence[float], reps: int, n_crops: int, n_psfs: int = 1
+) -> list[tuple[int, float, float, int, int]]:
+    """The frames of the peak × background grid: ``(index, peak, background, crop, psf)`` numbers.
+
+    Crops and PSFs rotate over the grid so that every peak and background sees several of each.
+    """
+    out: list[tuple[int, float, float, int, int]] = []
+    for r in range(reps):
+        for ib, bg in enumerate(backgrounds):
+            for ip, peak in enumerate(peaks):
+                crop = (ip + ib * len(peaks) + r) % n_crops
+                psf = (ip + ib + r) % n_psfs
+                out.append((len(out), float(peak), float(bg), crop, psf))
+    return out
+
+
+def noisy_frame(seed: int, index: int, expected: np.ndarray) -> tuple[np.ndarray, float | np.ndarray]:
+    """Frame ``index`` of an evaluation seed through the camera model: noisy e- and the read variance."""
+    rng = np.random.default_rng(seed + EVAL_SEED_OFFSET + 7919 * index)
+    x, cam = add_noise(rng, expected)
+    return np.ascontiguousarray(x, np.float32), cam["read_var_e2"]
 
 
 @dataclass
@@ -149,43 +171,37 @@ class RealEvalConfig:
         if not self.backgrounds or min(self.backgrounds) < 0:
             raise ValueError(f"backgrounds must be >= 0 photoelectrons, got {self.backgrounds}")
         for name in self.psfs:
-            _psf(name)  # raises on an unknown name
+            named_psf(name)  # raises on an unknown name
 
 
 def make_real_frames(cfg: RealEvalConfig) -> list[dict[str, Any]]:
     """The evaluation frames: dicts with ``x`` (noisy e-), ``truth``, ``bg_mask`` and the design."""
     crops = load_real_crops(cfg.crops, cfg.size)
     names = list(crops)
-    psfs = {p: _psf(p) for p in cfg.psfs}
+    psfs = {p: named_psf(p)[0] for p in cfg.psfs}
     blurred = {}
     frames = []
-    i = 0
-    for r in range(cfg.reps):
-        for ib, bg in enumerate(cfg.backgrounds):
-            for ip, peak in enumerate(cfg.peaks):
-                crop = names[(ip + ib * len(cfg.peaks) + r) % len(names)]
-                psf = cfg.psfs[(ip + ib + r) % len(cfg.psfs)]
-                if (crop, psf) not in blurred:
-                    b = convolve_fft(crops[crop], psfs[psf])
-                    blurred[crop, psf] = b / max(float(np.percentile(b, 99.9)), 1e-12)
-                rel = blurred[crop, psf]
-                truth = (rel * float(peak) + float(bg)).astype(np.float32)
-                rng = np.random.default_rng(cfg.seed + EVAL_SEED_OFFSET + 7919 * i)
-                x, cam = add_noise(rng, truth)
-                frames.append(
-                    {
-                        "index": i,
-                        "x": np.ascontiguousarray(x, np.float32),
-                        "truth": truth,
-                        "bg_mask": rel < BG_MASK_LEVEL,
-                        "peak_e": float(peak),
-                        "background_e": float(bg),
-                        "crop": crop,
-                        "psf": psf,
-                        "read_var_e2": cam["read_var_e2"],
-                    }
-                )
-                i += 1
+    for i, peak, bg, ic, ipsf in grid_design(cfg.peaks, cfg.backgrounds, cfg.reps, len(names), len(cfg.psfs)):
+        crop, psf = names[ic], cfg.psfs[ipsf]
+        if (crop, psf) not in blurred:
+            b = convolve_fft(crops[crop], psfs[psf])
+            blurred[crop, psf] = b / max(float(np.percentile(b, 99.9)), 1e-12)
+        rel = blurred[crop, psf]
+        truth = (rel * peak + bg).astype(np.float32)
+        x, read_var = noisy_frame(cfg.seed, i, truth)
+        frames.append(
+            {
+                "index": i,
+                "x": x,
+                "truth": truth,
+                "bg_mask": rel < BG_MASK_LEVEL,
+                "peak_e": peak,
+                "background_e": bg,
+                "crop": crop,
+                "psf": psf,
+                "read_var_e2": read_var,
+            }
+        )
     return frames
 
 
