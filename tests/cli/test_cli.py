@@ -334,11 +334,17 @@ def test_demo_ctrl_c_stops_cleanly_with_a_summary() -> None:
     import signal
 
     pub, control = _free_port(), _free_port()
+    # A child of a shell's background job (a CI runner, `nohup`, `... &`) inherits SIGINT ignored,
+    # and Python then installs no Ctrl-C handler: the child sets Python's own first, as in a terminal.
+    start = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'livedenoise'; runpy.run_module('livedenoise', run_name='__main__')"
+    )
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "livedenoise",
+            "-c",
+            start,
             "demo",
             "--engine",
             "passthrough",
@@ -363,10 +369,11 @@ def test_demo_ctrl_c_stops_cleanly_with_a_summary() -> None:
             if "fps acq" in line:
                 break
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # reap it here, not in a later test's garbage collection
             proc.kill()
+            proc.communicate()
     assert proc.returncode == 0, err[-2000:]
     assert "stopping (Ctrl-C)" in out and "state: stopped" in out and "dropped: 0" in out
 
