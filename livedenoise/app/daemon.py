@@ -405,8 +405,9 @@ def run_live(
                     log.warning("%s", warning)
                 if deadline is not None and time.monotonic() >= deadline:
                     break
-        except KeyboardInterrupt:
-            print("\nstopping (Ctrl-C)...", file=out, flush=True)
+        except KeyboardInterrupt as exc:
+            why = "SIGTERM" if isinstance(exc, _Terminated) else "Ctrl-C"
+            print(f"\nstopping ({why})...", file=out, flush=True)
         finally:
             restore_sigterm()
     finally:
@@ -486,13 +487,17 @@ class _RecentRates:
         return rates
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so that both stop the same way."""
+
+
 def _sigterm_as_interrupt() -> Any:
     """While running in the main thread, SIGTERM stops like Ctrl-C; returns the undo function."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        raise _Terminated
 
     previous = signal.signal(signal.SIGTERM, handler)
     return lambda: signal.signal(signal.SIGTERM, previous)

@@ -330,14 +330,24 @@ def test_bench_rejects_bad_sizes(capsys: Any) -> None:
     assert "--size must be 16 to 8192" in capsys.readouterr().err
 
 
-def test_demo_ctrl_c_stops_cleanly_with_a_summary() -> None:
+@pytest.mark.parametrize(
+    ("sig", "sigint_in_child", "said"),
+    [
+        ("SIGINT", "default_int_handler", "Ctrl-C"),  # Ctrl-C in a terminal
+        ("SIGTERM", "SIG_IGN", "SIGTERM"),  # `kill PID` of a daemon started in the background
+    ],
+)
+def test_demo_stops_cleanly_with_a_summary_on_ctrl_c_or_sigterm(
+    sig: str, sigint_in_child: str, said: str
+) -> None:
     import signal
 
     pub, control = _free_port(), _free_port()
     # A child of a shell's background job (a CI runner, `nohup`, `... &`) inherits SIGINT ignored,
-    # and Python then installs no Ctrl-C handler: the child sets Python's own first, as in a terminal.
+    # and Python then installs no Ctrl-C handler: the child sets SIGINT's disposition itself, as a
+    # terminal (Python's handler) or a background job (ignored) would give it.
     start = (
-        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        f"import runpy, signal, sys; signal.signal(signal.SIGINT, signal.{sigint_in_child}); "
         "sys.argv[0] = 'livedenoise'; runpy.run_module('livedenoise', run_name='__main__')"
     )
     proc = subprocess.Popen(
@@ -368,14 +378,14 @@ def test_demo_ctrl_c_stops_cleanly_with_a_summary() -> None:
             lines.append(line)
             if "fps acq" in line:
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, sig))
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:  # reap it here, not in a later test's garbage collection
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err[-2000:]
-    assert "stopping (Ctrl-C)" in out and "state: stopped" in out and "dropped: 0" in out
+    assert f"stopping ({said})" in out and "state: stopped" in out and "dropped: 0" in out
 
 
 def test_bench_engine_all_expands_to_the_available_engines(capsys: Any) -> None:
