@@ -259,6 +259,29 @@ def _psf_record(config: TrainConfig) -> dict[str, Any]:
     return rec
 
 
+WEIGHTLESS_ARCH_PARAMS = ("flux_block",)
+"""Network parameters that hold no weights: ``--arch-param`` may set them on an ``--init`` model."""
+
+
+def _init_arch_params(init: dict[str, Any], given: dict[str, Any], source: str) -> dict[str, Any]:
+    """The ``--init`` model's network parameters, with the weightless ones of ``given`` set anew.
+
+    Any other ``--arch-param`` that differs from the model's would change its weights' shapes or
+    meaning, and is refused with the model's value rather than silently ignored.
+    """
+    out = dict(init)
+    for key, value in given.items():
+        if key in WEIGHTLESS_ARCH_PARAMS:
+            out[key] = value
+        elif init.get(key) != value:
+            raise ValueError(
+                f"--arch-param {key}={value!r} cannot change the --init model {source!r} (its {key} is "
+                f"{init.get(key)!r}); leave it out to fine-tune that network, or train a new one without "
+                f"--init. Only {', '.join(WEIGHTLESS_ARCH_PARAMS)} (no weights) may be set on an --init model"
+            )
+    return out
+
+
 def train(config: TrainConfig, data: Iterable | None = None, val_data=None, progress: bool = True):
     """Train a network.
 
@@ -297,7 +320,11 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
             raise ValueError(
                 f"--init model is a {init_card.architecture}, but --arch is {config.architecture}"
             )
-        config.arch_params = dict(init_card.arch_params)
+        config.arch_params = _init_arch_params(init_card.arch_params, config.arch_params, config.init)
+        if config.arch_params != dict(init_card.arch_params):  # an output stage set anew: same weights
+            net = build_network(config.architecture, **config.arch_params)
+            net.load_state_dict(module.state_dict())
+            module = net
     else:
         module = build_network(config.architecture, **config.arch_params)
     # channels-last: 3-5x faster convolutions (forward and backward) on CPU

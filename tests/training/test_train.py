@@ -310,3 +310,16 @@ def test_a_worse_model_warns_and_does_not_replace_a_named_one(tmp_path, monkeypa
     assert "worse" in capsys.readouterr().err and (tmp_path / "new.pt").exists()
     assert main(["train", "--arch", "rln", *_TINY, "--force", "--accept-worse", "-o", str(named)]) == 0
     assert named.read_bytes() != before
+
+
+def test_an_init_model_takes_a_new_output_stage_and_refuses_other_changes():
+    module, card, _ = train(
+        _tiny(init="rln-denoise-v2", arch_params={"flux_block": 8}, steps=2, epoch_steps=2), progress=False
+    )
+    assert card.arch_params["flux_block"] == 8 and module.flux_block == 8
+    assert card.arch_params["activation"] == "relu"  # the rest is the init model's
+    with pytest.raises(ValueError, match="activation='softplus' cannot change the --init model"):
+        train(
+            _tiny(init="rln-denoise-v2", arch_params={"activation": "softplus"}, steps=2, epoch_steps=2),
+            progress=False,
+        )
