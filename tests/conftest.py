@@ -54,3 +54,21 @@ def _restore_livedenoise_logger():
     saved = (list(log.handlers), log.level, log.propagate)
     yield
     log.handlers[:], log.level, log.propagate = saved[0], saved[1], saved[2]
+
+
+_TORCH_THREADS: list[int] = []  # torch's own thread count, read the first time a test has torch loaded
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A live engine made in-process sets torch's (process-wide) thread count to the live default
+    (every core but one): put torch's own count back, so later tests run on the cores they would have."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and not _TORCH_THREADS:
+        _TORCH_THREADS.append(torch.get_num_threads())
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and _TORCH_THREADS and torch.get_num_threads() != _TORCH_THREADS[0]:
+        torch.set_num_threads(_TORCH_THREADS[0])

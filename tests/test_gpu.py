@@ -24,7 +24,14 @@ from livedenoise.inference.engines.validation import TOLERANCE, relative_error, 
 pytestmark = pytest.mark.gpu
 
 SHAPES = [(512, 512), (2048, 2048)]
-MODELS = ["rln-denoise-v1", "rln-denoise-v2", "resunet-denoise-v1", "resunet-live-v1", "resunet-denoise-v2"]
+MODELS = [
+    "rln-denoise-v1",
+    "rln-denoise-v2",
+    "resunet-denoise-v1",
+    "resunet-live-v1",
+    "resunet-live-v2",
+    "resunet-denoise-v2",
+]
 
 
 def _model(model_id: str):

@@ -39,6 +39,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# set in the card after training (they have no weights): photon counts kept at that scale
+AFTER_TRAINING: dict[str, dict] = {
+    "resunet-live-v1": {"flux_block": 32},
+    "resunet-live-v2": {"flux_block": 32},
+    "resunet-denoise-v2": {"flux_block": 32},
+    "rln-deconvolve-v1": {"flux_block": 16},
+}
+
+
+def _from_model(
+    recipe: list[str], init_id: str, model_id: str, *, steps: str, lr: str, seed: str
+) -> list[str]:
+    """``recipe`` run on from the shipped ``init_id`` (``--init models/<init_id>.pt``, its network and its
+    flux step, which stays on while training) on a new schedule, as ``model_id``."""
+    out = list(recipe)
+    task = out.index("--task")  # the network is the init model's: the recipe's --arch-param go
+    flux = [a for k, v in AFTER_TRAINING.get(init_id, {}).items() for a in ("--arch-param", f"{k}={v}")]
+    out[:task] = ["--arch", out[1], "--init", f"models/{init_id}.pt", *flux]
+    for flag, value in (("--steps", steps), ("--lr", lr), ("--seed", seed), ("--id", model_id)):
+        out[out.index(flag) + 1] = value
+    return out
+
+
 def _variant(recipe: list[str], steps: str, *after_steps: str) -> list[str]:
     """``recipe`` with its ``--steps`` value replaced and ``after_steps`` inserted right after it."""
     out = list(recipe)
@@ -235,6 +258,11 @@ SHIPPED: dict[str, list[str] | list[list[str]]] = {
         _variant(LIVE_RECIPE, "5000", "--stop-after", "1750"),
         _variant(LIVE_RECIPE, "8000", "--resume"),
     ],
+    # the live default since 2026-12-01: resunet-live-v1 trained on, 6000 steps at lr 0.0005 (a new
+    # cosine schedule, another seed), with its flux step on while training
+    "resunet-live-v2": _from_model(
+        LIVE_RECIPE, "resunet-live-v1", "resunet-live-v2", steps="6000", lr="0.0005", seed="7"
+    ),
     # the quality model: RESUNET with a 2x pixel-unshuffle front end, four levels, sample-like data, in
     # three stages: a 4500-step schedule to step 1500, lengthened to 7000 steps to step 3250 (lengthened
     # again to 10000 it diverged at lr ~1.3e-3), then 4000 steps from those weights at lr 0.0005
@@ -307,13 +335,6 @@ SHIPPED: dict[str, list[str] | list[list[str]]] = {
         "--id",
         "rln-deconvolve-v1",
     ],
-}
-
-# set in the card after training (they have no weights): photon counts kept at that scale
-AFTER_TRAINING: dict[str, dict] = {
-    "resunet-live-v1": {"flux_block": 32},
-    "resunet-denoise-v2": {"flux_block": 32},
-    "rln-deconvolve-v1": {"flux_block": 16},
 }
 
 EVAL_PEAKS_E = (2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 300.0)
@@ -457,7 +478,10 @@ def measure_real(ids: list[str], figure: str | None = None) -> None:
         avail = available_baselines("denoise")
         baselines = [b for b in ("tv", "gat-nlm", "gat-bm3d") if avail[b][0]]
         paths = [str(ROOT / "models" / f"{m}.pt") for m in denoise]
-        rep = evaluate_real(RealEvalConfig(models=paths, baselines=baselines), progress=True)
+        # the cards' figures in fp32 on every machine (bf16, where a machine's cached probe chose it,
+        # moves them by ~0.05 dB)
+        cfg = RealEvalConfig(models=paths, baselines=baselines, engine_options={"precision": "fp32"})
+        rep = evaluate_real(cfg, progress=True)
         print(format_real_markdown(rep))
         if figure:
             write_real_figure(rep, figure)
@@ -489,7 +513,10 @@ def measure_real(ids: list[str], figure: str | None = None) -> None:
         module, card = cards[m]
         if card.task == "deconvolve":
             rep = evaluate_real_deconv(
-                RealDeconvConfig(model=str(ROOT / "models" / f"{m}.pt")), progress=True
+                RealDeconvConfig(
+                    model=str(ROOT / "models" / f"{m}.pt"), engine_options={"precision": "fp32"}
+                ),
+                progress=True,
             )
             results[m] = {
                 "real_deconvolution": {

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from livedenoise.acquisition.core import new_unicore
+from livedenoise.app.modelchoice import live_engine_options
 from livedenoise.calibration.maps import Calibration
 from livedenoise.drivers.simcam import ReplayCamera
 from livedenoise.inference.engines import make_engine
@@ -411,14 +412,22 @@ def run_bench(
     endpoint: str = "tcp://127.0.0.1:*",
     topics: tuple[str, ...] = ("denoised",),
     subscriber: str = "thread",
+    threads: int | None = None,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """Benchmark every (engine, size); returns ``{"machine": ..., "results": [...]}``."""
+    """Benchmark every (engine, size); returns ``{"machine": ..., "results": [...]}``.
+
+    The engines run as the daemon runs them (:func:`~livedenoise.app.modelchoice.live_engine_options`:
+    a CPU engine on every core but one unless ``threads`` is given).
+    """
 
     results = []
     for kind in engines:
         for size in sizes:
-            engine = make_engine(kind, model=None if kind == "passthrough" else model)
+            if kind == "passthrough":
+                engine = make_engine(kind)
+            else:
+                engine = make_engine(kind, model=model, **live_engine_options(kind, {"threads": threads}))
             if progress is not None:
                 progress(f"bench: {kind} at {size}x{size}, camera {camera_fps:g} fps, {seconds:g} s ...")
             try:

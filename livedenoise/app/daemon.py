@@ -21,7 +21,7 @@ import numpy as np
 
 from livedenoise.acquisition.core import CameraSettings, CoreError, apply_camera_settings, sensor_shape
 from livedenoise.acquisition.jobs import JobManager, install_pair_commands
-from livedenoise.app.modelchoice import choose_model
+from livedenoise.app.modelchoice import choose_model, live_engine_options
 from livedenoise.calibration.maps import Calibration, CalibrationError, read_calibration
 from livedenoise.imaging.metrics import psnr
 from livedenoise.inference.engines import Engine, EngineUnavailable, PassthroughEngine, make_engine
@@ -288,6 +288,7 @@ def start_live_engine(
     """
     shape = (int(core.getImageHeight()), int(core.getImageWidth()))
     interval_ms = max(float(core.getExposure()), 0.1)
+    options = live_engine_options(kind, options)
     choice = choose_model(kind, model, frame_shape=shape, frame_interval_ms=interval_ms, options=options)
     print(f"livedenoise: model {choice.model or 'none'}: {choice.reason}", file=out or sys.stdout, flush=True)
     if choice.engine is not None:
@@ -326,8 +327,15 @@ def _engine_phrase(engine: Engine) -> str:
     """``cpu: rln-denoise-v2 (bf16)`` from an engine's description."""
     d = engine.describe()
     model = d.get("model") or "no model"
-    precision = f" ({d['precision']})" if d.get("precision") else ""
-    return f"{d.get('backend', getattr(engine, 'name', '?'))}: {model}{precision}"
+    detail = ", ".join(
+        x
+        for x in (
+            d.get("precision"),
+            f"{d['threads']} thread{'s' if d['threads'] != 1 else ''}" if d.get("threads") else None,
+        )
+        if x
+    )
+    return f"{d.get('backend', getattr(engine, 'name', '?'))}: {model}" + (f" ({detail})" if detail else "")
 
 
 def _install_jobs(

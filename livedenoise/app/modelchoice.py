@@ -7,10 +7,14 @@ and the fast live model (:data:`~livedenoise.inference.modelio.DEFAULT_MODEL`). 
   frame shape; it is kept when its median frame takes at most :data:`KEEP_UP` of the camera's frame
   interval, else the fast model is used;
 - on the CPU engine the quality model's speed comes from its card (measured alone on a 2-core CPU
-  at 512², scaled by the frame's pixels, times :data:`CPU_PIPELINE_SLOWDOWN`: inside the pipeline
-  the engine shares the cores with the camera, conversion and publishing threads): it is used only
-  where that keeps up (small ROIs, slow exposures), else the fast model. Timing it here would cost
-  seconds of start-up on every CPU.
+  at 512² with the engine's thread count, scaled by the frame's pixels, times
+  :func:`pipeline_slowdown`: inside the pipeline the engine shares the cores with the camera,
+  conversion and publishing threads): it is used only where that keeps up (small ROIs, slow
+  exposures), else the fast model. Timing it here would cost seconds of start-up on every CPU.
+
+The live CPU engine leaves one core to the rest of the pipeline (:func:`live_cpu_threads`): on the
+2-core CPU one engine thread restores more frames in the pipeline than two, whose every operation
+waits for the thread the camera or the publisher just took the core from.
 
 The choice and its reason are the first thing ``serve`` and ``demo`` print. ``--model`` always wins.
 """
@@ -18,6 +22,7 @@ The choice and its reason are the first thing ``serve`` and ``demo`` print. ``--
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,12 +34,16 @@ from livedenoise.inference.modelio import DEFAULT_MODEL, QUALITY_MODEL, ModelCar
 
 __all__ = [
     "CPU_PIPELINE_SLOWDOWN",
+    "CPU_PIPELINE_SLOWDOWN_1T",
     "GPU_ENGINES",
     "KEEP_UP",
     "ModelChoice",
     "card_frame_ms",
     "choose_model",
     "engine_kind",
+    "live_cpu_threads",
+    "live_engine_options",
+    "pipeline_slowdown",
 ]
 
 log = logging.getLogger("livedenoise")
@@ -45,6 +54,9 @@ CPU_PIPELINE_SLOWDOWN = 2.0
 """How much slower a CPU engine runs inside the pipeline than alone: ``livedenoise bench`` measured
 1.7x at 512² on a 2-core CPU (41 ms alone, 69 ms in the pipeline), and small frames use the cores
 less well than the 512² of the cards; rounded up."""
+CPU_PIPELINE_SLOWDOWN_1T = 1.4
+"""The same for an engine on one thread: ``livedenoise bench`` and ``demo`` measured 0.9-1.0x at
+384-512² and 1.34x at 256² (resunet-live-v2, 2-core CPU, 2026-12-01); rounded up."""
 GPU_ENGINES = ("cuda", "tensorrt")
 CARD_FRAME_PX = 512 * 512  # the frame of the cards' speed figures
 TIMED_FRAMES = 5
@@ -69,10 +81,46 @@ def engine_kind(kind: str | None) -> str:
     return next((k for k in AUTO_ORDER if avail.get(k, (False, ""))[0]), "cpu")
 
 
-def card_frame_ms(card: ModelCard, shape: tuple[int, int]) -> float | None:
-    """The card's fastest CPU median (2 threads, fp32 or bf16) at 512², scaled to ``shape``'s pixels."""
+def live_cpu_threads() -> int | None:
+    """Threads for a live CPU engine: every usable core but one, left to the camera, the conversion and
+    the publishing (None where ``OMP_NUM_THREADS`` is set: the user's choice stands)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+def live_engine_options(kind: str | None, options: dict[str, Any] | None) -> dict[str, Any]:
+    """``options`` with the live thread count (:func:`live_cpu_threads`)
+    for a CPU engine (``cpu``, ``onnx``) when none was given."""
+    opts = dict(options or {})
+    threads = opts.pop("threads", None)
+    backend = engine_kind(kind)
+    if backend in ("cpu", "onnx"):
+        threads = live_cpu_threads() if threads is None else threads
+        if threads is not None:
+            opts["threads"] = int(threads)
+    elif threads is not None:
+        raise ValueError(
+            f"--threads sets the cpu and onnx engines' CPU threads; the {backend} engine takes none"
+        )
+    return opts
+
+
+def pipeline_slowdown(threads: int | None) -> float:
+    """How much slower a CPU engine on ``threads`` threads runs in the pipeline than alone."""
+    return CPU_PIPELINE_SLOWDOWN_1T if threads == 1 else CPU_PIPELINE_SLOWDOWN
+
+
+def card_frame_ms(card: ModelCard, shape: tuple[int, int], threads: int | None = None) -> float | None:
+    """The card's fastest CPU median (fp32 or bf16) at 512² on 1 thread (``threads`` 1) or 2 threads
+    (otherwise), scaled to ``shape``'s pixels."""
     speed = card.speed if isinstance(card.speed, dict) else {}
-    vals = [speed.get(k) for k in ("fp32_2t_ms_median", "bf16_2t_ms_median")]
+    t = 1 if threads == 1 else 2
+    vals = [speed.get(k) for k in (f"fp32_{t}t_ms_median", f"bf16_{t}t_ms_median")]
     nums = [float(v) for v in vals if isinstance(v, (int, float)) and v > 0]
     if not nums:
         return None
@@ -147,8 +195,9 @@ def choose_model(
             f"the fast live model: the quality model {QUALITY_MODEL} takes {ms:.1f} ms a {frame} frame on "
             f"{backend}, more than {KEEP_UP:.0%} of the camera's {frame_interval_ms:g} ms frame interval",
         )
-    card_ms = card_frame_ms(qcard, frame_shape)
-    est = None if card_ms is None else card_ms * CPU_PIPELINE_SLOWDOWN
+    threads = (options or {}).get("threads")
+    card_ms = card_frame_ms(qcard, frame_shape, threads)
+    est = None if card_ms is None else card_ms * pipeline_slowdown(threads)
     if est is not None and est <= budget:
         return ModelChoice(
             QUALITY_MODEL,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 __all__ = [
     "PRECISIONS",
@@ -12,6 +13,7 @@ __all__ = [
     "add_confinement_arguments",
     "add_force_argument",
     "add_precision_argument",
+    "add_threads_argument",
     "engine_options",
     "existing_outputs",
     "roi",
@@ -48,9 +50,36 @@ def add_precision_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
-def engine_options(precision: str) -> dict[str, str]:
-    """Engine keyword options for ``--precision``: none for ``auto`` (each backend's own default)."""
-    return {} if precision == "auto" else {"precision": precision}
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    """``--threads N``: the live CPU engine's threads (serve, demo, bench)."""
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="CPU threads of the restoration (cpu and onnx engines); default: every core but one, left "
+        "to the camera, conversion and publishing (on 2 cores one engine thread restores more frames "
+        "than two), or OMP_NUM_THREADS where set",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n
+
+
+def engine_options(precision: str, threads: int | None = None) -> dict[str, Any]:
+    """Engine keyword options for ``--precision`` (none for ``auto``: each backend's own default) and
+    ``--threads`` (None: the live default, :func:`~livedenoise.app.daemon.live_engine_options`)."""
+    opts: dict[str, Any] = {} if precision == "auto" else {"precision": precision}
+    if threads is not None:
+        opts["threads"] = threads
+    return opts
 
 
 def add_confinement_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from livedenoise.app.bench import engine_table, markdown_table, run_bench, run_engine_bench
-from livedenoise.cli._args import CLIError
+from livedenoise.cli._args import CLIError, add_threads_argument
 from livedenoise.inference.engines import available_backends
 from livedenoise.util.atomic import atomic_path
 
@@ -113,6 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="--engine-only: engine precision (default: the engine's own choice)",
     )
+    add_threads_argument(p)
     p.add_argument(
         "--json", metavar="OUT.json", default=None, help="also write the full report as JSON ('-' = stdout)"
     )
@@ -153,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         endpoint=args.endpoint,
         topics=topics,
         subscriber=args.subscriber,
+        threads=args.threads,
         progress=lambda m: print(m, file=sys.stderr),
     )
     return _emit(report, markdown_table(report), args.json)

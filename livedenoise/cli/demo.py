@@ -12,6 +12,7 @@ from livedenoise.cli._args import (
     add_camera_arguments,
     add_confinement_arguments,
     add_precision_argument,
+    add_threads_argument,
     engine_options,
 )
 from livedenoise.cli.serve import configured_model
@@ -50,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--model", default=None, help="model id or path (default: the engine's default live model)"
     )
     add_precision_argument(p)
+    add_threads_argument(p)
     p.add_argument(
         "--size",
         type=int,
@@ -121,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         configured_model(config),
         core,
         fallback=args.engine is None and args.model is None,
-        options=engine_options(args.precision),
+        options=engine_options(args.precision, args.threads),
     )
 
     source = CoreSource(core, truth=camera.truth, poll_interval_ms=config.poll_interval_ms)

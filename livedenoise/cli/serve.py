@@ -12,6 +12,7 @@ from livedenoise.cli._args import (
     add_camera_arguments,
     add_confinement_arguments,
     add_precision_argument,
+    add_threads_argument,
     engine_options,
 )
 from livedenoise.drivers.simcam import python_device
@@ -64,6 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default=None, help="restoration backend (default: from settings, else auto)")
     p.add_argument("--model", default=None, help="model id or path")
     add_precision_argument(p)
+    add_threads_argument(p)
     p.add_argument("--pub", default=None, help="PUB endpoint (default tcp://127.0.0.1:5555)")
     p.add_argument("--control", default=None, help="control endpoint (default tcp://127.0.0.1:5556)")
     p.add_argument("--ring-slots", type=int, default=None, help="ring buffer slots (default 8)")
@@ -125,7 +127,11 @@ def run(args: argparse.Namespace) -> int:
     if settings != CameraSettings():
         apply_camera_settings(core, settings)
     engine = start_live_engine(
-        config.engine, configured_model(config), core, fallback=False, options=engine_options(args.precision)
+        config.engine,
+        configured_model(config),
+        core,
+        fallback=False,
+        options=engine_options(args.precision, args.threads),
     )
     camera_label = core.getCameraDevice()
     sim = None

@@ -51,10 +51,10 @@ __all__ = [
 log = logging.getLogger("livedenoise")
 
 SCHEMA_VERSION = 1
-DEFAULT_MODEL = "resunet-live-v1"
+DEFAULT_MODEL = "resunet-live-v2"
 """The fast live model, used when no model is named: RESUNET with a 4x pixel-unshuffle front end
-(the U-Net runs on 1/16 of the pixels), ~30 ms per 512x512 frame on a 2-core CPU. The RLNs
-(``rln-denoise-v1``/``-v2``) stay shipped and selectable."""
+(the U-Net runs on 1/16 of the pixels), ~40-45 ms per 512x512 frame on a 2-core CPU. The earlier
+live models (``resunet-live-v1``, the RLNs ``rln-denoise-v1``/``-v2``) stay shipped and selectable."""
 QUALITY_MODEL = "resunet-denoise-v2"
 """The quality model: ``livedenoise denoise`` uses it when asked, the daemon where it keeps up with the
 camera (a GPU engine, or a small or slow frame on the CPU; see :mod:`livedenoise.app.modelchoice`)."""

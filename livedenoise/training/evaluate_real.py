@@ -260,11 +260,16 @@ def _methods(cfg: RealEvalConfig) -> tuple[list[tuple[str, Any]], list[str]]:
     ids = cfg.models
     if ids is None:
         ids = [c.id for c in list_models() if getattr(c, "task", "denoise") == "denoise"]
-    engines = []
+    if len(set(ids)) < len(ids):
+        raise ValueError(f"a model is listed twice: {list(ids)}")
+    made = []
     for mid in ids:
         eng = make_engine(cfg.engine, model=mid, **cfg.engine_options)
         eng.prepare((cfg.size, cfg.size))
-        engines.append((str(eng.model_id or mid), eng))
+        made.append((str(eng.model_id or mid), str(mid), eng))
+    # models whose cards share an id (a fine-tuned copy beside its original) go by what was asked
+    shared = {n for n, _, _ in made if sum(m == n for m, _, _ in made) > 1}
+    engines = [(asked if name in shared else name, eng) for name, asked, eng in made]
     return engines, baselines
 
 

@@ -116,3 +116,37 @@ def test_the_choice_is_printed_first_and_the_engine_built_for_it():
         assert np.isfinite(engine.restore(x, np.empty_like(x))).all()
     finally:
         engine.close()
+
+
+def test_a_live_cpu_engine_leaves_one_core_to_the_pipeline(monkeypatch):
+    from livedenoise.app.modelchoice import live_engine_options
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(modelchoice.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert live_engine_options("cpu", None) == {"threads": 1}
+    assert live_engine_options(None, {"precision": "fp32"}) == {"precision": "fp32", "threads": 1}
+    assert live_engine_options("cpu", {"threads": 2}) == {"threads": 2}  # --threads wins
+    monkeypatch.setattr(modelchoice.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert live_engine_options("onnx", None) == {"threads": 7}
+    monkeypatch.setattr(modelchoice.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert live_engine_options("cpu", None) == {"threads": 1}
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's setting stands
+    assert live_engine_options("cpu", None) == {}
+    assert live_engine_options("passthrough", {"threads": None}) == {}
+    with pytest.raises(ValueError, match="the cuda engine takes none"):
+        live_engine_options("cuda", {"threads": 2})
+
+
+def test_the_cpu_estimate_uses_the_cards_figure_for_the_engines_threads():
+    card = read_card(resolve_model(QUALITY_MODEL))
+    one, two = card_frame_ms(card, (256, 256), threads=1), card_frame_ms(card, (256, 256))
+    assert one is not None and two is not None and one > two  # one thread is slower alone
+    assert one == pytest.approx(min(card.speed["fp32_1t_ms_median"], card.speed["bf16_1t_ms_median"]) / 4)
+    choice = choose_model(
+        "cpu",
+        None,
+        frame_shape=(256, 256),
+        frame_interval_ms=1.1 * one * 1.4 / KEEP_UP,
+        options={"threads": 1},
+    )
+    assert choice.model == QUALITY_MODEL

@@ -131,6 +131,7 @@ SHIPPED_MARGIN_DB = {
     "rln-denoise-v2": 5.0,
     "resunet-denoise-v1": 6.0,
     "resunet-live-v1": 6.0,
+    "resunet-live-v2": 6.0,
     "resunet-denoise-v2": 6.0,
 }
 

@@ -109,3 +109,22 @@ def test_cli_real_writes_table_and_figure_and_refuses_to_overwrite(tmp_path, cap
     assert main(argv) == 2  # exists: needs --force
     assert "--force" in capsys.readouterr().err
     assert main([*argv, "--force"]) == 0
+
+
+def test_two_models_of_one_id_are_reported_apart(tmp_path):
+    """A fine-tuned copy beside its original (one card id): each under the name it was asked by."""
+    import shutil
+
+    from livedenoise.inference.modelio import resolve_model
+
+    src = resolve_model("rln-denoise-v2")
+    copy = tmp_path / "rln-denoise-v2.pt"
+    shutil.copy(src, copy)
+    shutil.copy(src.with_suffix(".json"), copy.with_suffix(".json"))
+    report = evaluate_real(
+        RealEvalConfig(models=["rln-denoise-v2", str(copy)], baselines=[], **TINY), progress=False
+    )
+    assert {"rln-denoise-v2", str(copy)} <= set(report["summary"])
+    assert report["summary"]["rln-denoise-v2"]["psnr"] == report["summary"][str(copy)]["psnr"]
+    with pytest.raises(ValueError, match="listed twice"):
+        evaluate_real(RealEvalConfig(models=["rln-denoise-v2", "rln-denoise-v2"], baselines=[], **TINY))
