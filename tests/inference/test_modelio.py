@@ -163,9 +163,10 @@ def test_new_models_keep_photon_counts_and_carry_their_real_structure_figures():
         assert card.arch_params["flux_block"] == 32
         real = card.quality["real"]
         assert real["psnr_db"] > real["baselines_psnr_db"]["tv"]
-        assert "stages" in card.training and card.training["reproduce"].startswith(
-            "python tools/train_shipped.py"
-        )
+        # the command of a one-stage run, or every stage of a longer one, and how to run them again
+        assert card.training["command"].startswith("livedenoise train")
+        assert all(st.startswith("livedenoise train") for st in card.training.get("stages", []))
+        assert card.training["reproduce"].startswith(f"python tools/train_shipped.py train {mid}")
 
 
 def test_rln_v2_is_v1_with_relu_activations():
