@@ -57,16 +57,21 @@ def _from_model(
     task = out.index("--task")  # the network is the init model's: the recipe's --arch-param go
     flux = [a for k, v in AFTER_TRAINING.get(init_id, {}).items() for a in ("--arch-param", f"{k}={v}")]
     out[:task] = ["--arch", out[1], "--init", f"models/{init_id}.pt", *flux]
-    for flag, value in (("--steps", steps), ("--lr", lr), ("--seed", seed), ("--id", model_id)):
+    return _with(out, {"--steps": steps, "--lr": lr, "--seed": seed, "--id": model_id})
+
+
+def _with(recipe: list[str], values: dict[str, str]) -> list[str]:
+    """``recipe`` with the value that follows each flag of ``values`` replaced."""
+    out = list(recipe)
+    for flag, value in values.items():
         out[out.index(flag) + 1] = value
     return out
 
 
 def _variant(recipe: list[str], steps: str, *after_steps: str) -> list[str]:
     """``recipe`` with its ``--steps`` value replaced and ``after_steps`` inserted right after it."""
-    out = list(recipe)
+    out = _with(recipe, {"--steps": steps})
     k = out.index("--steps")
-    out[k + 1] = steps
     out[k + 2 : k + 2] = after_steps
     return out
 
@@ -111,44 +116,13 @@ LIVE_RECIPE: list[str] = [
     "--id",
     "resunet-live-v1",
 ]
+# the quality model's recipe is the live one with a 2x unshuffle, a longer schedule, half the batch
 QUALITY_RECIPE: list[str] = [
-    "--arch",
-    "resunet",
-    "--arch-param",
-    "channels=[32,64,128,256]",
-    "--arch-param",
-    "unshuffle=2",
-    "--arch-param",
-    "mid_blocks=2",
-    "--task",
-    "denoise",
-    "--loss",
-    "poisson",
-    "--steps",
-    "7000",
-    "--epoch-steps",
-    "250",
-    "--batch",
-    "8",
-    "--patch",
-    "128",
-    "--lr",
-    "0.0015",
-    "--lr-schedule",
-    "cosine",
-    "--peak-range",
-    "1",
-    "500",
-    "--data",
-    "sample",
-    "--seed",
-    "4",
-    "--val-size",
-    "24",
-    "--threads",
-    "1",
-    "--id",
-    "resunet-denoise-v2",
+    "unshuffle=2" if arg == "unshuffle=4" else arg
+    for arg in _with(
+        LIVE_RECIPE,
+        {"--steps": "7000", "--batch": "8", "--lr": "0.0015", "--seed": "4", "--id": "resunet-denoise-v2"},
+    )
 ]
 
 SHIPPED: dict[str, list[str] | list[list[str]]] = {

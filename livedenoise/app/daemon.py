@@ -324,18 +324,14 @@ class QualitySampler:
 
 
 def _engine_phrase(engine: Engine) -> str:
-    """``cpu: rln-denoise-v2 (bf16)`` from an engine's description."""
+    """``cpu: rln-denoise-v2 (bf16, 1 thread)`` from an engine's description."""
     d = engine.describe()
     model = d.get("model") or "no model"
-    detail = ", ".join(
-        x
-        for x in (
-            d.get("precision"),
-            f"{d['threads']} thread{'s' if d['threads'] != 1 else ''}" if d.get("threads") else None,
-        )
-        if x
-    )
-    return f"{d.get('backend', getattr(engine, 'name', '?'))}: {model}" + (f" ({detail})" if detail else "")
+    detail = [d["precision"]] if d.get("precision") else []
+    if d.get("threads"):
+        detail.append(f"{d['threads']} thread" + ("s" if d["threads"] != 1 else ""))
+    name = f"{d.get('backend', getattr(engine, 'name', '?'))}: {model}"
+    return f"{name} ({', '.join(detail)})" if detail else name
 
 
 def _install_jobs(

@@ -75,7 +75,7 @@ def _positive_int(text: str) -> int:
 
 def engine_options(precision: str, threads: int | None = None) -> dict[str, Any]:
     """Engine keyword options for ``--precision`` (none for ``auto``: each backend's own default) and
-    ``--threads`` (None: the live default, :func:`~livedenoise.app.daemon.live_engine_options`)."""
+    ``--threads`` (None: the live default, :func:`~livedenoise.app.modelchoice.live_engine_options`)."""
     opts: dict[str, Any] = {} if precision == "auto" else {"precision": precision}
     if threads is not None:
         opts["threads"] = threads
