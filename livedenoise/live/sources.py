@@ -55,7 +55,16 @@ from livedenoise.live._unicore import buffer_pool, has_python_camera, sequence_b
 from livedenoise.live.types import DropReason, Roi
 from livedenoise.util.memory import prefault
 
-__all__ = ["CoreSource", "FrameInfo", "FrameSource", "Roi", "SourceError", "check_pixel_type"]
+__all__ = [
+    "MAX_IDLE_WAIT_MS",
+    "CoreSource",
+    "FrameInfo",
+    "FrameSource",
+    "Roi",
+    "SourceError",
+    "check_pixel_type",
+    "idle_wait_s",
+]
 
 log = logging.getLogger("livedenoise")
 
@@ -176,6 +185,25 @@ class CoreGeometry:
 
 # frames at least this large get the core's sequence buffer faulted in before the start
 _RESIDENT_MIN_FRAME_BYTES = 2 * 1024 * 1024
+# the longest sleep between two looks at an empty buffer, however far away the next frame is due
+MAX_IDLE_WAIT_MS = 5.0
+_GAP_WEIGHT = 0.25  # weight of the newest inter-frame gap in the running estimate
+
+
+def idle_wait_s(now: float, last: float | None, gap: float | None, poll_s: float, max_s: float) -> float:
+    """How long to sleep before looking at an empty camera buffer again.
+
+    ``last`` is when the previous frame arrived and ``gap`` the usual time between frames (both
+    None before two frames came). Far from the next frame's due time the wait is a quarter of
+    the time left (at most ``max_s``); from a few ``poll_s`` before it, and while it is late, it
+    is ``poll_s``. A camera at 20 frames/s is looked at ~20 times a frame instead of ~100 at a
+    fixed 0.5 ms, and a frame that comes when it is due still waits at most ``poll_s``; one that
+    comes early waits at most ``max_s``.
+    """
+    if last is None or gap is None:
+        return poll_s
+    left = last + gap - now
+    return min(max(0.25 * left, poll_s), max(max_s, poll_s))
 
 
 class CoreSource:
@@ -189,7 +217,9 @@ class CoreSource:
         ``truth(truth_id) -> array or None``: the simulator's noise-free image
         (``SimSCMOSCamera.truth``), published as topic ``truth`` by the demo.
     poll_interval_ms : float
-        Sleep between polls of an empty core buffer.
+        Sleep between polls of an empty core buffer when a frame is due (the finest; far from the
+        next frame's due time the source sleeps longer, up to :data:`MAX_IDLE_WAIT_MS`, see
+        :func:`idle_wait_s`).
     interval_ms : float
         Passed to ``startContinuousSequenceAcquisition``.
     """
@@ -206,6 +236,8 @@ class CoreSource:
         self.camera: str | None = core.getCameraDevice() or None
         self._truth = truth
         self._poll_s = poll_interval_ms / 1e3
+        self._t_frame: float | None = None  # monotonic time of the last frame
+        self._gap_s: float | None = None  # running estimate of the time between frames
         self._interval_ms = interval_ms
         self._geometry = CoreGeometry(core)
         self._last_roi: Roi = self._geometry.roi()
@@ -260,6 +292,7 @@ class CoreSource:
         self._make_sequence_buffer_resident()
         core.startContinuousSequenceAcquisition(self._interval_ms)
         self._started_by_us = True
+        self._t_frame = self._gap_s = None  # another exposure or ROI: another frame rate
         self._base = self._next_index
         log.info("acquisition started on camera %s, ROI %s", self.camera, self.geometry())
 
@@ -390,6 +423,7 @@ class CoreSource:
                         continue
                     img, md = got
                     self.received += 1
+                    self._frame_came(time.monotonic())
                     sink(img, self._info(img, md))
                     continue
                 if self._pause_req.is_set():
@@ -411,7 +445,11 @@ class CoreSource:
                         "frames (a device error, or another program stopped the sequence); the "
                         "frames received were processed; check the camera and start again"
                     )
-                stop.wait(self._poll_s)
+                stop.wait(
+                    idle_wait_s(
+                        time.monotonic(), self._t_frame, self._gap_s, self._poll_s, MAX_IDLE_WAIT_MS / 1e3
+                    )
+                )
             # stopped: the camera stops, and the frames it already gave are still delivered
             if self._started_by_us:
                 self._stop_sequence()
@@ -419,6 +457,16 @@ class CoreSource:
         finally:
             self._stop_sequence()
             self._paused.set()
+
+    def _frame_came(self, now: float) -> None:
+        """Update the inter-frame gap estimate (frames popped back to back, from a backlog, do not count)."""
+        last, self._t_frame = self._t_frame, now
+        if last is None:
+            return
+        gap = now - last
+        if gap < self._poll_s:
+            return
+        self._gap_s = gap if self._gap_s is None else (1 - _GAP_WEIGHT) * self._gap_s + _GAP_WEIGHT * gap
 
     def _drain(self, sink: Sink) -> None:
         while self.core.getRemainingImageCount() > 0:

@@ -13,11 +13,13 @@ from _pipeline_helpers import OtherProgram, fake_core, running_source, sim_core,
 
 from livedenoise.live.attached import AttachedSource
 from livedenoise.live.sources import (
+    MAX_IDLE_WAIT_MS,
     CoreSource,
     FrameInfo,
     FrameSource,
     SourceError,
     check_pixel_type,
+    idle_wait_s,
 )
 from livedenoise.live.types import Roi
 
@@ -68,6 +70,49 @@ def test_core_source_delivers_every_frame_in_order() -> None:
     assert [i.truth_id for i in sink.infos[:5]] == [0, 1, 2, 3, 4]
     assert src.truth(sink.infos[-1].truth_id).shape == (24, 32)
     assert not core.isSequenceRunning()  # stopped on exit
+
+
+def test_idle_wait_is_coarse_far_from_the_next_frame_and_fine_when_it_is_due() -> None:
+    poll, cap = 0.0005, MAX_IDLE_WAIT_MS / 1e3
+    assert idle_wait_s(10.0, None, None, poll, cap) == poll  # no rate known yet: the finest poll
+    assert idle_wait_s(10.0, 10.0, None, poll, cap) == poll
+    # a frame every 50 ms, the last one just now: the longest sleep
+    assert idle_wait_s(10.0, 10.0, 0.050, poll, cap) == pytest.approx(cap)
+    # 8 ms before the next one: a quarter of that; 1 ms before, and when late: the finest poll
+    assert idle_wait_s(10.042, 10.0, 0.050, poll, cap) == pytest.approx(0.002)
+    assert idle_wait_s(10.049, 10.0, 0.050, poll, cap) == poll
+    assert idle_wait_s(10.080, 10.0, 0.050, poll, cap) == poll
+    # a poll interval above the cap is kept (the user asked for it)
+    assert idle_wait_s(10.0, 10.0, 0.050, 0.010, cap) == pytest.approx(0.010)
+
+
+class _CountingCore:
+    """Wraps a core and counts the looks at its buffer."""
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+        self.looks = 0
+
+    def getRemainingImageCount(self) -> int:
+        self.looks += 1
+        return int(self._core.getRemainingImageCount())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._core, name)
+
+
+def test_core_source_looks_at_the_buffer_less_often_once_it_knows_the_frame_rate() -> None:
+    core, cam = sim_core(32, exposure_ms=40.0)
+    counted = _CountingCore(core)
+    src = CoreSource(counted, poll_interval_ms=0.5)
+    sink = Collector()
+    assert _run(src, sink, lambda: len(sink) >= 12, timeout_s=30.0) is None
+    idx = [i.index for i in sink.infos]
+    assert idx == list(range(len(idx)))  # every frame, in order
+    gap = src._gap_s
+    assert gap is not None and gap >= 0.030  # learnt from the camera (40 ms exposures)
+    # a fixed 0.5 ms poll looks ~80 times per 40 ms frame; far fewer looks now, on any machine
+    assert counted.looks < 40 * len(sink)
 
 
 def test_core_source_counts_camera_side_overflow_as_gaps() -> None:
