@@ -35,9 +35,12 @@ from livedenoise.live._unicore import newest_slot_metadata, oldest_slot_metadata
 from livedenoise.live.sources import CoreGeometry, FrameInfo, Sink, int_value, metadata_value
 from livedenoise.live.types import DropReason, Roi
 
-__all__ = ["AttachedSource", "event_identity"]
+__all__ = ["IDLE_CHECK_S", "AttachedSource", "event_identity"]
 
 log = logging.getLogger("livedenoise")
+
+# with nothing to peek, how often the poller looks again (a sequence start wakes it at once)
+IDLE_CHECK_S = 0.02
 
 
 def event_identity(event: Any, meta: Any = None) -> dict[str, Any] | None:
@@ -111,6 +114,7 @@ class AttachedSource:
         self._geometry = CoreGeometry(core)
         self._roi: Roi = self._geometry.roi()
         self._paused = threading.Event()
+        self._wake = threading.Event()  # a sequence started or resume(): look at once
         self._lock = threading.RLock()  # one producer at a time: MDA thread, popping thread or poller
         self._sink: Sink | None = None
         self._roi = Roi(0, 0, 0, 0)
@@ -141,6 +145,7 @@ class AttachedSource:
 
     def resume(self) -> None:
         self._paused.clear()
+        self._wake.set()
 
     def close(self) -> None:
         pass
@@ -371,6 +376,7 @@ class AttachedSource:
             self._active = True
             self._stopped_pending = False
             self._seq_base, self._from_start = None, True  # a new sequence: numbering starts afresh
+        self._wake.set()
 
     def _on_sequence_stopped(self, *args: Any) -> None:
         self._stopped_pending = True
@@ -420,7 +426,12 @@ class AttachedSource:
                     if self._stopped_pending:  # the sequence stopped: what is left was just peeked
                         self._stopped_pending = False
                         self._active = False
-                stop.wait(self._poll_s)
+                    stop.wait(self._poll_s)
+                    continue
+                # nothing to peek (no sequence, paused, or an MDA, whose frames come by signal):
+                # no fast polling inside the other program's process; a sequence start wakes it
+                self._wake.wait(max(IDLE_CHECK_S, self._poll_s))
+                self._wake.clear()
             if self._active and not self._paused.is_set() and not core.mda.is_running():
                 self._peek()  # the frames still in the buffer at stop
         finally:

@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 import useq
-from _pipeline_helpers import OtherProgram, fake_core, running_source, sim_core, wait_for
+from _pipeline_helpers import CallbackSink, OtherProgram, fake_core, running_source, sim_core, wait_for
 
-from livedenoise.live.attached import AttachedSource
+from livedenoise.live.attached import IDLE_CHECK_S, AttachedSource
 from livedenoise.live.sources import (
     MAX_IDLE_WAIT_MS,
     CoreSource,
@@ -254,6 +254,40 @@ def test_attached_source_peeks_live_acquisition_without_popping() -> None:
     assert src.seen == len(sink) and src.seen + src.not_seen == idx[-1] + 1
     # frames seen are the core's frames with those numbers
     assert all(i.missed_reason == "not-seen" for i in sink.infos)
+
+
+class _CountingEvent(threading.Event):
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return super().wait(timeout)
+
+
+def test_attached_source_does_not_poll_fast_while_nothing_acquires() -> None:
+    core, _ = sim_core(64, exposure_ms=2.0)
+    src = AttachedSource(core, poll_interval_ms=0.5)
+    src._wake = wake = _CountingEvent()
+    stop = _CountingEvent()
+    sink = CallbackSink(Collector())
+    t = threading.Thread(target=src.run, args=(sink, stop))
+    t.start()
+    try:
+        assert src.attached.wait(5.0)
+        t0, n0 = time.monotonic(), wake.waits + stop.waits
+        time.sleep(0.3)  # nothing acquiring
+        looks, idle_s = wake.waits + stop.waits - n0, time.monotonic() - t0
+        # a 0.5 ms poll would look ~600 times; idle, it looks every IDLE_CHECK_S at most
+        assert looks <= idle_s / IDLE_CHECK_S + 2, looks
+        core.startContinuousSequenceAcquisition(0)  # a start wakes it: its frames are followed
+        assert wait_for(lambda: src.seen >= 10)
+        core.stopSequenceAcquisition()
+    finally:
+        stop.set()
+        t.join(5.0)
+    assert not t.is_alive()
 
 
 @pytest.mark.parametrize("call", ["popNextImageAndMD", "popNextImage"])
