@@ -4,8 +4,9 @@ The same calibration (ADU -> photoelectrons) and the same :class:`~livedenoise.i
 as the live pipeline, tiled with overlap for large frames (:mod:`livedenoise.inference.tiling`).
 The output TIFF has the input's shape, float32 photoelectrons, and JSON metadata in its
 ImageDescription (schema ``livedenoise.restored/1``): livedenoise version, model id and
-card sha256, calibration id, units, the precision used (``precision``: fp32, bf16...), engine,
-tiling, and saturated-pixel counts.
+card sha256, calibration id, units, the precision used (``precision``: fp32, bf16...), the
+self-ensemble size (``ensemble``: 1 when off, see :mod:`livedenoise.inference.ensemble`),
+engine, tiling, and saturated-pixel counts.
 
 Everything that can be checked is checked before any work is done (input dtype and
 shape, calibration shape, output folder); the output is written atomically, so a
@@ -313,6 +314,7 @@ def denoise_file(
         "input": input_path.name,
         **_model_info(engine),
         "precision": engine.describe().get("precision"),
+        "ensemble": engine.describe().get("ensemble", 1),
         "engine": engine.describe(),
         "calibration": cal.id,
         "calibration_source": calibration_source,

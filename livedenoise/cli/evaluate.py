@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from livedenoise.cli._args import CLIError
+from livedenoise.inference.ensemble import ENSEMBLE_SIZES
 from livedenoise.inference.modelio import list_models
 from livedenoise.training.baselines import tune
 from livedenoise.training.evaluate import EvalConfig, evaluate, format_markdown, tuning_set
@@ -93,6 +94,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--engine", default="cpu", help="engine for the models (default cpu, as the live path)")
     p.add_argument("--precision", help="engine precision (e.g. fp32, bf16; default: the engine's)")
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        choices=ENSEMBLE_SIZES,
+        default=1,
+        help="with --real (denoise): run every model as a self-ensemble of 2, 4 or 8 flips/transposes, "
+        "as `denoise --ensemble` does (default 1: off)",
+    )
     p.add_argument("--json", metavar="OUT.json", help="write the full results as JSON")
     p.add_argument(
         "--tune-baselines",
@@ -133,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out = Path(args.json)
         check_writable_dir(out.parent if str(out.parent) else Path("."), "JSON results")
+    if args.ensemble > 1 and (not args.real or args.task != "denoise" or args.tune_baselines):
+        raise CLIError("--ensemble applies to --real evaluations of the denoise task only")
     if args.tune_baselines:
         return _tune(args)
     if args.real:
@@ -269,6 +280,7 @@ def _real(args: argparse.Namespace) -> int:
         peaks=args.peaks or DEFAULT_PEAKS,
         backgrounds=args.backgrounds or DEFAULT_BACKGROUNDS,
         psfs=tuple(args.psfs) if args.psfs else tuple(PSFS),
+        ensemble=args.ensemble,
     )
     report = evaluate_real(cfg, progress=False if args.no_progress else None)
     print(format_real_markdown(report))

@@ -37,6 +37,7 @@ from livedenoise.imaging import metrics
 from livedenoise.imaging.psf import NAMED_PSFS, convolve_fft, named_psf
 from livedenoise.imaging.synthetic import EVAL_SEED_OFFSET, add_noise
 from livedenoise.inference.engines import make_engine
+from livedenoise.inference.ensemble import SelfEnsemble, views
 from livedenoise.inference.modelio import list_models
 from livedenoise.training.baselines import available_baselines, run_baseline
 from livedenoise.training.evaluate import _machine
@@ -145,6 +146,9 @@ class RealEvalConfig:
         Run the slow baselines (GAT+BM3D) on every ``slow_every``-th frame only.
     examples : int
         Frames kept for the figure (raw | restored | truth).
+    ensemble : int
+        Self-ensemble size for the models (1: off; 2, 4, 8: see
+        :mod:`livedenoise.inference.ensemble`); the models are then named ``<id> (ensemble N)``.
     """
 
     models: list[str] | None = None
@@ -160,8 +164,10 @@ class RealEvalConfig:
     engine_options: dict[str, Any] = field(default_factory=dict)
     slow_every: int = 1
     examples: int = 3
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
+        views(self.ensemble, (self.size, self.size))  # raises on a size it does not know
         if self.reps < 1:
             raise ValueError(f"reps must be >= 1, got {self.reps}")
         if self.slow_every < 1:
@@ -270,6 +276,10 @@ def _methods(cfg: RealEvalConfig) -> tuple[list[tuple[str, Any]], list[str]]:
     # models whose cards share an id (a fine-tuned copy beside its original) go by what was asked
     shared = {n for n, _, _ in made if sum(m == n for m, _, _ in made) > 1}
     engines = [(asked if name in shared else name, eng) for name, asked, eng in made]
+    if cfg.ensemble > 1:
+        engines = [
+            (f"{name} (ensemble {cfg.ensemble})", SelfEnsemble(eng, cfg.ensemble)) for name, eng in engines
+        ]
     return engines, baselines
 
 

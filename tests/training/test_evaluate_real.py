@@ -128,3 +128,18 @@ def test_two_models_of_one_id_are_reported_apart(tmp_path):
     assert report["summary"]["rln-denoise-v2"]["psnr"] == report["summary"][str(copy)]["psnr"]
     with pytest.raises(ValueError, match="listed twice"):
         evaluate_real(RealEvalConfig(models=["rln-denoise-v2", "rln-denoise-v2"], baselines=[], **TINY))
+
+
+def test_models_run_as_a_self_ensemble_when_asked(capsys):
+    plain = evaluate_real(RealEvalConfig(models=["rln-denoise-v2"], baselines=[], **TINY), progress=False)
+    ens = evaluate_real(
+        RealEvalConfig(models=["rln-denoise-v2"], baselines=[], ensemble=4, **TINY), progress=False
+    )
+    name = "rln-denoise-v2 (ensemble 4)"
+    assert ens["methods"] == ["raw", name]
+    assert ens["summary"]["raw"]["psnr"] == plain["summary"]["raw"]["psnr"]  # the same frames
+    assert ens["summary"][name]["psnr"] != plain["summary"]["rln-denoise-v2"]["psnr"]
+    with pytest.raises(ValueError, match="one of 1, 2, 4, 8"):
+        RealEvalConfig(ensemble=3)
+    assert main(["evaluate", "--ensemble", "4", "--models", "none", "--n", "1"]) == 2
+    assert "--real evaluations of the denoise task only" in capsys.readouterr().err
