@@ -271,8 +271,15 @@ class AttachedSource:
             return
         with self._lock:
             if self._seq_base is not None and newest < self._seq_last:
-                # the numbering restarted: a sequence we did not hear start
-                self._seq_base, self._from_start = None, True
+                # the numbering restarted (a sequence we did not hear start), or the look is stale:
+                # the other program popped newer frames through the tap since it. Look again now
+                # that no pop can place one (a stale look taken for a restart once counted every
+                # frame of the sequence so far as not seen, on a busy machine)
+                newest = self._newest_number()
+                if newest < 0:
+                    return
+                if newest < self._seq_last:
+                    self._seq_base, self._from_start = None, True
             if self._seq_base is None:
                 first = 0 if self._from_start else newest
             else:

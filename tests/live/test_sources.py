@@ -290,6 +290,38 @@ def test_attached_source_does_not_poll_fast_while_nothing_acquires() -> None:
     assert not t.is_alive()
 
 
+def test_a_stale_look_at_the_buffer_is_not_taken_for_a_restarted_numbering() -> None:
+    """The other program pops newer frames (through the tap) between the poller's look at the
+    newest frame number and its check of it, so the number looked at is older than the last one
+    placed. Taken for a restarted sequence, that counted the frames so far as not seen (it
+    happened on a busy machine). Driven by hand here, one step at a time."""
+    core, _ = sim_core(32, exposure_ms=1.0)
+    src = AttachedSource(core)
+    sink = Collector()
+    with src._lock:  # what run() does on attaching
+        src._sink = CallbackSink(sink)
+        src._install_tap()
+        src._attach_baseline()
+    try:
+        core.startSequenceAcquisition(30, 0, True)
+        src._on_sequence_started()
+        assert wait_for(lambda: core.getRemainingImageCount() == 30 and not core.isSequenceRunning())
+        for _ in range(10):  # the other program pops 10 frames: placed through the tap
+            core.popNextImageAndMD()
+        assert src._seq_last == 9 and src.seen == 10
+        real = src._newest_number
+        looks = iter([6])  # the first look is stale; any look after it sees the buffer as it is
+        src._newest_number = lambda: next(looks, None) or real()  # type: ignore[method-assign]
+        src._peek()  # its look (6) is older than the last placed (9): it looks again, sees 29
+        assert src.not_seen == 0 and src.seen == 30
+        assert [i.truth_id for i in sink.infos] == list(range(30))
+        assert [i.index for i in sink.infos] == list(range(30))
+    finally:
+        with src._lock:
+            src._remove_tap()
+            src._sink = None
+
+
 @pytest.mark.parametrize("call", ["popNextImageAndMD", "popNextImage"])
 def test_attached_source_follows_a_live_mode_already_running_and_popping(call: str) -> None:
     core, _ = sim_core(64, exposure_ms=2.0)
@@ -305,8 +337,9 @@ def test_attached_source_follows_a_live_mode_already_running_and_popping(call: s
     ids = [i.truth_id for i in sink.infos]
     assert ids == list(range(ids[0], ids[0] + len(ids)))  # every frame from the first one on
     # popped after the attach but not taken: only frames already waiting in its buffer then (its past)
+    # (how many were waiting depends on the machine's load: the ones just before the first taken)
     missed = {sim for sim, attached in other.popped if attached} - set(ids)
-    assert all(m < ids[0] for m in missed) and len(missed) <= 2, (missed, ids[0])
+    assert missed == set(range(ids[0] - len(missed), ids[0])), (missed, ids[0])
     assert ids[-1] == other.popped[-1][0]  # up to the other program's last frame
     assert src.seen == len(ids) and src.not_seen == 0
     assert [i.index for i in sink.infos] == list(range(len(ids)))
