@@ -31,6 +31,8 @@ MODELS = [
     "resunet-live-v1",
     "resunet-live-v2",
     "resunet-denoise-v2",
+    "resunet-live-v3",
+    "resunet-denoise-v3",
 ]
 
 

@@ -1,6 +1,6 @@
 """onnxruntime against PyTorch on the CPU for shipped models: time per 512² frame and where ORT spends it.
 
-    OMP_NUM_THREADS=2 python tools/onnx_vs_torch.py rln-denoise-v2 resunet-live-v2
+    OMP_NUM_THREADS=2 python tools/onnx_vs_torch.py rln-denoise-v2 resunet-live-v3
 
 Prints, per model: PyTorch fp32 in NCHW and in channels-last layout, onnxruntime (CPU provider,
 all graph optimisations, 2 intra-op threads), and the share of onnxruntime's time per operator
@@ -81,7 +81,7 @@ def compare(model_id: str, x: torch.Tensor) -> str:
 def main(argv: list[str]) -> int:
     torch.set_num_threads(THREADS)
     x = torch.from_numpy(np.random.default_rng(0).poisson(20, (1, 1, 512, 512)).astype(np.float32))
-    for model_id in argv or ["rln-denoise-v2", "resunet-live-v2"]:
+    for model_id in argv or ["rln-denoise-v2", "resunet-live-v3"]:
         print(compare(model_id, x), flush=True)
     return 0
 

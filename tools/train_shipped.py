@@ -43,7 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 AFTER_TRAINING: dict[str, dict] = {
     "resunet-live-v1": {"flux_block": 32},
     "resunet-live-v2": {"flux_block": 32},
+    "resunet-live-v3": {"flux_block": 32},
     "resunet-denoise-v2": {"flux_block": 32},
+    "resunet-denoise-v3": {"flux_block": 32},
     "rln-deconvolve-v1": {"flux_block": 16},
 }
 
@@ -237,6 +239,11 @@ SHIPPED: dict[str, list[str] | list[list[str]]] = {
     "resunet-live-v2": _from_model(
         LIVE_RECIPE, "resunet-live-v1", "resunet-live-v2", steps="6000", lr="0.0005", seed="7"
     ),
+    # the live default since 2026-12-02: resunet-live-v2 trained on, 4000 steps at lr 0.0003 (a new
+    # cosine schedule, another seed)
+    "resunet-live-v3": _from_model(
+        LIVE_RECIPE, "resunet-live-v2", "resunet-live-v3", steps="4000", lr="0.0003", seed="8"
+    ),
     # the quality model: RESUNET with a 2x pixel-unshuffle front end, four levels, sample-like data, in
     # three stages: a 4500-step schedule to step 1500, lengthened to 7000 steps to step 3250 (lengthened
     # again to 10000 it diverged at lr ~1.3e-3), then 4000 steps from those weights at lr 0.0005
@@ -272,6 +279,11 @@ SHIPPED: dict[str, list[str] | list[list[str]]] = {
             "resunet-denoise-v2",
         ],
     ],
+    # the quality model since 2026-12-02: resunet-denoise-v2 trained on, 4500 steps at lr 0.0003 (a new
+    # cosine schedule, another seed), with its flux step on while training
+    "resunet-denoise-v3": _from_model(
+        QUALITY_RECIPE, "resunet-denoise-v2", "resunet-denoise-v3", steps="4500", lr="0.0003", seed="8"
+    ),
     # deconvolution: the paper's RLN (softplus) for one microscope (1.4 NA, 520 nm, 65 nm pixels);
     # flux_block=16 is set in the card after training (see AFTER_TRAINING)
     "rln-deconvolve-v1": [
@@ -349,7 +361,7 @@ def finish(model_id: str) -> None:
     card.description = (
         card.description + " " if card.description else ""
     ) + f"Output stage set after training: {AFTER_TRAINING[model_id]} (tools/train_shipped.py finish)."
-    save_model(net, card, ROOT / "models" / f"{model_id}.pt")
+    save_model(net, card, ROOT / "models" / f"{model_id}.pt", weights_dtype=card.weights_dtype)
 
 
 def measure_quality(module, task: str = "denoise") -> dict:
@@ -421,7 +433,7 @@ def measure(model_id: str, quality: bool = True) -> None:
     if quality and card.task == "denoise":
         card.quality["held_out"] = measure_quality(module)
     card.speed = measure_speed(str(ROOT / "models" / f"{model_id}.pt"))
-    save_model(module, card, ROOT / "models" / f"{model_id}.pt")
+    save_model(module, card, ROOT / "models" / f"{model_id}.pt", weights_dtype=card.weights_dtype)
     q = card.quality.get("held_out", {}).get("mean_5_100_e", {})
     print(
         f"{model_id}: held-out 5-100 e- mean PSNR {q.get('psnr_db')} dB (raw {q.get('raw_psnr_db')} dB); "
@@ -509,7 +521,7 @@ def measure_real(ids: list[str], figure: str | None = None) -> None:
             }
         if m in results:
             card.quality.update(results[m])
-            save_model(module, card, ROOT / "models" / f"{m}.pt")
+            save_model(module, card, ROOT / "models" / f"{m}.pt", weights_dtype=card.weights_dtype)
             print(f"{m}: {results[m]}")
 
 

@@ -3,7 +3,9 @@
 A model is two files side by side:
 
 - ``<id>.pt``: the network's state dict, written with ``torch.save`` and read back with
-  ``torch.load(weights_only=True)`` (tensors only; no pickled code runs);
+  ``torch.load(weights_only=True)`` (tensors only; no pickled code runs); stored in float32, or
+  in float16 where the card says ``"weights_dtype": "float16"`` (half the file; loaded back into
+  float32, so the network computes as before, on weights rounded to 11 significant bits);
 - ``<id>.json``: the :class:`ModelCard` (schema ``{"livedenoise_model": 1, ...}``):
   architecture and constructor arguments, parameter count, task, units, how it was
   trained (data, loss, the exact command), measured quality and speed, and the
@@ -51,11 +53,12 @@ __all__ = [
 log = logging.getLogger("livedenoise")
 
 SCHEMA_VERSION = 1
-DEFAULT_MODEL = "resunet-live-v2"
+WEIGHTS_DTYPES = ("float32", "float16")
+DEFAULT_MODEL = "resunet-live-v3"
 """The fast live model, used when no model is named: RESUNET with a 4x pixel-unshuffle front end
 (the U-Net runs on 1/16 of the pixels), ~40-45 ms per 512x512 frame on a 2-core CPU. The earlier
 live models (``resunet-live-v1``, the RLNs ``rln-denoise-v1``/``-v2``) stay shipped and selectable."""
-QUALITY_MODEL = "resunet-denoise-v2"
+QUALITY_MODEL = "resunet-denoise-v3"
 """The quality model: ``livedenoise denoise`` uses it when asked, the daemon where it keeps up with the
 camera (a GPU engine, or a small or slow frame on the CPU; see :mod:`livedenoise.app.modelchoice`)."""
 UNITS = "photoelectrons"
@@ -82,6 +85,7 @@ class ModelCard:
     created: str = ""
     sha256: str = ""
     description: str = ""
+    weights_dtype: str = "float32"  # how the weights file stores them (WEIGHTS_DTYPES)
     path: str | None = field(default=None, compare=False)  # where it was read from; not stored
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,6 +230,11 @@ def _check_card(card: ModelCard) -> None:
         )
     if card.task not in TASKS:
         raise ModelError(f"model {card.id!r} has task {card.task!r}; expected one of {TASKS}")
+    if card.weights_dtype not in WEIGHTS_DTYPES:
+        raise ModelError(
+            f"model {card.id!r} stores its weights as {card.weights_dtype!r}; this livedenoise reads "
+            f"{' or '.join(WEIGHTS_DTYPES)} (upgrade livedenoise)"
+        )
 
 
 _BUFFER_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
@@ -394,6 +403,8 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, *, map_locati
         ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"model file {weights} does not hold a state dict of tensors")
+    # weights stored in float16 (the card's weights_dtype) compute in float32, as trained
+    state = {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
     nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if nonfinite:
         raise ModelError(
@@ -431,21 +442,36 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, *, map_locati
     return module, card
 
 
-def save_model(module, card: ModelCard, path: str | os.PathLike[str]) -> ModelCard:
+def save_model(
+    module, card: ModelCard, path: str | os.PathLike[str], *, weights_dtype: str = "float32"
+) -> ModelCard:
     """Write ``<path>.pt`` (state dict) and ``<path>.json`` (card) atomically; returns the card as saved.
 
-    The card's ``sha256``, ``parameters``, ``units`` and (if empty) ``created`` are filled in.
+    The card's ``sha256``, ``parameters``, ``units``, ``weights_dtype`` and (if empty) ``created``
+    are filled in. ``weights_dtype="float16"`` stores the floating-point weights in half precision
+    (half the file; refused if a weight does not fit float16's range).
     """
     import torch
 
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {', '.join(WEIGHTS_DTYPES)}, got {weights_dtype!r}")
     weights = _weights_path(Path(path))
     if weights.suffix != ".pt":
         weights = weights.with_name(weights.name + ".pt")
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    if weights_dtype == "float16":
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        too_big = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if too_big:
+            raise ModelError(
+                f"weights {', '.join(too_big[:3])} exceed float16's range (65504); save them as float32"
+            )
     buf = io.BytesIO()
-    torch.save({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, buf)
+    torch.save(state, buf)
     data = buf.getvalue()
     card = dataclasses.replace(
         card,
+        weights_dtype=weights_dtype,
         sha256=hashlib.sha256(data).hexdigest(),
         parameters=int(sum(p.numel() for p in module.parameters())),
         units=UNITS,
