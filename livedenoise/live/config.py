@@ -59,7 +59,8 @@ class PipelineConfig:
     stats_interval_s : float
         Period of the live statistics (0.1-3600 s).
     poll_interval_ms : float
-        How often the acquisition thread polls the core when it has no frame (0.05-100 ms).
+        How often the acquisition thread polls the core when it has no frame and one is due
+        (0.05-100 ms); between frames it sleeps longer, up to 5 ms (``sources.idle_wait_s``).
     publish_truth : bool
         Publish the simulator's noise-free image as topic ``truth`` (demo only).
     max_engine_failures : int
