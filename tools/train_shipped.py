@@ -50,6 +50,11 @@ AFTER_TRAINING: dict[str, dict] = {
 }
 
 
+# stored in float16 after training (half the file; loaded back into float32): finish() converts
+# them and records the held-out PSNR of both in the card (quality.float16_weights)
+STORED_AS: dict[str, str] = {"resunet-live-v3": "float16", "resunet-denoise-v3": "float16"}
+
+
 def _from_model(
     recipe: list[str], init_id: str, model_id: str, *, steps: str, lr: str, seed: str
 ) -> list[str]:
@@ -361,7 +366,20 @@ def finish(model_id: str) -> None:
     card.description = (
         card.description + " " if card.description else ""
     ) + f"Output stage set after training: {AFTER_TRAINING[model_id]} (tools/train_shipped.py finish)."
-    save_model(net, card, ROOT / "models" / f"{model_id}.pt", weights_dtype=card.weights_dtype)
+    dtype = STORED_AS.get(model_id, card.weights_dtype)
+    path = ROOT / "models" / f"{model_id}.pt"
+    if dtype != card.weights_dtype:
+        before = measure_quality(net)["mean_5_100_e"]["psnr_db"]
+        card.description += f" Weights stored as {dtype} (tools/train_shipped.py STORED_AS)."
+        save_model(net, card, path, weights_dtype=dtype)
+        net, card = load_model(path)
+        card.quality[f"{dtype}_weights"] = {
+            "held_out_mean_5_100_psnr_db": {
+                "float32": before,
+                dtype: measure_quality(net)["mean_5_100_e"]["psnr_db"],
+            }
+        }
+    save_model(net, card, path, weights_dtype=dtype)
 
 
 def measure_quality(module, task: str = "denoise") -> dict:

@@ -143,7 +143,10 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.json)
         check_writable_dir(out.parent if str(out.parent) else Path("."), "JSON results")
     if args.ensemble > 1 and (not args.real or args.task != "denoise" or args.tune_baselines):
-        raise CLIError("--ensemble applies to --real evaluations of the denoise task only")
+        raise CLIError(
+            "--ensemble applies to --real evaluations of the denoise task only: add --real "
+            "(without --task deconvolve or --tune-baselines), or drop --ensemble"
+        )
     if args.tune_baselines:
         return _tune(args)
     if args.real:

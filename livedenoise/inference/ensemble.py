@@ -7,7 +7,9 @@ back, and the ``n`` estimates are averaged: the "geometric self-ensemble" of ima
 symmetries, so its errors on the views are partly independent and their mean is closer to the
 truth; it costs ``n`` restorations a frame, so it is for offline ``denoise`` and evaluation,
 not the live stream. Photon counts are kept: every view's estimate keeps them, and so does
-their mean.
+their mean (exactly per 32-pixel block of a model's flux step when the frame's sides are multiples
+of the block; otherwise the flipped views' blocks fall on other grids, and counts are kept on
+each view's own grid).
 
 Sizes: 1 (off), 2 (identity and left-right flip), 4 (the four flips), 8 (the four flips, each
 also transposed; square frames only: a non-square frame uses the 4 flips and says so, as a

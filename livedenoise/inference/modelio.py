@@ -56,8 +56,9 @@ SCHEMA_VERSION = 1
 WEIGHTS_DTYPES = ("float32", "float16")
 DEFAULT_MODEL = "resunet-live-v3"
 """The fast live model, used when no model is named: RESUNET with a 4x pixel-unshuffle front end
-(the U-Net runs on 1/16 of the pixels), ~40-45 ms per 512x512 frame on a 2-core CPU. The earlier
-live models (``resunet-live-v1``, the RLNs ``rln-denoise-v1``/``-v2``) stay shipped and selectable."""
+(the U-Net runs on 1/16 of the pixels), ~40-60 ms per 512x512 frame on a 2-core CPU (its card).
+The earlier live models (``resunet-live-v1``/``-v2``, the RLNs ``rln-denoise-v1``/``-v2``) stay
+shipped and selectable."""
 QUALITY_MODEL = "resunet-denoise-v3"
 """The quality model: ``livedenoise denoise`` uses it when asked, the daemon where it keeps up with the
 camera (a GPU engine, or a small or slow frame on the CPU; see :mod:`livedenoise.app.modelchoice`)."""
@@ -403,6 +404,13 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, *, map_locati
         ) from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelError(f"model file {weights} does not hold a state dict of tensors")
+    stored = {str(v.dtype).removeprefix("torch.") for v in state.values() if v.is_floating_point()}
+    if stored and stored != {card.weights_dtype}:
+        raise ModelError(
+            f"model file {weights} holds {'/'.join(sorted(stored))} weights, but its card says "
+            f"{card.weights_dtype!r}: the card and the weights belong to different saves; restore the "
+            "original files (or save the model again with livedenoise.inference.modelio.save_model)"
+        )
     # weights stored in float16 (the card's weights_dtype) compute in float32, as trained
     state = {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
     nonfinite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]

@@ -311,7 +311,10 @@ def test_weights_stored_in_float16_load_into_float32_and_compute_alike(tmp_path)
     with pytest.raises(ModelError, match="exceed float16's range"):
         save_model(net, card, tmp_path / "big.pt", weights_dtype="float16")
     assert not (tmp_path / "big.pt").exists()
-    text = (tmp_path / "half.json").read_text().replace('"float16"', '"bfloat8"')
-    (tmp_path / "half.json").write_text(text)
+    text = (tmp_path / "half.json").read_text()
+    (tmp_path / "half.json").write_text(text.replace('"float16"', '"float32"'))
+    with pytest.raises(ModelError, match="holds float16 weights, but its card says 'float32'"):
+        load_model(tmp_path / "half.pt")
+    (tmp_path / "half.json").write_text(text.replace('"float16"', '"bfloat8"'))
     with pytest.raises(ModelError, match="stores its weights as 'bfloat8'"):
         load_model(tmp_path / "half.pt")
