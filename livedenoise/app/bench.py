@@ -41,6 +41,7 @@ from livedenoise.live.stats import STAGES
 from livedenoise.transport.publisher import Publisher
 from livedenoise.transport.subscriber import Subscriber
 from livedenoise.util.memory import keep_freed_memory
+from livedenoise.util.threads import usable_cores
 
 __all__ = [
     "BenchResult",
@@ -98,7 +99,7 @@ def machine_description() -> dict[str, Any]:
     desc: dict[str, Any] = {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "platform": platform.platform(),

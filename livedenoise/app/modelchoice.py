@@ -31,6 +31,7 @@ import numpy as np
 
 from livedenoise.inference.engines import AUTO_ORDER, Engine, available_backends, make_engine
 from livedenoise.inference.modelio import DEFAULT_MODEL, QUALITY_MODEL, ModelCard, read_card, resolve_model
+from livedenoise.util.threads import usable_cores
 
 __all__ = [
     "CPU_PIPELINE_SLOWDOWN",
@@ -86,11 +87,7 @@ def live_cpu_threads() -> int | None:
     the publishing (None where ``OMP_NUM_THREADS`` is set: the user's choice stands)."""
     if os.environ.get("OMP_NUM_THREADS"):
         return None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    return max(1, usable_cores() - 1)
 
 
 def live_engine_options(kind: str | None, options: dict[str, Any] | None) -> dict[str, Any]:
