@@ -44,15 +44,22 @@ AFTER_TRAINING: dict[str, dict] = {
     "resunet-live-v1": {"flux_block": 32},
     "resunet-live-v2": {"flux_block": 32},
     "resunet-live-v3": {"flux_block": 32},
+    "resunet-live-v4": {"flux_block": 32},
     "resunet-denoise-v2": {"flux_block": 32},
     "resunet-denoise-v3": {"flux_block": 32},
+    "resunet-denoise-v4": {"flux_block": 32},
     "rln-deconvolve-v1": {"flux_block": 16},
 }
 
 
 # stored in float16 after training (half the file; loaded back into float32): finish() converts
 # them and records the held-out PSNR of both in the card (quality.float16_weights)
-STORED_AS: dict[str, str] = {"resunet-live-v3": "float16", "resunet-denoise-v3": "float16"}
+STORED_AS: dict[str, str] = {
+    "resunet-live-v3": "float16",
+    "resunet-live-v4": "float16",
+    "resunet-denoise-v3": "float16",
+    "resunet-denoise-v4": "float16",
+}
 
 
 def _from_model(
@@ -82,6 +89,9 @@ def _variant(recipe: list[str], steps: str, *after_steps: str) -> list[str]:
     out[k + 2 : k + 2] = after_steps
     return out
 
+
+# training on a CPU with AMX: the passes in bfloat16 (weights and loss in float32), two batches made ahead
+BF16_TRAINING = ["--precision", "bf16", "--prefetch", "2"]
 
 # the recipes of the staged models; their stages differ in the schedule's length and how they start
 LIVE_RECIPE: list[str] = [
@@ -249,6 +259,12 @@ SHIPPED: dict[str, list[str] | list[list[str]]] = {
     "resunet-live-v3": _from_model(
         LIVE_RECIPE, "resunet-live-v2", "resunet-live-v3", steps="4000", lr="0.0003", seed="8"
     ),
+    # the live default since 2026-12-06: resunet-live-v3 trained on, 5000 steps at lr 0.0003 (a new cosine
+    # schedule, another seed), the passes in bfloat16 (AMX), batches made ahead
+    "resunet-live-v4": [
+        *_from_model(LIVE_RECIPE, "resunet-live-v3", "resunet-live-v4", steps="5000", lr="0.0003", seed="9"),
+        *BF16_TRAINING,
+    ],
     # the quality model: RESUNET with a 2x pixel-unshuffle front end, four levels, sample-like data, in
     # three stages: a 4500-step schedule to step 1500, lengthened to 7000 steps to step 3250 (lengthened
     # again to 10000 it diverged at lr ~1.3e-3), then 4000 steps from those weights at lr 0.0005
@@ -289,6 +305,14 @@ SHIPPED: dict[str, list[str] | list[list[str]]] = {
     "resunet-denoise-v3": _from_model(
         QUALITY_RECIPE, "resunet-denoise-v2", "resunet-denoise-v3", steps="4500", lr="0.0003", seed="8"
     ),
+    # the quality model since 2026-12-06: resunet-denoise-v3 trained on, 8000 steps at lr 0.0003 (a new
+    # cosine schedule, another seed), the passes in bfloat16 (AMX: 2-3x faster steps), batches made ahead
+    "resunet-denoise-v4": [
+        *_from_model(
+            QUALITY_RECIPE, "resunet-denoise-v3", "resunet-denoise-v4", steps="8000", lr="0.0003", seed="9"
+        ),
+        *BF16_TRAINING,
+    ],
     # deconvolution: the paper's RLN (softplus) for one microscope (1.4 NA, 520 nm, 65 nm pixels);
     # flux_block=16 is set in the card after training (see AFTER_TRAINING)
     "rln-deconvolve-v1": [
@@ -442,9 +466,12 @@ def measure_speed(model_path: str, size: int = 512, repeats: int = 20) -> dict:
             out[f"{key}_ms_min"] = round(r["latency_ms_min"], 1)
             if precision == "bf16":
                 out["bf16_validation"] = desc["precision_reason"]
+    from livedenoise.util.cpu import cpu_flags, cpu_model
+
     load = os.getloadavg()
+    amx = "with AMX" if "amx_bf16" in cpu_flags() else "without AMX"
     out["machine"] = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, shared with other "
+        f"{cpu_model()} ({platform.machine()}, {amx}), {os.cpu_count()} cores, shared with other "
         f"jobs (load average {load[0]:.1f}) at {time.strftime('%Y-%m-%d %H:%M')}"
     )
     return out
@@ -573,7 +600,7 @@ def model_table() -> str:
     cards.sort(key=lambda c: (order.get(c.id, 2), c.task != "denoise", c.id))
     rows = [
         "| model | task, network | parameters | real structures: mean PSNR (GAT+BM3D on the same frames) "
-        "| photon counts kept | 512² on the 2-core CPU (engine p50) | reproduce |",
+        "| photon counts kept | 512² on a 2-core CPU (engine p50, 2 threads; hosts differ) | reproduce |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in cards:
@@ -593,12 +620,14 @@ def model_table() -> str:
         else:
             quality, kept = "not measured", "–"
         sp = c.speed or {}
-        ms = [
-            sp.get(k)
-            for k in ("fp32_2t_ms_median", "bf16_2t_ms_median")
-            if isinstance(sp.get(k), (int, float))
-        ]
-        speed = f"{min(ms):.0f} ms" if ms else "–"
+        ms = {
+            prec: sp[f"{prec}_2t_ms_median"]
+            for prec in ("fp32", "bf16")
+            if isinstance(sp.get(f"{prec}_2t_ms_median"), (int, float))
+        }
+        best = min(ms, key=ms.__getitem__) if ms else None
+        amx = " (AMX)" if "with AMX" in str(sp.get("machine", "")) else ""
+        speed = f"{ms[best]:.0f} ms, {best}{amx}" if best else "–"
         psf = c.training.get("psf")
         task = f"{c.task} ({psf['name']})" if isinstance(psf, dict) else c.task
         n = c.parameters

@@ -40,6 +40,7 @@ from livedenoise.live.sources import CoreSource
 from livedenoise.live.stats import STAGES
 from livedenoise.transport.publisher import Publisher
 from livedenoise.transport.subscriber import Subscriber
+from livedenoise.util.cpu import cpu_flags, cpu_model
 from livedenoise.util.memory import keep_freed_memory
 from livedenoise.util.threads import usable_cores
 
@@ -86,18 +87,10 @@ class BenchResult:
 
 
 def machine_description() -> dict[str, Any]:
-    """CPU model, cores, Python, numpy, pyzmq and torch versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    """CPU model and kernel features (AMX, AVX-512 bf16), cores, Python, numpy, pyzmq and torch versions."""
     desc: dict[str, Any] = {
-        "cpu": cpu,
+        "cpu": cpu_model(),
+        "cpu_features": " ".join(cpu_flags()) or "none known",
         "cores": os.cpu_count(),
         "usable_cores": usable_cores(),
         "python": platform.python_version(),
@@ -479,7 +472,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines.append("")
     lines.append(
-        f"Machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['cores']} total), Python {m['python']}, "
+        f"Machine: {m['cpu']} ({m.get('cpu_features')}), {m['usable_cores']} usable cores ({m['cores']} total), Python {m['python']}, "
         f"numpy {m['numpy']}, pyzmq {m.get('pyzmq')}, torch {m.get('torch')}, {m['platform']}"
     )
     return "\n".join(lines)

@@ -3,14 +3,16 @@
 Two models ship for the live path: the quality model (:data:`~livedenoise.inference.modelio.QUALITY_MODEL`)
 and the fast live model (:data:`~livedenoise.inference.modelio.DEFAULT_MODEL`). Without ``--model``:
 
-- on a GPU engine (``cuda``, ``tensorrt``) the quality model is built and timed on the camera's
-  frame shape; it is kept when its median frame takes at most :data:`KEEP_UP` of the camera's frame
+- on a GPU engine (``cuda``, ``tensorrt``; and ``onnx``) the quality model is built and timed on the
+  camera's frame shape; it is kept when its median frame takes at most :data:`KEEP_UP` of the camera's frame
   interval, else the fast model is used;
-- on the CPU engine the quality model's speed comes from its card (measured alone on a 2-core CPU
-  at 512² with the engine's thread count, scaled by the frame's pixels, times
-  :func:`pipeline_slowdown`: inside the pipeline the engine shares the cores with the camera,
-  conversion and publishing threads): it is used only where that keeps up (small ROIs, slow
-  exposures), else the fast model. Timing it here would cost seconds of start-up on every CPU.
+- on the CPU engine the quality model is timed on this machine, with the engine's threads and
+  precision, on a 256² frame (:func:`~livedenoise.inference.engines.torch_cpu.cpu_frame_ms`: measured
+  at the first start, a second or two, then read from the probe cache), scaled by the frame's
+  pixels and by :func:`pipeline_slowdown` (inside the pipeline the engine shares the cores with the
+  camera, conversion and publishing threads); it is used where that keeps up, else the fast model.
+  CPUs differ by more than the cards can say: bfloat16 on a CPU with AMX runs these networks about
+  three times faster than float32, and without AMX slower than it.
 
 The live CPU engine leaves one core to the rest of the pipeline (:func:`live_cpu_threads`): on the
 2-core CPU one engine thread restores more frames in the pipeline than two, whose every operation
@@ -30,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from livedenoise.inference.engines import AUTO_ORDER, Engine, available_backends, make_engine
-from livedenoise.inference.modelio import DEFAULT_MODEL, QUALITY_MODEL, ModelCard, read_card, resolve_model
+from livedenoise.inference.engines.torch_cpu import cpu_frame_ms
+from livedenoise.inference.modelio import DEFAULT_MODEL, QUALITY_MODEL, read_card, resolve_model
 from livedenoise.util.threads import usable_cores
 
 __all__ = [
@@ -39,7 +42,6 @@ __all__ = [
     "GPU_ENGINES",
     "KEEP_UP",
     "ModelChoice",
-    "card_frame_ms",
     "choose_model",
     "engine_kind",
     "live_cpu_threads",
@@ -59,7 +61,6 @@ CPU_PIPELINE_SLOWDOWN_1T = 1.4
 """The same for an engine on one thread: ``livedenoise bench`` and ``demo`` measured 0.9-1.0x at
 384-512² and 1.34x at 256² (resunet-live-v2, 2-core CPU, 2026-12-01); rounded up."""
 GPU_ENGINES = ("cuda", "tensorrt")
-CARD_FRAME_PX = 512 * 512  # the frame of the cards' speed figures
 TIMED_FRAMES = 5
 
 
@@ -112,18 +113,6 @@ def pipeline_slowdown(threads: int | None) -> float:
     return CPU_PIPELINE_SLOWDOWN_1T if threads == 1 else CPU_PIPELINE_SLOWDOWN
 
 
-def card_frame_ms(card: ModelCard, shape: tuple[int, int], threads: int | None = None) -> float | None:
-    """The card's fastest CPU median (fp32 or bf16) at 512² on 1 thread (``threads`` 1) or 2 threads
-    (otherwise), scaled to ``shape``'s pixels."""
-    speed = card.speed if isinstance(card.speed, dict) else {}
-    t = 1 if threads == 1 else 2
-    vals = [speed.get(k) for k in (f"fp32_{t}t_ms_median", f"bf16_{t}t_ms_median")]
-    nums = [float(v) for v in vals if isinstance(v, (int, float)) and v > 0]
-    if not nums:
-        return None
-    return min(nums) * (shape[0] * shape[1]) / CARD_FRAME_PX
-
-
 def _timed_ms(engine: Engine, shape: tuple[int, int]) -> float:
     engine.prepare(shape)
     rng = np.random.default_rng(0)
@@ -154,7 +143,7 @@ def choose_model(
     model : the model asked for (``--model``); returned as is.
     frame_shape : the camera's frame (rows, columns).
     frame_interval_ms : the camera's frame interval (at least its exposure).
-    options : engine options, for the GPU timing run.
+    options : engine options (threads, precision), for the timing run.
     """
     if model is not None:
         return ModelChoice(model, "asked for with --model")
@@ -163,11 +152,11 @@ def choose_model(
         return ModelChoice(None, "the passthrough engine converts frames but restores none")
     budget = KEEP_UP * frame_interval_ms
     frame = f"{frame_shape[1]}×{frame_shape[0]}"
-    try:
-        qcard = read_card(resolve_model(QUALITY_MODEL))
+    try:  # installed, with a readable card
+        read_card(resolve_model(QUALITY_MODEL))
     except (FileNotFoundError, ValueError) as exc:
         return ModelChoice(DEFAULT_MODEL, f"the fast live model (the quality model is not installed: {exc})")
-    if backend in GPU_ENGINES:
+    if backend != "cpu":  # GPU engines (and onnx): built and timed on the camera's frame
         engine = None
         try:
             engine = make_engine(backend, model=QUALITY_MODEL, **(options or {}))
@@ -192,22 +181,35 @@ def choose_model(
             f"the fast live model: the quality model {QUALITY_MODEL} takes {ms:.1f} ms a {frame} frame on "
             f"{backend}, more than {KEEP_UP:.0%} of the camera's {frame_interval_ms:g} ms frame interval",
         )
-    threads = (options or {}).get("threads")
-    card_ms = card_frame_ms(qcard, frame_shape, threads)
-    est = None if card_ms is None else card_ms * pipeline_slowdown(threads)
-    if est is not None and est <= budget:
+    opts = options or {}
+    threads = opts.get("threads")
+    try:
+        timed = cpu_frame_ms(QUALITY_MODEL, threads=threads, precision=opts.get("precision") or "auto")
+    except Exception as exc:  # a quality model that cannot run here: the fast one, and why
+        log.warning("the quality model could not be timed on the cpu engine: %s", exc)
+        return ModelChoice(
+            DEFAULT_MODEL, f"the fast live model (the quality model failed on the cpu engine: {exc})"
+        )
+    tshape = timed["shape"]
+    est = (
+        float(timed["ms"])
+        * (frame_shape[0] * frame_shape[1])
+        / (int(tshape[0]) * int(tshape[1]))
+        * pipeline_slowdown(threads)
+    )
+    how = (
+        f"~{est:.0f} ms a {frame} frame in the pipeline on this CPU ({timed['ms']:.1f} ms a "
+        f"{tshape[1]}×{tshape[0]} frame alone, {timed['precision']}, {timed['threads']} "
+        f"thread{'s' if timed['threads'] != 1 else ''}; {timed['source']})"
+    )
+    if est <= budget:
         return ModelChoice(
             QUALITY_MODEL,
-            f"the quality model: ~{est:.0f} ms a {frame} frame in the pipeline on a 2-core CPU (its card) "
-            f"keeps up with the camera's {frame_interval_ms:g} ms frame interval",
+            f"the quality model: {how} keeps up with the camera's {frame_interval_ms:g} ms frame interval",
         )
-    why = (
-        f"~{est:.0f} ms a {frame} frame in the pipeline on a 2-core CPU (its card)"
-        if est is not None
-        else "no CPU speed in its card"
-    )
     return ModelChoice(
         DEFAULT_MODEL,
-        f"the fast live model on the {backend} engine: the quality model {QUALITY_MODEL} would take {why}, "
-        f"beyond the camera's {frame_interval_ms:g} ms frame interval; --model {QUALITY_MODEL} overrides",
+        f"the fast live model on the {backend} engine: the quality model {QUALITY_MODEL} would take {how}, "
+        f"beyond {KEEP_UP:.0%} of the camera's {frame_interval_ms:g} ms frame interval; "
+        f"--model {QUALITY_MODEL} overrides",
     )

@@ -14,7 +14,7 @@ from livedenoise.cli._selfsup import add_selfsup_arguments, run_selfsup
 from livedenoise.imaging.psf import NAMED_PSFS
 from livedenoise.inference.modelio import save_model
 from livedenoise.training.finetune import FinetuneConfig, finetune
-from livedenoise.training.train import TrainConfig, train
+from livedenoise.training.train import TRAIN_PRECISIONS, TrainConfig, train
 from livedenoise.util.atomic import check_writable_dir
 
 HELP = "train a restoration network (RLN or RESUNET) on synthetic phantoms"
@@ -29,6 +29,12 @@ Example (a quick RLN, a few minutes on a laptop CPU):
 
   livedenoise train --arch rln --task denoise --steps 500 -o my-rln.pt
   livedenoise denoise IN.tif -o OUT.tif --calibration CAL.tif --model my-rln.pt
+
+Train on further from a shipped model, twice as fast on a CPU with AMX (Intel Xeon
+Sapphire Rapids and later): bfloat16 passes, the next batches made on a second core:
+
+  livedenoise train --arch resunet --init resunet-live-v3 --data sample --patch 128 --batch 16 \
+      --steps 4000 --lr 3e-4 --precision bf16 --prefetch 2 --checkpoint-dir runs/live -o my-live.pt
 
 Fine-tune on pairs of your own sample (from `livedenoise collect-pairs`):
 
@@ -115,6 +121,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir/last.pt")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument(
+        "--precision",
+        choices=TRAIN_PRECISIONS,
+        default="fp32",
+        help="bf16: forward and backward passes under bfloat16 autocast, weights and loss in float32 "
+        "(2-3x faster steps on CPUs with AMX, e.g. Intel Xeon Sapphire Rapids; slow elsewhere); "
+        "default %(default)s",
+    )
+    p.add_argument(
+        "--prefetch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="make up to N synthetic batches ahead on a background thread while the network trains "
+        "(the same data; uses a second core; default 0: none)",
+    )
     p.add_argument("--init", help="start from this model's weights (id or path)")
     p.add_argument("--id", help="model id in the card (default: the output file's name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -170,6 +192,10 @@ def canonical_command(args: argparse.Namespace) -> str:
         parts += ["--init", args.init]
     if args.threads:
         parts += ["--threads", str(args.threads)]
+    if args.precision != "fp32":
+        parts += ["--precision", args.precision]
+    if args.prefetch:
+        parts += ["--prefetch", str(args.prefetch)]
     if args.id:
         parts += ["--id", args.id]
     parts += ["-o", args.output]
@@ -248,6 +274,12 @@ def run(args: argparse.Namespace) -> int:
             f"{' and '.join(exists)} already exist(s); pass --force to overwrite or choose another -o"
         )
     check_writable_dir(out.parent if str(out.parent) else Path("."), "model")
+    if (args.pairs or args.self_supervised) and (args.precision != "fp32" or args.prefetch):
+        mode = "--pairs" if args.pairs else "--self-supervised"
+        raise CLIError(
+            f"--precision and --prefetch apply to training on synthetic data; {mode} trains in fp32 "
+            "on its own frames: leave them out"
+        )
     if args.pairs:  # fine-tuning on a paired dataset (livedenoise.training.finetune, issue 5)
         return _run_pairs(
             args,
@@ -281,6 +313,8 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         init=args.init,
         model_id=args.id or out.stem,
+        precision=args.precision,
+        prefetch=args.prefetch,
         command=canonical_command(args),
     )
     module, card, _history = train(config, progress=not args.no_progress)

@@ -39,13 +39,17 @@ from livedenoise.imaging.psf import named_psf
 from livedenoise.imaging.synthetic import SAMPLE_MIX, TASKS, TRAIN_MIX, SyntheticPatches, make_eval_set
 from livedenoise.inference.modelio import ModelCard, load_model
 from livedenoise.inference.nets import ARCHITECTURES, build_network
+from livedenoise.training.stream import Prefetch, batches
 from livedenoise.util.atomic import atomic_path
 
-__all__ = ["TrainConfig", "batches", "evaluate_psnr", "psnr_db", "train"]
+__all__ = ["TRAIN_PRECISIONS", "Prefetch", "TrainConfig", "batches", "evaluate_psnr", "psnr_db", "train"]
 
 log = logging.getLogger("livedenoise")
 
 VAL_SEED_OFFSET = 500_000_000  # validation frames: another seed range than the training stream
+
+TRAIN_PRECISIONS = ("fp32", "bf16")
+"""Training precision: float32, or the passes under bfloat16 autocast (see TrainConfig.precision)."""
 
 DATA_KINDS = ("legacy", "sample")
 """Synthetic training data: the original phantoms, or sample-like data (see TrainConfig.data)."""
@@ -80,6 +84,11 @@ class TrainConfig:
     device : ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``.
     threads : CPU threads for torch (None: torch's default).
     init : a model (id or path) whose weights start the training (fine-tuning).
+    precision : ``"fp32"`` (default) or ``"bf16"``: the forward and backward passes under bfloat16
+        autocast (weights, optimiser, loss and validation stay float32). On CPUs with AMX
+        (Intel Sapphire Rapids and later) a step is 2-3x faster; elsewhere bf16 is emulated and slow.
+    prefetch : batches made ahead by a background thread while the network trains on the last one
+        (0: none). The stream is the same either way: one thread draws it in order.
     """
 
     architecture: str = "rln"
@@ -108,6 +117,8 @@ class TrainConfig:
     init: str | None = None
     model_id: str | None = None
     command: str = ""
+    precision: str = "fp32"
+    prefetch: int = 0
 
     def __post_init__(self) -> None:
         from livedenoise.training.losses import LOSSES
@@ -122,6 +133,10 @@ class TrainConfig:
             raise ValueError(f"unknown data {self.data!r}; expected one of {DATA_KINDS}")
         if self.psf is not None:
             named_psf(self.psf)  # raises on an unknown name
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; expected one of {TRAIN_PRECISIONS}")
+        if int(self.prefetch) < 0:
+            raise ValueError(f"prefetch must be >= 0 batches (0: none), got {self.prefetch}")
         if self.lr_schedule not in ("cosine", "exp", "constant"):
             raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; expected cosine, exp or constant")
         for name in ("patch", "batch", "steps", "epoch_steps", "val_size", "val_px"):
@@ -151,38 +166,6 @@ def lr_at(config: TrainConfig, step: int) -> float:
     if config.lr_schedule == "exp":
         return config.lr * 0.02**frac
     return config.lr
-
-
-def batches(source: Iterable, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Group ``(input_e, target_e, ratio)`` triples into ``(B, 1, H, W)`` arrays and ``(B,)`` ratios."""
-    it = iter(source)
-    restarted = False
-    while True:
-        xs: list[np.ndarray] = []
-        ts: list[np.ndarray] = []
-        rs: list[float] = []
-        while len(xs) < batch:
-            try:
-                x, t, r = next(it)
-            except StopIteration:
-                if restarted and not xs:
-                    raise ValueError("the training data source yields nothing") from None
-                it, restarted = iter(source), True
-                continue
-            restarted = False
-            x, t = np.asarray(x, np.float32), np.asarray(t, np.float32)
-            if x.ndim != 2 or x.shape != t.shape:
-                raise ValueError(
-                    f"training pairs must be two 2D arrays of one shape, got {x.shape} and {t.shape}"
-                )
-            if xs and x.shape != xs[0].shape:
-                raise ValueError(
-                    f"patches in a batch must share a shape: {xs[0].shape} then {x.shape}; crop them"
-                )
-            xs.append(x)
-            ts.append(t)
-            rs.append(float(r))
-        yield np.stack(xs)[:, None], np.stack(ts)[:, None], np.asarray(rs, np.float32)
 
 
 def psnr_db(x: np.ndarray, ref: np.ndarray) -> float:
@@ -403,7 +386,11 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
         log.warning("--resume: the validation set changed since %s; its best model is compared afresh", last)
         best = (vloss, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}, start)
     module.train()
-    stream = batches(data, config.batch)
+    stream: Iterator = batches(data, config.batch)
+    if config.prefetch:
+        stream = Prefetch(stream, int(config.prefetch))
+    # bf16: the passes under autocast (convolutions in bfloat16); weights, optimiser and loss in fp32
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     bar = tqdm(
         total=config.steps,
         initial=start,
@@ -415,66 +402,77 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
     running, n_run = 0.0, 0
     step = start
     end = config.steps if config.stop_after is None else int(config.stop_after)
-    while step < end:
-        x_np, t_np, r_np = next(stream)
-        x = torch.from_numpy(x_np).to(device).contiguous(memory_format=torch.channels_last)
-        t = torch.from_numpy(t_np).to(device).contiguous(memory_format=torch.channels_last)
-        r = torch.from_numpy(r_np).to(device)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(config, step)
-        if config.loss == "mse_ssim" and config.architecture == "rln":
-            pred, est = module(x, return_estimate=True)
-            loss = loss_fn(pred, t, r, estimate=est, input_e=x)
-        else:
-            loss = loss_fn(module(x), t, r)
-        if not torch.isfinite(loss.detach()):
-            raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
-        opt.step()
-        step += 1
-        running += loss.item()
-        n_run += 1
-        bar.update(1)
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{running / n_run:.4g}")
-        if step % config.epoch_steps == 0 or step == end:
-            vloss, vpsnr, vraw = validate()
-            rec = {
-                "step": step,
-                "train_loss": running / max(n_run, 1),
-                "val_loss": vloss,
-                "val_psnr_db": vpsnr,
-                "val_raw_psnr_db": vraw,
-                "lr": lr_at(config, step - 1),
-                "time_s": time.perf_counter() - t0,
-            }
-            history.append(rec)
-            running, n_run = 0.0, 0
-            bar.write(
-                f"step {step}: train {rec['train_loss']:.4g}  val {vloss:.4g}  "
-                f"PSNR {vpsnr:.2f} dB (raw {vraw:.2f})"
-            )
-            log.info("step %s: val loss %.4g, PSNR %.2f dB (raw %.2f)", step, vloss, vpsnr, vraw)
-            if vloss < best[0]:
-                best = (vloss, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}, step)
-            if ckpt_dir is not None:
-                ck = {
-                    "model": module.state_dict(),
-                    "optim": opt.state_dict(),
+    try:
+        while step < end:
+            x_np, t_np, r_np = next(stream)
+            x = torch.from_numpy(x_np).to(device).contiguous(memory_format=torch.channels_last)
+            t = torch.from_numpy(t_np).to(device).contiguous(memory_format=torch.channels_last)
+            r = torch.from_numpy(r_np).to(device)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(config, step)
+            if config.loss == "mse_ssim" and config.architecture == "rln":
+                with autocast:
+                    pred, est = module(x, return_estimate=True)
+                loss = loss_fn(pred.float(), t, r, estimate=est.float(), input_e=x)
+            else:
+                with autocast:
+                    pred = module(x)
+                loss = loss_fn(pred.float(), t, r)
+            if not torch.isfinite(loss.detach()):
+                raise FloatingPointError(f"training diverged at step {step} (loss {loss.item()}); lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
+            opt.step()
+            step += 1
+            running += loss.item()
+            n_run += 1
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{running / n_run:.4g}")
+            if step % config.epoch_steps == 0 or step == end:
+                vloss, vpsnr, vraw = validate()
+                rec = {
                     "step": step,
-                    "history": json.dumps(history),
-                    "config": json.dumps(config.to_dict()),
-                    "best_loss": best[0],
-                    "best_model": best[1],
-                    "best_step": best[2],
-                    "val_sha256": val_sha,
+                    "train_loss": running / max(n_run, 1),
+                    "val_loss": vloss,
+                    "val_psnr_db": vpsnr,
+                    "val_raw_psnr_db": vraw,
+                    "lr": lr_at(config, step - 1),
+                    "time_s": time.perf_counter() - t0,
                 }
-                with atomic_path(ckpt_dir / "last.pt", "checkpoint") as tmp:
-                    torch.save(ck, tmp)
-    bar.close()
+                history.append(rec)
+                running, n_run = 0.0, 0
+                bar.write(
+                    f"step {step}: train {rec['train_loss']:.4g}  val {vloss:.4g}  "
+                    f"PSNR {vpsnr:.2f} dB (raw {vraw:.2f})"
+                )
+                log.info("step %s: val loss %.4g, PSNR %.2f dB (raw %.2f)", step, vloss, vpsnr, vraw)
+                if vloss < best[0]:
+                    best = (
+                        vloss,
+                        {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
+                        step,
+                    )
+                if ckpt_dir is not None:
+                    ck = {
+                        "model": module.state_dict(),
+                        "optim": opt.state_dict(),
+                        "step": step,
+                        "history": json.dumps(history),
+                        "config": json.dumps(config.to_dict()),
+                        "best_loss": best[0],
+                        "best_model": best[1],
+                        "best_step": best[2],
+                        "val_sha256": val_sha,
+                    }
+                    with atomic_path(ckpt_dir / "last.pt", "checkpoint") as tmp:
+                        torch.save(ck, tmp)
+    finally:
+        bar.close()
+        if isinstance(stream, Prefetch):
+            stream.close()
     if best[1] is not None:
         module.load_state_dict(best[1])
     module.to("cpu", memory_format=torch.contiguous_format).eval()
@@ -500,6 +498,8 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
             "time_s": round(elapsed, 1),
             "device": str(device),
             "torch_threads": torch.get_num_threads(),
+            "precision": config.precision,
+            "prefetch": int(config.prefetch),
             "init": config.init,
             **({"psf": _psf_record(config)} if config.psf is not None else {}),
         },

@@ -8,29 +8,96 @@ import numpy as np
 import pytest
 
 from livedenoise.app import daemon, modelchoice
-from livedenoise.app.modelchoice import CPU_PIPELINE_SLOWDOWN, KEEP_UP, card_frame_ms, choose_model
-from livedenoise.inference.modelio import DEFAULT_MODEL, QUALITY_MODEL, read_card, resolve_model
+from livedenoise.app.modelchoice import CPU_PIPELINE_SLOWDOWN_1T, KEEP_UP, choose_model
+from livedenoise.inference.modelio import DEFAULT_MODEL, QUALITY_MODEL
 
 
-def _quality_ms_512() -> float:
-    est = card_frame_ms(read_card(resolve_model(QUALITY_MODEL)), (512, 512))
-    assert est is not None, "the quality model's card carries its CPU speed"
-    return est * CPU_PIPELINE_SLOWDOWN  # what it takes inside the pipeline
+def _timed(monkeypatch, ms: float, precision: str = "bf16") -> list:
+    """The quality model takes ``ms`` a 256² frame alone on this CPU (what cpu_frame_ms measures)."""
+    calls = []
+
+    def fake(model, *, threads=None, **kw):
+        calls.append({"model": model, "threads": threads, **kw})
+        return {
+            "ms": ms,
+            "precision": precision,
+            "threads": threads or 2,
+            "shape": [256, 256],
+            "source": "measured",
+        }
+
+    monkeypatch.setattr(modelchoice, "cpu_frame_ms", fake)
+    return calls
 
 
-def test_cpu_uses_the_fast_model_where_the_quality_model_cannot_keep_up():
-    ms = _quality_ms_512()
-    choice = choose_model("cpu", None, frame_shape=(512, 512), frame_interval_ms=ms)
+def test_cpu_uses_the_fast_model_where_the_quality_model_cannot_keep_up(monkeypatch):
+    calls = _timed(monkeypatch, 30.0)
+    # 512² is 4x the timed frame, 2x in the pipeline on two threads: 240 ms against 0.8 x 100 ms
+    choice = choose_model("cpu", None, frame_shape=(512, 512), frame_interval_ms=100.0)
+    assert calls[0]["model"] == QUALITY_MODEL
     assert choice.model == DEFAULT_MODEL and choice.engine is None
     assert QUALITY_MODEL in choice.reason and "--model" in choice.reason
+    assert (
+        "~240 ms a 512×512 frame in the pipeline on this CPU (30.0 ms a 256×256 frame alone, bf16"
+        in choice.reason
+    )
 
 
-def test_cpu_uses_the_quality_model_on_a_slow_or_small_frame():
-    ms = _quality_ms_512()
-    choice = choose_model(None, None, frame_shape=(512, 512), frame_interval_ms=2 * ms / KEEP_UP)
-    assert choice.model == QUALITY_MODEL and "keeps up" in choice.reason
-    small = choose_model("cpu", None, frame_shape=(64, 64), frame_interval_ms=ms)  # 1/64 of the pixels
+def test_cpu_uses_the_quality_model_where_it_keeps_up(monkeypatch):
+    calls = _timed(monkeypatch, 10.0)
+    choice = choose_model(None, None, frame_shape=(512, 512), frame_interval_ms=80 / KEEP_UP)
+    assert choice.model == QUALITY_MODEL and "keeps up" in choice.reason and "~80 ms" in choice.reason
+    small = choose_model("cpu", None, frame_shape=(64, 64), frame_interval_ms=10.0)  # 1/16 of the pixels
     assert small.model == QUALITY_MODEL
+    # one engine thread: the pipeline's slowdown for one thread (1.4x), the engine's precision asked for
+    calls.clear()
+    one = choose_model(
+        "cpu",
+        None,
+        frame_shape=(256, 256),
+        frame_interval_ms=10.0 * CPU_PIPELINE_SLOWDOWN_1T / KEEP_UP + 0.1,
+        options={"threads": 1, "precision": "fp32"},
+    )
+    assert one.model == QUALITY_MODEL and calls[0]["threads"] == 1 and calls[0]["precision"] == "fp32"
+    two = choose_model(
+        "cpu",
+        None,
+        frame_shape=(256, 256),
+        frame_interval_ms=10.0 * CPU_PIPELINE_SLOWDOWN_1T / KEEP_UP + 0.1,
+        options={"threads": 2},
+    )
+    assert two.model == DEFAULT_MODEL  # two threads: 2x in the pipeline
+
+
+def test_cpu_timing_failure_falls_back_to_the_fast_model_and_says_why(monkeypatch):
+    def broken(model, **kw):
+        raise RuntimeError("weights do not match their card")
+
+    monkeypatch.setattr(modelchoice, "cpu_frame_ms", broken)
+    choice = choose_model("cpu", None, frame_shape=(64, 64), frame_interval_ms=1000.0)
+    assert choice.model == DEFAULT_MODEL and "weights do not match their card" in choice.reason
+
+
+def test_cpu_frame_ms_measures_once_then_reads_the_cache(monkeypatch, tmp_path):
+    from livedenoise.inference.engines import torch_cpu
+
+    monkeypatch.setenv("LIVEDENOISE_CACHE", str(tmp_path))
+    built = []
+    real = torch_cpu.TorchCPUEngine
+
+    class Counting(real):
+        def __init__(self, *a, **kw):
+            built.append(kw)
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(torch_cpu, "TorchCPUEngine", Counting)
+    first = torch_cpu.cpu_frame_ms("rln-denoise-v2", threads=1, precision="fp32", shape=(64, 64))
+    assert first["source"] == "measured" and first["ms"] > 0 and first["precision"] == "fp32"
+    assert first["threads"] == 1 and first["shape"] == [64, 64] and len(built) == 1
+    again = torch_cpu.cpu_frame_ms("rln-denoise-v2", threads=1, precision="fp32", shape=(64, 64))
+    assert again == {**first, "source": "cached probe"} and len(built) == 1  # no model loaded again
+    other = torch_cpu.cpu_frame_ms("rln-denoise-v2", threads=1, precision="fp32", shape=(32, 32))
+    assert other["source"] == "measured" and len(built) == 2  # another shape is another probe
 
 
 def test_an_explicit_model_always_wins_and_passthrough_needs_none():
@@ -135,18 +202,3 @@ def test_a_live_cpu_engine_leaves_one_core_to_the_pipeline(monkeypatch):
     assert live_engine_options("passthrough", {"threads": None}) == {}
     with pytest.raises(ValueError, match="the cuda engine takes none"):
         live_engine_options("cuda", {"threads": 2})
-
-
-def test_the_cpu_estimate_uses_the_cards_figure_for_the_engines_threads():
-    card = read_card(resolve_model(QUALITY_MODEL))
-    one, two = card_frame_ms(card, (256, 256), threads=1), card_frame_ms(card, (256, 256))
-    assert one is not None and two is not None and one > two  # one thread is slower alone
-    assert one == pytest.approx(min(card.speed["fp32_1t_ms_median"], card.speed["bf16_1t_ms_median"]) / 4)
-    choice = choose_model(
-        "cpu",
-        None,
-        frame_shape=(256, 256),
-        frame_interval_ms=1.1 * one * 1.4 / KEEP_UP,
-        options={"threads": 1},
-    )
-    assert choice.model == QUALITY_MODEL

@@ -34,7 +34,7 @@ def _untrained_val_loss(cfg):
     from livedenoise.training.train import _default_val
 
     torch.manual_seed(cfg.seed)
-    net = build_network(cfg.architecture).eval()
+    net = build_network(cfg.architecture, **cfg.arch_params).eval()
     vx, vt, _ = _default_val(cfg)
     with torch.no_grad():
         return float(poisson_loss(net(torch.from_numpy(vx[:, None])), torch.from_numpy(vt[:, None])))
@@ -323,3 +323,87 @@ def test_an_init_model_takes_a_new_output_stage_and_refuses_other_changes():
             _tiny(init="rln-denoise-v2", arch_params={"activation": "softplus"}, steps=2, epoch_steps=2),
             progress=False,
         )
+
+
+def test_prefetch_gives_the_same_items_in_order_and_raises_the_sources_errors():
+    from livedenoise.training.train import Prefetch
+
+    p = Prefetch(iter(range(50)), 3)
+    assert list(p) == list(range(50))
+    p.close()
+
+    def broken():
+        yield 1
+        raise OSError("disk gone")
+
+    p = Prefetch(broken(), 2)
+    assert next(p) == 1
+    with pytest.raises(OSError, match="disk gone"):
+        next(p)
+    p.close()
+    endless = Prefetch(itertools.count(), 2)  # a producer blocked on a full queue stops on close
+    assert next(endless) == 0
+    endless.close()
+    assert not endless._thread.is_alive()
+    with pytest.raises(ValueError, match="depth"):
+        Prefetch(iter(()), 0)
+
+
+def test_prefetched_data_trains_exactly_as_without():
+    import torch
+
+    a, _, ha = train(_tiny(steps=4, epoch_steps=4), progress=False)
+    b, card, hb = train(_tiny(steps=4, epoch_steps=4, prefetch=2), progress=False)
+    assert card.training["prefetch"] == 2 and card.training["precision"] == "fp32"
+    assert [h["val_loss"] for h in ha] == [h["val_loss"] for h in hb]
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+@pytest.mark.parametrize("arch", ["rln", "resunet"])
+def test_bf16_training_keeps_float32_weights_and_learns(arch):
+    import torch
+
+    kw = {"arch_params": {"channels": [8, 16]}} if arch == "resunet" else {}
+    cfg = _tiny(architecture=arch, precision="bf16", steps=20, epoch_steps=10, **kw)
+    module, card, history = train(cfg, progress=False)
+    assert card.training["precision"] == "bf16"
+    assert all(p.dtype == torch.float32 for p in module.parameters())
+    assert history[-1]["val_loss"] < 0.7 * _untrained_val_loss(cfg)
+
+
+def test_training_precision_and_prefetch_are_checked():
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="prefetch"):
+        TrainConfig(prefetch=-1)
+
+
+def test_cli_train_records_bf16_and_prefetch_and_refuses_them_for_pairs(tmp_path, capsys):
+    from livedenoise.cli import main
+    from livedenoise.inference.modelio import load_model
+
+    out = tmp_path / "bf.pt"
+    common = ["--steps", "2", "--epoch-steps", "2", "--batch", "2", "--patch", "32", "--val-size", "2"]
+    rc = main(
+        [
+            "train",
+            "--arch",
+            "rln",
+            *common,
+            "--precision",
+            "bf16",
+            "--prefetch",
+            "2",
+            "--no-progress",
+            "-o",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    _, card = load_model(out)
+    assert "--precision bf16 --prefetch 2" in card.training["command"]
+    assert card.training["precision"] == "bf16" and card.training["prefetch"] == 2
+    rc = main(["train", "--pairs", str(tmp_path), "--precision", "bf16", "-o", str(tmp_path / "p.pt")])
+    assert rc != 0
+    assert "--precision and --prefetch apply to training on synthetic data" in capsys.readouterr().err

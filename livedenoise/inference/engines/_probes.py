@@ -8,7 +8,8 @@ instead of a timing race deciding it at each start.
 
 The key is the sha256 of everything the answer depends on: the kind of probe, the model's
 weights (sha256), what was asked (``auto`` or ``bf16``), the probe's own thresholds, the
-machine (CPU model, core count, torch's CPU capability and thread count) and the versions of
+machine (CPU model and the features that pick its kernels, such as AMX, core count, torch's CPU
+capability and thread count) and the versions of
 livedenoise, torch and numpy. A change of any one of them gives a new entry.
 
 Layout::
@@ -34,8 +35,16 @@ from typing import Any
 
 from livedenoise import __version__
 from livedenoise.util.atomic import atomic_path
+from livedenoise.util.cpu import cpu_flags, cpu_model
 
-__all__ = ["PROBE_SCHEMA", "lookup", "machine_fingerprint", "probe_cache_dir", "probe_key", "store"]
+__all__ = [
+    "PROBE_SCHEMA",
+    "lookup",
+    "machine_fingerprint",
+    "probe_cache_dir",
+    "probe_key",
+    "store",
+]
 
 log = logging.getLogger("livedenoise")
 
@@ -51,17 +60,6 @@ def probe_cache_dir() -> Path:
     return Path.home() / ".cache" / "livedenoise" / "probes"
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_fingerprint() -> dict[str, Any]:
     """What a CPU probe's answer depends on besides the model: CPU, cores, library versions."""
     import numpy as np
@@ -73,7 +71,8 @@ def machine_fingerprint() -> dict[str, Any]:
         cap = "unknown"
     return {
         "machine": platform.machine(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "cpus": os.cpu_count() or 0,
         "cpu_capability": cap,
         "torch_threads": int(torch.get_num_threads()),

@@ -30,10 +30,24 @@ import numpy as np
 from livedenoise.imaging.metrics import psnr
 from livedenoise.imaging.synthetic import make_eval_set
 from livedenoise.inference.engines import _probes
-from livedenoise.inference.modelio import ModelError, check_finite_output, load_model
+from livedenoise.inference.modelio import (
+    ModelError,
+    check_finite_output,
+    load_model,
+    read_card,
+    resolve_model,
+)
 from livedenoise.inference.nets import fuse_for_inference
 
-__all__ = ["BF16_MAX_MEAN_REL_ERR", "BF16_MAX_PSNR_DIFF_DB", "PRECISIONS", "TIMING_SHAPE", "TorchCPUEngine"]
+__all__ = [
+    "BF16_MAX_MEAN_REL_ERR",
+    "BF16_MAX_PSNR_DIFF_DB",
+    "PRECISIONS",
+    "SPEED_FRAMES",
+    "TIMING_SHAPE",
+    "TorchCPUEngine",
+    "cpu_frame_ms",
+]
 
 log = logging.getLogger("livedenoise")
 
@@ -44,6 +58,8 @@ BF16_MAX_MEAN_REL_ERR = 0.005
 TIMING_SHAPE = (256, 256)
 """``auto`` times fp32 against bf16 on a frame of this shape (not the user's: the answer is cached)."""
 PRECISIONS = ("auto", "fp32", "bf16")
+SPEED_FRAMES = 7
+""":func:`cpu_frame_ms` times this many frames (after one warm-up) and keeps the fastest."""
 
 
 def _bf16_supported() -> tuple[bool, str]:
@@ -318,3 +334,64 @@ class TorchCPUEngine:
         self._in_np = None
         self._in_t = None
         self._shape = None
+
+
+def cpu_frame_ms(
+    model: str | None,
+    *,
+    threads: int | None = None,
+    precision: str = "auto",
+    shape: tuple[int, int] = TIMING_SHAPE,
+) -> dict[str, Any]:
+    """This machine's time for one ``shape`` frame of ``model`` on the CPU engine, measured once and cached.
+
+    The engine is built with ``threads`` and ``precision`` (``auto`` decides bf16 or fp32 as
+    :class:`TorchCPUEngine` does) and times :data:`SPEED_FRAMES` frames after a warm-up; the fastest
+    (what the machine can do, less what other work took from it just then; what the pipeline takes
+    is the caller's to add) is cached per model, machine, library versions, threads, precision and shape
+    (:mod:`~livedenoise.inference.engines._probes`), so later calls cost no model load and answer
+    alike. Returns ``{"ms", "precision", "threads", "shape", "source"}`` (``source``: ``"measured"``
+    or ``"cached probe"``).
+    """
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(int(threads))  # the key records torch's thread count: set it first
+    card = read_card(resolve_model(model))
+    shape = (int(shape[0]), int(shape[1]))
+    key = (
+        _probes.probe_key(
+            "cpu-speed",
+            card.sha256,
+            requested=precision,
+            shape=list(shape),
+            frames=SPEED_FRAMES,
+        )
+        if card.sha256
+        else None
+    )
+    hit = _probes.lookup(key) if key is not None else None
+    if hit is not None and isinstance(hit.get("ms"), (int, float)) and hit["ms"] > 0:
+        return {**hit, "source": "cached probe"}
+    engine = TorchCPUEngine(model, precision=precision, threads=threads)
+    try:
+        engine.prepare(shape)
+        x = np.random.default_rng(0).poisson(20.0, size=shape).astype(np.float32)
+        out = np.empty(shape, np.float32)
+        engine.restore(x, out)  # warm-up past prepare's: allocator, caches
+        times = []
+        for _ in range(SPEED_FRAMES):
+            t0 = time.perf_counter()
+            engine.restore(x, out)
+            times.append(time.perf_counter() - t0)
+        result = {
+            "ms": round(1e3 * float(np.min(times)), 2),
+            "precision": engine.precision,
+            "threads": int(torch.get_num_threads()),
+            "shape": list(shape),
+        }
+    finally:
+        engine.close()
+    if key is not None:
+        _probes.store(key, result)
+    return {**result, "source": "measured"}
