@@ -675,6 +675,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in ids if m not in SHIPPED]
     if unknown:
         p.error(f"unknown model ids {unknown}; shipped: {', '.join(SHIPPED)}")
+    if a.action in ("measure", "speed", "real"):
+        absent = [m for m in ids if not (ROOT / "models" / f"{m}.pt").is_file()]
+        if absent and a.models:
+            p.error(f"not trained here yet (no models/ID.pt): {', '.join(absent)}; `train` them first")
+        ids = [m for m in ids if m not in absent]  # all of SHIPPED: the ones that are here
     if a.action == "real":
         measure_real(ids, a.figure)
         return 0

@@ -472,7 +472,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines.append("")
     lines.append(
-        f"Machine: {m['cpu']} ({m.get('cpu_features')}), {m['usable_cores']} usable cores ({m['cores']} total), Python {m['python']}, "
+        f"Machine: {m['cpu']} ({m.get('cpu_features', 'CPU features not recorded')}), {m['usable_cores']} usable cores ({m['cores']} total), Python {m['python']}, "
         f"numpy {m['numpy']}, pyzmq {m.get('pyzmq')}, torch {m.get('torch')}, {m['platform']}"
     )
     return "\n".join(lines)

@@ -3,16 +3,17 @@
 Two models ship for the live path: the quality model (:data:`~livedenoise.inference.modelio.QUALITY_MODEL`)
 and the fast live model (:data:`~livedenoise.inference.modelio.DEFAULT_MODEL`). Without ``--model``:
 
-- on a GPU engine (``cuda``, ``tensorrt``; and ``onnx``) the quality model is built and timed on the
-  camera's frame shape; it is kept when its median frame takes at most :data:`KEEP_UP` of the camera's frame
+- on a GPU engine (``cuda``, ``tensorrt``) the quality model is built and timed on the camera's
+  frame shape; it is kept when its median frame takes at most :data:`KEEP_UP` of the camera's frame
   interval, else the fast model is used;
-- on the CPU engine the quality model is timed on this machine, with the engine's threads and
-  precision, on a 256² frame (:func:`~livedenoise.inference.engines.torch_cpu.cpu_frame_ms`: measured
-  at the first start, a second or two, then read from the probe cache), scaled by the frame's
-  pixels and by :func:`pipeline_slowdown` (inside the pipeline the engine shares the cores with the
-  camera, conversion and publishing threads); it is used where that keeps up, else the fast model.
-  CPUs differ by more than the cards can say: bfloat16 on a CPU with AMX runs these networks about
-  three times faster than float32, and without AMX slower than it.
+- on the CPU engines (``cpu``; ``onnx`` by PyTorch's float32 time, which is about onnxruntime's)
+  the quality model is timed on this machine with the engine's threads and precision on a 256²
+  frame (:func:`~livedenoise.inference.engines.torch_cpu.cpu_frame_ms`: measured at the first
+  start, a second or two, then read from the probe cache), scaled by the frame's pixels and by
+  :func:`pipeline_slowdown` (inside the pipeline the engine shares the cores with the camera,
+  conversion and publishing threads); it is used where that keeps up, else the fast model.
+  CPUs differ by more than a model card can say: on a CPU with AMX these networks run about three
+  times faster in bfloat16 than in float32; on others bfloat16 is slower or a little faster.
 
 The live CPU engine leaves one core to the rest of the pipeline (:func:`live_cpu_threads`): on the
 2-core CPU one engine thread restores more frames in the pipeline than two, whose every operation
@@ -54,9 +55,9 @@ log = logging.getLogger("livedenoise")
 KEEP_UP = 0.8
 """A model keeps up when its median frame takes at most this fraction of the camera's frame interval."""
 CPU_PIPELINE_SLOWDOWN = 2.0
-"""How much slower a CPU engine runs inside the pipeline than alone: ``livedenoise bench`` measured
-1.7x at 512² on a 2-core CPU (41 ms alone, 69 ms in the pipeline), and small frames use the cores
-less well than the 512² of the cards; rounded up."""
+"""How much slower a CPU engine on two or more threads runs inside the pipeline than alone: ``livedenoise
+bench`` measured 1.7x at 512² on a 2-core CPU (41 ms alone, 69 ms in the pipeline), and small frames use
+the cores less well than large ones; rounded up."""
 CPU_PIPELINE_SLOWDOWN_1T = 1.4
 """The same for an engine on one thread: ``livedenoise bench`` and ``demo`` measured 0.9-1.0x at
 384-512² and 1.34x at 256² (resunet-live-v2, 2-core CPU, 2026-12-01); rounded up."""
@@ -156,7 +157,7 @@ def choose_model(
         read_card(resolve_model(QUALITY_MODEL))
     except (FileNotFoundError, ValueError) as exc:
         return ModelChoice(DEFAULT_MODEL, f"the fast live model (the quality model is not installed: {exc})")
-    if backend != "cpu":  # GPU engines (and onnx): built and timed on the camera's frame
+    if backend in GPU_ENGINES:  # built and timed on the camera's frame
         engine = None
         try:
             engine = make_engine(backend, model=QUALITY_MODEL, **(options or {}))
@@ -183,24 +184,26 @@ def choose_model(
         )
     opts = options or {}
     threads = opts.get("threads")
+    # onnxruntime runs float32 convolutions at about PyTorch's speed here (README, Speed): the fp32 timing
+    precision = "fp32" if backend == "onnx" else (opts.get("precision") or "auto")
     try:
-        timed = cpu_frame_ms(QUALITY_MODEL, threads=threads, precision=opts.get("precision") or "auto")
+        timed = cpu_frame_ms(QUALITY_MODEL, threads=threads, precision=precision)
     except Exception as exc:  # a quality model that cannot run here: the fast one, and why
-        log.warning("the quality model could not be timed on the cpu engine: %s", exc)
-        return ModelChoice(
-            DEFAULT_MODEL, f"the fast live model (the quality model failed on the cpu engine: {exc})"
-        )
+        log.warning("the quality model could not be timed on the CPU: %s", exc)
+        return ModelChoice(DEFAULT_MODEL, f"the fast live model (the quality model failed on the CPU: {exc})")
     tshape = timed["shape"]
     est = (
         float(timed["ms"])
         * (frame_shape[0] * frame_shape[1])
         / (int(tshape[0]) * int(tshape[1]))
-        * pipeline_slowdown(threads)
+        * pipeline_slowdown(int(timed["threads"]))
     )
     how = (
         f"~{est:.0f} ms a {frame} frame in the pipeline on this CPU ({timed['ms']:.1f} ms a "
         f"{tshape[1]}×{tshape[0]} frame alone, {timed['precision']}, {timed['threads']} "
-        f"thread{'s' if timed['threads'] != 1 else ''}; {timed['source']})"
+        f"thread{'s' if timed['threads'] != 1 else ''}"
+        + ("; PyTorch's time, onnxruntime's is about the same" if backend == "onnx" else "")
+        + f"; {timed['source']})"
     )
     if est <= budget:
         return ModelChoice(

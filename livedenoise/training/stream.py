@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -10,6 +11,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Prefetch", "batches"]
+
+log = logging.getLogger("livedenoise")
 
 
 def batches(source: Iterable, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -48,7 +51,8 @@ class Prefetch:
     """Draw an iterator on a background thread, up to ``depth`` items ahead of the consumer.
 
     The items and their order are those of the iterator: one thread draws it. An exception
-    raised while drawing is raised again by ``next``. :meth:`close` stops the thread.
+    raised while drawing is raised again by ``next`` (and by every later ``next``); after the
+    end, or :meth:`close`, ``next`` raises StopIteration. :meth:`close` stops the thread.
     Worth it where making an item releases the GIL (numpy, scipy) while the consumer computes.
     """
 
@@ -57,8 +61,9 @@ class Prefetch:
             raise ValueError(f"prefetch depth must be >= 1, got {depth}")
         self._q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._ended: tuple[str, Any] | None = None  # ("end" | "error" | "closed", error): no more items
         self._thread = threading.Thread(
-            target=self._run, args=(it,), name="livedenoise-train-data", daemon=True
+            target=self._run, args=(iter(it),), name="livedenoise-train-data", daemon=True
         )
         self._thread.start()
 
@@ -73,10 +78,14 @@ class Prefetch:
 
     def _run(self, it: Iterator) -> None:
         try:
-            for item in it:
+            while not self._stop.is_set():
+                try:
+                    item = next(it)
+                except StopIteration:
+                    self._put(("end", None))
+                    return
                 if not self._put(("item", item)):
                     return
-            self._put(("end", None))
         except BaseException as exc:  # handed to the consumer, raised there
             self._put(("error", exc))
 
@@ -84,18 +93,30 @@ class Prefetch:
         return self
 
     def __next__(self):
-        kind, value = self._q.get()
-        if kind == "item":
-            return value
+        if self._ended is None:
+            kind, value = self._q.get()
+            if kind == "item":
+                return value
+            self._ended = (kind, value)
+        kind, value = self._ended
         if kind == "error":
             raise value
         raise StopIteration
 
     def close(self) -> None:
+        """Stop the thread (it finishes the item it is making) and drop what was made ahead."""
         self._stop.set()
-        while True:  # unblock a producer waiting on a full queue
+        if self._ended is None:
+            self._ended = ("closed", None)
+        self._drain()
+        self._thread.join(timeout=30)
+        self._drain()  # a put that was under way when the queue was drained
+        if self._thread.is_alive():
+            log.warning("the training data thread is still making a batch after 30 s; left to finish")
+
+    def _drain(self) -> None:
+        while True:
             try:
                 self._q.get_nowait()
             except queue.Empty:
-                break
-        self._thread.join(timeout=5)
+                return

@@ -41,6 +41,7 @@ from livedenoise.inference.modelio import ModelCard, load_model
 from livedenoise.inference.nets import ARCHITECTURES, build_network
 from livedenoise.training.stream import Prefetch, batches
 from livedenoise.util.atomic import atomic_path
+from livedenoise.util.cpu import cpu_flags, cpu_model
 
 __all__ = ["TRAIN_PRECISIONS", "Prefetch", "TrainConfig", "batches", "evaluate_psnr", "psnr_db", "train"]
 
@@ -296,6 +297,17 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
     if config.threads:
         torch.set_num_threads(int(config.threads))
     device = _device(config.device)
+    host = {"cpu": cpu_model(), "cpu_features": cpu_flags()}
+    if (
+        config.precision == "bf16"
+        and device.type == "cpu"
+        and not {"amx_bf16", "avx512_bf16"} & set(host["cpu_features"])
+    ):
+        log.warning(
+            "--precision bf16 on a CPU without AMX or AVX-512 bf16 (%s): bfloat16 is emulated there and "
+            "slower than fp32",
+            host["cpu"],
+        )
     torch.manual_seed(config.seed)
     if config.init:
         module, init_card = load_model(config.init)
@@ -387,8 +399,7 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
         best = (vloss, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}, start)
     module.train()
     stream: Iterator = batches(data, config.batch)
-    if config.prefetch:
-        stream = Prefetch(stream, int(config.prefetch))
+    prefetch: Prefetch | None = None
     # bf16: the passes under autocast (convolutions in bfloat16); weights, optimiser and loss in fp32
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     bar = tqdm(
@@ -403,6 +414,9 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
     step = start
     end = config.steps if config.stop_after is None else int(config.stop_after)
     try:
+        if config.prefetch:  # inside the try: the finally below stops its thread
+            prefetch = Prefetch(stream, int(config.prefetch))
+            stream = prefetch
         while step < end:
             x_np, t_np, r_np = next(stream)
             x = torch.from_numpy(x_np).to(device).contiguous(memory_format=torch.channels_last)
@@ -471,8 +485,8 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
                         torch.save(ck, tmp)
     finally:
         bar.close()
-        if isinstance(stream, Prefetch):
-            stream.close()
+        if prefetch is not None:
+            prefetch.close()
     if best[1] is not None:
         module.load_state_dict(best[1])
     module.to("cpu", memory_format=torch.contiguous_format).eval()
@@ -500,6 +514,7 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
             "torch_threads": torch.get_num_threads(),
             "precision": config.precision,
             "prefetch": int(config.prefetch),
+            "host": host,  # bf16 kernels differ between CPUs (AMX, AVX-512 bf16, emulated): the same run elsewhere differs
             "init": config.init,
             **({"psf": _psf_record(config)} if config.psf is not None else {}),
         },

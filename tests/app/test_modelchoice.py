@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -82,6 +83,7 @@ def test_cpu_frame_ms_measures_once_then_reads_the_cache(monkeypatch, tmp_path):
     from livedenoise.inference.engines import torch_cpu
 
     monkeypatch.setenv("LIVEDENOISE_CACHE", str(tmp_path))
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))  # a quiet machine
     built = []
     real = torch_cpu.TorchCPUEngine
 
@@ -91,13 +93,77 @@ def test_cpu_frame_ms_measures_once_then_reads_the_cache(monkeypatch, tmp_path):
             super().__init__(*a, **kw)
 
     monkeypatch.setattr(torch_cpu, "TorchCPUEngine", Counting)
-    first = torch_cpu.cpu_frame_ms("rln-denoise-v2", threads=1, precision="fp32", shape=(64, 64))
+    ms = torch_cpu.cpu_frame_ms
+    first = ms("rln-denoise-v2", threads=1, precision="fp32", shape=(64, 64))
     assert first["source"] == "measured" and first["ms"] > 0 and first["precision"] == "fp32"
-    assert first["threads"] == 1 and first["shape"] == [64, 64] and len(built) == 1
-    again = torch_cpu.cpu_frame_ms("rln-denoise-v2", threads=1, precision="fp32", shape=(64, 64))
+    assert first["threads"] == 1 and first["shape"] == [64, 64] and first["load"] == 0.5 and len(built) == 1
+    again = ms("rln-denoise-v2", threads=1, precision="fp32", shape=(64, 64))
     assert again == {**first, "source": "cached probe"} and len(built) == 1  # no model loaded again
-    other = torch_cpu.cpu_frame_ms("rln-denoise-v2", threads=1, precision="fp32", shape=(32, 32))
-    assert other["source"] == "measured" and len(built) == 2  # another shape is another probe
+    # another shape, thread count or precision asked for is another probe
+    assert ms("rln-denoise-v2", threads=1, precision="fp32", shape=(32, 32))["source"] == "measured"
+    assert ms("rln-denoise-v2", threads=2, precision="fp32", shape=(64, 64))["source"] == "measured"
+    assert ms("rln-denoise-v2", threads=1, precision="auto", shape=(64, 64))["source"] == "measured"
+    assert len(built) == 4
+    # measured on a machine busier than its cores: measured again next time, and the quiet figure kept
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    busy = ms("rln-denoise-v2", threads=1, precision="fp32", shape=(16, 16))
+    assert busy["source"] == "measured" and busy["load"] == 9.0
+    assert ms("rln-denoise-v2", threads=1, precision="fp32", shape=(16, 16))["source"] == "measured"
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert ms("rln-denoise-v2", threads=1, precision="fp32", shape=(16, 16))["source"] == "measured"
+    assert ms("rln-denoise-v2", threads=1, precision="fp32", shape=(16, 16))["source"] == "cached probe"
+
+
+def test_a_quality_model_whose_weights_changed_is_never_timed_from_the_cache(monkeypatch, tmp_path):
+    import shutil
+
+    from livedenoise.inference.engines import torch_cpu
+    from livedenoise.inference.modelio import ModelError, resolve_model
+
+    monkeypatch.setenv("LIVEDENOISE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    src = resolve_model("rln-denoise-v2")
+    copy = tmp_path / "q.pt"
+    shutil.copy(src, copy)
+    shutil.copy(src.with_suffix(".json"), copy.with_suffix(".json"))
+    assert torch_cpu.cpu_frame_ms(str(copy), threads=1, precision="fp32", shape=(32, 32))["ms"] > 0
+    data = bytearray(copy.read_bytes())
+    data[-100] ^= 0xFF  # damaged on disk after its speed was cached
+    copy.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="not the ones its card names"):
+        torch_cpu.cpu_frame_ms(str(copy), threads=1, precision="fp32", shape=(32, 32))
+    monkeypatch.setattr(modelchoice, "QUALITY_MODEL", str(copy))
+    choice = choose_model("cpu", None, frame_shape=(32, 32), frame_interval_ms=10_000.0)
+    assert choice.model == DEFAULT_MODEL and "not the ones its card names" in choice.reason
+
+
+def test_onnx_is_estimated_from_the_float32_cpu_time(monkeypatch):
+    calls = _timed(monkeypatch, 10.0, precision="fp32")
+    choice = choose_model(
+        "onnx", None, frame_shape=(256, 256), frame_interval_ms=30.0, options={"threads": 1}
+    )
+    assert calls[0]["precision"] == "fp32" and choice.model == QUALITY_MODEL  # 14 ms against 24
+    assert "onnxruntime's is about the same" in choice.reason
+
+
+def test_the_pipeline_slowdown_follows_the_threads_the_engine_ran_on(monkeypatch):
+    _timed(monkeypatch, 10.0)
+    # OMP_NUM_THREADS set: no thread count in the options, the timed engine ran on what torch had (2 here)
+    two = choose_model("cpu", None, frame_shape=(256, 256), frame_interval_ms=15.0 / KEEP_UP)
+    assert two.model == DEFAULT_MODEL and "~20 ms" in two.reason  # x2 on two threads
+    monkeypatch.setattr(
+        modelchoice,
+        "cpu_frame_ms",
+        lambda model, **kw: {
+            "ms": 10.0,
+            "precision": "fp32",
+            "threads": 1,
+            "shape": [256, 256],
+            "source": "cached probe",
+        },
+    )
+    one = choose_model("cpu", None, frame_shape=(256, 256), frame_interval_ms=15.0 / KEEP_UP)
+    assert one.model == QUALITY_MODEL and "~14 ms" in one.reason  # x1.4 on one
 
 
 def test_an_explicit_model_always_wins_and_passthrough_needs_none():

@@ -330,6 +330,8 @@ def test_prefetch_gives_the_same_items_in_order_and_raises_the_sources_errors():
 
     p = Prefetch(iter(range(50)), 3)
     assert list(p) == list(range(50))
+    with pytest.raises(StopIteration):  # and again after the end, never a hang
+        next(p)
     p.close()
 
     def broken():
@@ -338,22 +340,37 @@ def test_prefetch_gives_the_same_items_in_order_and_raises_the_sources_errors():
 
     p = Prefetch(broken(), 2)
     assert next(p) == 1
-    with pytest.raises(OSError, match="disk gone"):
-        next(p)
+    for _ in range(2):  # every later next() raises it again
+        with pytest.raises(OSError, match="disk gone"):
+            next(p)
     p.close()
     endless = Prefetch(itertools.count(), 2)  # a producer blocked on a full queue stops on close
     assert next(endless) == 0
     endless.close()
     assert not endless._thread.is_alive()
+    with pytest.raises(StopIteration):  # nothing made ahead is handed out after close
+        next(endless)
     with pytest.raises(ValueError, match="depth"):
         Prefetch(iter(()), 0)
 
 
-def test_prefetched_data_trains_exactly_as_without():
+def test_prefetched_data_trains_exactly_as_without(monkeypatch):
     import torch
 
+    from livedenoise.training import train as train_module
+
+    made = []
+    real = train_module.Prefetch
+
+    def counting(it, depth):
+        made.append(depth)
+        return real(it, depth)
+
+    monkeypatch.setattr(train_module, "Prefetch", counting)
     a, _, ha = train(_tiny(steps=4, epoch_steps=4), progress=False)
+    assert made == []
     b, card, hb = train(_tiny(steps=4, epoch_steps=4, prefetch=2), progress=False)
+    assert made == [2]  # the batches did come through the prefetching thread
     assert card.training["prefetch"] == 2 and card.training["precision"] == "fp32"
     assert [h["val_loss"] for h in ha] == [h["val_loss"] for h in hb]
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
@@ -367,8 +384,11 @@ def test_bf16_training_keeps_float32_weights_and_learns(arch):
     kw = {"arch_params": {"channels": [8, 16]}} if arch == "resunet" else {}
     cfg = _tiny(architecture=arch, precision="bf16", steps=20, epoch_steps=10, **kw)
     module, card, history = train(cfg, progress=False)
-    assert card.training["precision"] == "bf16"
+    assert card.training["precision"] == "bf16" and card.training["host"]["cpu"]
     assert all(p.dtype == torch.float32 for p in module.parameters())
+    fp32, _, _ = train(_tiny(architecture=arch, steps=20, epoch_steps=10, **kw), progress=False)
+    differ = [not torch.equal(a, b) for a, b in zip(module.state_dict().values(), fp32.state_dict().values())]
+    assert any(differ)  # the same run in bfloat16 is another computation (autocast was on)
     assert history[-1]["val_loss"] < 0.7 * _untrained_val_loss(cfg)
 
 

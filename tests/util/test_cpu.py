@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from livedenoise.util.cpu import KERNEL_FLAGS, cpu_flags, cpu_model
 
 AMX_XEON = """processor\t: 0
@@ -36,4 +38,17 @@ def test_no_cpuinfo_says_nothing_rather_than_failing(tmp_path):
     missing = str(tmp_path / "none")
     assert cpu_flags(missing) == []
     assert cpu_model(missing)  # what platform says
-    assert set(cpu_flags()) <= set(KERNEL_FLAGS)
+
+
+def test_this_machines_flags_are_its_own():
+    import pathlib
+
+    info = pathlib.Path("/proc/cpuinfo")
+    if not info.is_file():
+        pytest.skip("no /proc/cpuinfo on this system")
+    have = set()
+    for line in info.read_text(errors="replace").splitlines():
+        if line.split(":", 1)[0].strip() in ("flags", "Features"):
+            have = set(line.split(":", 1)[1].split())
+            break
+    assert cpu_flags() == [f for f in KERNEL_FLAGS if f in have]

@@ -336,6 +336,16 @@ class TorchCPUEngine:
         self._shape = None
 
 
+def _weights_digest(path: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def cpu_frame_ms(
     model: str | None,
     *,
@@ -348,30 +358,42 @@ def cpu_frame_ms(
     The engine is built with ``threads`` and ``precision`` (``auto`` decides bf16 or fp32 as
     :class:`TorchCPUEngine` does) and times :data:`SPEED_FRAMES` frames after a warm-up; the fastest
     (what the machine can do, less what other work took from it just then; what the pipeline takes
-    is the caller's to add) is cached per model, machine, library versions, threads, precision and shape
-    (:mod:`~livedenoise.inference.engines._probes`), so later calls cost no model load and answer
-    alike. Returns ``{"ms", "precision", "threads", "shape", "source"}`` (``source``: ``"measured"``
-    or ``"cached probe"``).
+    is the caller's to add) is cached per model (the weights' own digest), machine, library versions,
+    threads, precision and shape (:mod:`~livedenoise.inference.engines._probes`), so later calls cost
+    no model load and answer alike. A measurement made while the machine had more runnable work than
+    cores (1-minute load average) is taken again at the next call. Returns ``{"ms", "precision",
+    "threads", "shape", "load", "source"}`` (``source``: ``"measured"`` or ``"cached probe"``).
+
+    Raises :class:`ModelError` when the weights are not those their card names (as loading does).
     """
+    import os
+
     import torch
+
+    from livedenoise.util.threads import usable_cores
 
     if threads is not None:
         torch.set_num_threads(int(threads))  # the key records torch's thread count: set it first
-    card = read_card(resolve_model(model))
-    shape = (int(shape[0]), int(shape[1]))
-    key = (
-        _probes.probe_key(
-            "cpu-speed",
-            card.sha256,
-            requested=precision,
-            shape=list(shape),
-            frames=SPEED_FRAMES,
+    weights = resolve_model(model)
+    card = read_card(weights)
+    digest = _weights_digest(weights)
+    if card.sha256 and digest != card.sha256:
+        raise ModelError(
+            f"model {card.id!r}: the weights {weights.name} are not the ones its card names "
+            f"(sha256 {digest[:12]}... vs {card.sha256[:12]}...); restore the original file"
         )
-        if card.sha256
-        else None
+    shape = (int(shape[0]), int(shape[1]))
+    key = _probes.probe_key("cpu-speed", digest, requested=precision, shape=list(shape), frames=SPEED_FRAMES)
+    hit = _probes.lookup(key)
+    fields_ok = hit is not None and (
+        isinstance(hit.get("ms"), (int, float))
+        and hit["ms"] > 0
+        and hit.get("precision") in ("fp32", "bf16")
+        and isinstance(hit.get("threads"), int)
+        and hit.get("shape") == list(shape)
+        and isinstance(hit.get("load"), (int, float))
     )
-    hit = _probes.lookup(key) if key is not None else None
-    if hit is not None and isinstance(hit.get("ms"), (int, float)) and hit["ms"] > 0:
+    if hit is not None and fields_ok and hit["load"] <= usable_cores():
         return {**hit, "source": "cached probe"}
     engine = TorchCPUEngine(model, precision=precision, threads=threads)
     try:
@@ -389,9 +411,9 @@ def cpu_frame_ms(
             "precision": engine.precision,
             "threads": int(torch.get_num_threads()),
             "shape": list(shape),
+            "load": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else 0.0,
         }
     finally:
         engine.close()
-    if key is not None:
-        _probes.store(key, result)
+    _probes.store(key, result)
     return {**result, "source": "measured"}
