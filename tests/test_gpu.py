@@ -32,7 +32,9 @@ MODELS = [
     "resunet-live-v2",
     "resunet-denoise-v2",
     "resunet-live-v3",
+    "resunet-live-v4",
     "resunet-denoise-v3",
+    "resunet-denoise-v4",
 ]
 
 

@@ -392,6 +392,7 @@ def finish(model_id: str) -> None:
     card.description = (
         card.description + " " if card.description else ""
     ) + f"Output stage set after training: {AFTER_TRAINING[model_id]} (tools/train_shipped.py finish)."
+    card.training["reproduce"] = f"python tools/train_shipped.py train {model_id}"
     dtype = STORED_AS.get(model_id, card.weights_dtype)
     if dtype != card.weights_dtype:
         # the network as load_model will give it back: the weights rounded to the stored dtype

@@ -33,7 +33,7 @@ Example (a quick RLN, a few minutes on a laptop CPU):
 Train on further from a shipped model, twice as fast on a CPU with AMX (Intel Xeon
 Sapphire Rapids and later): bfloat16 passes, the next batches made on a second core:
 
-  livedenoise train --arch resunet --init resunet-live-v3 --data sample --patch 128 --batch 16 \
+  livedenoise train --arch resunet --init resunet-live-v4 --data sample --patch 128 --batch 16 \
       --steps 4000 --lr 3e-4 --precision bf16 --prefetch 2 --checkpoint-dir runs/live -o my-live.pt
 
 Fine-tune on pairs of your own sample (from `livedenoise collect-pairs`):

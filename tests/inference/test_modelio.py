@@ -134,7 +134,9 @@ SHIPPED_MARGIN_DB = {
     "resunet-live-v2": 6.0,
     "resunet-denoise-v2": 6.0,
     "resunet-live-v3": 6.0,
+    "resunet-live-v4": 6.0,
     "resunet-denoise-v3": 6.0,
+    "resunet-denoise-v4": 6.0,
 }
 
 

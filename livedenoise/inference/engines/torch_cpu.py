@@ -38,6 +38,7 @@ from livedenoise.inference.modelio import (
     resolve_model,
 )
 from livedenoise.inference.nets import fuse_for_inference
+from livedenoise.util.threads import usable_cores
 
 __all__ = [
     "BF16_MAX_MEAN_REL_ERR",
@@ -369,8 +370,6 @@ def cpu_frame_ms(
     import os
 
     import torch
-
-    from livedenoise.util.threads import usable_cores
 
     if threads is not None:
         torch.set_num_threads(int(threads))  # the key records torch's thread count: set it first
