@@ -601,7 +601,8 @@ def model_table() -> str:
     cards.sort(key=lambda c: (order.get(c.id, 2), c.task != "denoise", c.id))
     rows = [
         "| model | task, network | parameters | real structures: mean PSNR (GAT+BM3D on the same frames) "
-        "| photon counts kept | 512² on a 2-core CPU (engine p50, 2 threads; hosts differ) | reproduce |",
+        "| photon counts kept (whole frames and background regions, every level) "
+        "| 512² on a 2-core CPU (engine p50, 2 threads; hosts differ) | reproduce |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in cards:

@@ -394,6 +394,14 @@ def cpu_frame_ms(
     )
     if hit is not None and fields_ok and hit["load"] <= usable_cores():
         return {**hit, "source": "cached probe"}
+    log.info(
+        "timing %s on this CPU (%dx%d, %s, %s threads; once per machine, then cached) ...",
+        card.id,
+        shape[1],
+        shape[0],
+        precision,
+        threads if threads is not None else torch.get_num_threads(),
+    )
     engine = TorchCPUEngine(model, precision=precision, threads=threads)
     try:
         engine.prepare(shape)
