@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +33,7 @@ import numpy as np
 
 from livedenoise.inference.engines import AUTO_ORDER, Engine, available_backends, make_engine
 from livedenoise.inference.engines.torch_cpu import cpu_frame_ms
+from livedenoise.inference.engines.validation import frame_times
 from livedenoise.inference.modelio import DEFAULT_MODEL, QUALITY_MODEL, read_card, resolve_model
 from livedenoise.util.threads import usable_cores
 
@@ -115,17 +115,7 @@ def pipeline_slowdown(threads: int | None) -> float:
 
 
 def _timed_ms(engine: Engine, shape: tuple[int, int]) -> float:
-    engine.prepare(shape)
-    rng = np.random.default_rng(0)
-    x = rng.poisson(20.0, size=shape).astype(np.float32)
-    out = np.empty(shape, np.float32)
-    engine.restore(x, out)  # first frame: allocation, autotuning
-    times = []
-    for _ in range(TIMED_FRAMES):
-        t0 = time.perf_counter()
-        engine.restore(x, out)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+    return 1e3 * float(np.median(frame_times(engine, shape, TIMED_FRAMES)))
 
 
 def choose_model(

@@ -42,6 +42,7 @@ __all__ = [
     "ModelCard",
     "ModelError",
     "check_finite_output",
+    "file_sha256",
     "list_models",
     "load_model",
     "model_dirs",
@@ -210,7 +211,8 @@ def read_card(weights: Path) -> ModelCard:
     return ModelCard.from_dict(d, str(weights))
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB blocks: what a card's ``sha256`` names."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -390,7 +392,7 @@ def load_model(name_or_path: str | os.PathLike[str] | None = None, *, map_locati
     weights = resolve_model(name_or_path)
     card = read_card(weights)
     _check_card(card)
-    digest = _sha256(weights)
+    digest = file_sha256(weights)
     if card.sha256 and digest != card.sha256:
         raise ModelError(
             f"model file {weights} is corrupt or was changed: its SHA-256 is {digest[:12]}..., the card says "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 
 import numpy as np
 import pytest
@@ -185,7 +186,7 @@ class _TimedEngine:
         self.shape = shape
 
     def restore(self, frame_e, out):
-        modelchoice.time.sleep(self.ms / 1e3)
+        time.sleep(self.ms / 1e3)
         out[...] = frame_e
         return out
 

@@ -30,9 +30,11 @@ import numpy as np
 from livedenoise.imaging.metrics import psnr
 from livedenoise.imaging.synthetic import make_eval_set
 from livedenoise.inference.engines import _probes
+from livedenoise.inference.engines.validation import frame_times
 from livedenoise.inference.modelio import (
     ModelError,
     check_finite_output,
+    file_sha256,
     load_model,
     read_card,
     resolve_model,
@@ -337,16 +339,6 @@ class TorchCPUEngine:
         self._shape = None
 
 
-def _weights_digest(path: Any) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cpu_frame_ms(
     model: str | None,
     *,
@@ -375,7 +367,7 @@ def cpu_frame_ms(
         torch.set_num_threads(int(threads))  # the key records torch's thread count: set it first
     weights = resolve_model(model)
     card = read_card(weights)
-    digest = _weights_digest(weights)
+    digest = file_sha256(weights)
     if card.sha256 and digest != card.sha256:
         raise ModelError(
             f"model {card.id!r}: the weights {weights.name} are not the ones its card names "
@@ -404,15 +396,7 @@ def cpu_frame_ms(
     )
     engine = TorchCPUEngine(model, precision=precision, threads=threads)
     try:
-        engine.prepare(shape)
-        x = np.random.default_rng(0).poisson(20.0, size=shape).astype(np.float32)
-        out = np.empty(shape, np.float32)
-        engine.restore(x, out)  # warm-up past prepare's: allocator, caches
-        times = []
-        for _ in range(SPEED_FRAMES):
-            t0 = time.perf_counter()
-            engine.restore(x, out)
-            times.append(time.perf_counter() - t0)
+        times = frame_times(engine, shape, SPEED_FRAMES)
         result = {
             "ms": round(1e3 * float(np.min(times)), 2),
             "precision": engine.precision,

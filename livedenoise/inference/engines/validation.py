@@ -1,14 +1,19 @@
 """How engines check reduced precision: a bright synthetic frame and the error measure.
 
 Shared by the GPU backends (their precision checks) and the engine benchmark
-(:func:`livedenoise.app.bench.bench_engine`); numpy only.
+(:func:`livedenoise.app.bench.bench_engine`); numpy only. :func:`frame_times` is the one timing of
+an engine on a frame shape that the live model choice reads (GPU engines on the camera's frame, the
+CPU engine's cached speed probe).
 """
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import numpy as np
 
-__all__ = ["TOLERANCE", "relative_error", "synthetic_frame"]
+__all__ = ["TOLERANCE", "frame_times", "relative_error", "synthetic_frame"]
 
 # max |low - fp32| / (fp32 dynamic range) accepted for each reduced precision
 TOLERANCE = {"fp16": 1e-2, "bf16": 3e-2, "fp32": 1e-5}
@@ -38,3 +43,20 @@ def relative_error(x: np.ndarray, ref: np.ndarray) -> float:
     """``max|x - ref| / (ref.max() - ref.min())``: the error measure of the precision checks."""
     rng_ = float(ref.max() - ref.min())
     return float(np.max(np.abs(x.astype(np.float64) - ref))) / max(rng_, 1e-6)
+
+
+def frame_times(engine: Any, shape: tuple[int, int], n: int) -> list[float]:
+    """Seconds each of ``n`` restorations of one ``shape`` frame takes, after ``prepare`` and a warm-up.
+
+    The frame is Poisson noise around 20 e- (seed 0): the networks' time does not depend on content.
+    """
+    engine.prepare(shape)
+    x = np.random.default_rng(0).poisson(20.0, size=shape).astype(np.float32)
+    out = np.empty(shape, np.float32)
+    engine.restore(x, out)  # first frame: allocation, autotuning, caches
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        engine.restore(x, out)
+        times.append(time.perf_counter() - t0)
+    return times
