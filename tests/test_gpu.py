@@ -33,8 +33,10 @@ MODELS = [
     "resunet-denoise-v2",
     "resunet-live-v3",
     "resunet-live-v4",
+    "resunet-live-v5",
     "resunet-denoise-v3",
     "resunet-denoise-v4",
+    "resunet-denoise-v5",
 ]
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -45,9 +46,11 @@ AFTER_TRAINING: dict[str, dict] = {
     "resunet-live-v2": {"flux_block": 32},
     "resunet-live-v3": {"flux_block": 32},
     "resunet-live-v4": {"flux_block": 32},
+    "resunet-live-v5": {"flux_block": 32},
     "resunet-denoise-v2": {"flux_block": 32},
     "resunet-denoise-v3": {"flux_block": 32},
     "resunet-denoise-v4": {"flux_block": 32},
+    "resunet-denoise-v5": {"flux_block": 32},
     "rln-deconvolve-v1": {"flux_block": 16},
 }
 
@@ -57,8 +60,10 @@ AFTER_TRAINING: dict[str, dict] = {
 STORED_AS: dict[str, str] = {
     "resunet-live-v3": "float16",
     "resunet-live-v4": "float16",
+    "resunet-live-v5": "float16",
     "resunet-denoise-v3": "float16",
     "resunet-denoise-v4": "float16",
+    "resunet-denoise-v5": "float16",
 }
 
 
@@ -265,6 +270,17 @@ SHIPPED: dict[str, list[str] | list[list[str]]] = {
         *_from_model(LIVE_RECIPE, "resunet-live-v3", "resunet-live-v4", steps="5000", lr="0.0003", seed="9"),
         *BF16_TRAINING,
     ],
+    # v4 trained on with the evaluation's own figure of merit as the loss (minus each patch's PSNR
+    # against its range, averaged in dB: --loss psnr), in bf16
+    "resunet-live-v5": [
+        *_with(
+            _from_model(
+                LIVE_RECIPE, "resunet-live-v4", "resunet-live-v5", steps="5000", lr="0.0003", seed="10"
+            ),
+            {"--loss": "psnr"},
+        ),
+        *BF16_TRAINING,
+    ],
     # the quality model: RESUNET with a 2x pixel-unshuffle front end, four levels, sample-like data, in
     # three stages: a 4500-step schedule to step 1500, lengthened to 7000 steps to step 3250 (lengthened
     # again to 10000 it diverged at lr ~1.3e-3), then 4000 steps from those weights at lr 0.0005
@@ -312,6 +328,37 @@ SHIPPED: dict[str, list[str] | list[list[str]]] = {
             QUALITY_RECIPE, "resunet-denoise-v3", "resunet-denoise-v4", steps="8000", lr="0.0003", seed="9"
         ),
         *BF16_TRAINING,
+    ],
+    # v4 trained on with --loss psnr in two stages: 8000 steps at lr 3e-4, then 4000 at 2e-4 from those weights
+    "resunet-denoise-v5": [
+        [
+            *_with(
+                _from_model(
+                    QUALITY_RECIPE,
+                    "resunet-denoise-v4",
+                    "resunet-denoise-v5",
+                    steps="8000",
+                    lr="0.0003",
+                    seed="10",
+                ),
+                {"--loss": "psnr"},
+            ),
+            *BF16_TRAINING,
+        ],
+        [
+            *_with(
+                _from_model(
+                    QUALITY_RECIPE,
+                    "resunet-denoise-v5",
+                    "resunet-denoise-v5",
+                    steps="4000",
+                    lr="0.0002",
+                    seed="11",
+                ),
+                {"--loss": "psnr"},
+            ),
+            *BF16_TRAINING,
+        ],
     ],
     # deconvolution: the paper's RLN (softplus) for one microscope (1.4 NA, 520 nm, 65 nm pixels);
     # flux_block=16 is set in the card after training (see AFTER_TRAINING)
@@ -393,6 +440,13 @@ def finish(model_id: str) -> None:
         card.description + " " if card.description else ""
     ) + f"Output stage set after training: {AFTER_TRAINING[model_id]} (tools/train_shipped.py finish)."
     card.training["reproduce"] = f"python tools/train_shipped.py train {model_id}"
+    runs = stages(model_id)
+    if len(runs) > 1:  # the card's command is the last stage's: record them all
+        card.training["stages"] = [shlex.join(["livedenoise", "train", *st]) for st in runs]
+        card.training["reproduce"] += " (runs the stages in order)"
+        own, last = f"models/{model_id}.pt", runs[-1]
+        if "--init" in last and last[last.index("--init") + 1] == own:
+            card.training["init"] = f"{own} after stage {len(runs) - 1} (the previous stage's output)"
     dtype = STORED_AS.get(model_id, card.weights_dtype)
     if dtype != card.weights_dtype:
         # the network as load_model will give it back: the weights rounded to the stored dtype

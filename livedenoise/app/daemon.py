@@ -405,8 +405,8 @@ def run_live(
                 print(format_line(status, sampler.latest if sampler else None, rates), file=out, flush=True)
                 warning = keep_up(status, rates)
                 if warning:
+                    # said once, beside the statistics lines (a log record too would repeat it on a terminal)
                     print(f"livedenoise: warning: {warning}", file=out, flush=True)
-                    log.warning("%s", warning)
                 if deadline is not None and time.monotonic() >= deadline:
                     break
         except KeyboardInterrupt as exc:

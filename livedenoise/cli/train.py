@@ -33,7 +33,7 @@ Example (a quick RLN, a few minutes on a laptop CPU):
 Train on further from a shipped model, twice as fast on a CPU with AMX (Intel Xeon
 Sapphire Rapids and later): bfloat16 passes, the next batches made on a second core:
 
-  livedenoise train --arch resunet --init resunet-live-v4 --data sample --patch 128 --batch 16 \
+  livedenoise train --arch resunet --init resunet-live-v5 --data sample --patch 128 --batch 16 \
       --steps 4000 --lr 3e-4 --precision bf16 --prefetch 2 --checkpoint-dir runs/live -o my-live.pt
 
 Fine-tune on pairs of your own sample (from `livedenoise collect-pairs`):
@@ -75,9 +75,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=("denoise", "deconvolve"), default="denoise")
     p.add_argument(
         "--loss",
-        choices=("poisson", "mse", "mse_ssim"),
+        choices=("poisson", "mse", "psnr", "mse_ssim"),
         default="poisson",
-        help="poisson: Poisson likelihood / KL in photoelectrons (default)",
+        help="poisson: Poisson likelihood / KL in photoelectrons (default); psnr: minus each patch's PSNR "
+        "against its target's range, averaged in dB (the evaluation's figure of merit: a last stage on a "
+        "network trained with poisson); mse: range-scaled MSE; mse_ssim: RLN's MSE + SSIM",
     )
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps in total (default 2000)")
     p.add_argument("--epoch-steps", type=int, default=200, help="steps per epoch: validation + checkpoint")
@@ -279,6 +281,12 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(
             f"--precision and --prefetch apply to training on synthetic data; {mode} trains in fp32 "
             "on its own frames: leave them out"
+        )
+    if (args.pairs or args.self_supervised) and args.loss != "poisson":
+        mode = "--pairs" if args.pairs else "--self-supervised"
+        raise CLIError(
+            f"--loss {args.loss} applies to training on synthetic data; {mode} trains with the Poisson "
+            "loss on its own counts: leave --loss out"
         )
     if args.pairs:  # fine-tuning on a paired dataset (livedenoise.training.finetune, issue 5)
         return _run_pairs(

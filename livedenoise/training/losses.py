@@ -6,6 +6,11 @@
   an expectation. For a target exposure ``r`` times the input's, target counts are
   ``Poisson(r * lambda)``. Per pixel, an error of one shot-noise standard deviation
   costs ~1/2 at any photon level, so frames from 1 to 500 e- weigh alike.
+- :func:`psnr_loss`: minus the mean PSNR of the samples, each against its target's range (the
+  evaluation's figure of merit), for a last stage on a network trained with the Poisson loss.
+  From ``resunet-denoise-v4``, 800 steps of it gained 0.1 dB on real structure where 800 more
+  Poisson steps gained nothing and range-scaled MSE (dominated by the dimmest samples) 0.08 dB;
+  the v5 RESUNETs are the v4 ones trained on with it (about +0.4 dB each).
 - :func:`mse_loss`, and :func:`mse_ssim_loss` (RLN's own: MSE + -log((1 + SSIM)/2), with
   the optional 0.1 * MSE(estimate, 0.8 target + 0.2 input) term), both on images scaled
   by the target's range so that they too compare frames of different photon levels.
@@ -19,9 +24,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LOSSES", "mse_loss", "mse_ssim_loss", "poisson_kl", "poisson_loss", "ssim"]
+__all__ = ["LOSSES", "mse_loss", "mse_ssim_loss", "poisson_kl", "poisson_loss", "psnr_loss", "ssim"]
 
 EPS = 1e-6
+PSNR_FLOOR = 1e-12  # psnr_loss: a sample is worth at most 120 dB (no division by a zero error)
 
 
 def poisson_kl(a: torch.Tensor, b: torch.Tensor, eps: float = EPS) -> torch.Tensor:
@@ -60,6 +66,18 @@ def mse_loss(pred: torch.Tensor, target: torch.Tensor, ratio=1.0, **_) -> torch.
     r = _ratio(ratio, pred)
     scale = _range(target)
     return (((r * pred - target) / scale) ** 2).mean()
+
+
+def psnr_loss(pred: torch.Tensor, target: torch.Tensor, ratio=1.0, **_) -> torch.Tensor:
+    """Minus the mean PSNR (dB) of the samples, each against its target's range.
+
+    The evaluation's own figure of merit: every sample counts alike in decibels, where
+    :func:`mse_loss` is dominated by the samples with the fewest photons (their range-scaled
+    errors are largest) and :func:`poisson_loss` weighs each pixel by its inverse rate.
+    """
+    r = _ratio(ratio, pred)
+    mse = (((r * pred - target) / _range(target)) ** 2).flatten(1).mean(dim=1)
+    return (10.0 * torch.log10(mse + PSNR_FLOOR)).mean()
 
 
 def _range(t: torch.Tensor) -> torch.Tensor:
@@ -111,4 +129,4 @@ def mse_ssim_loss(
     return loss
 
 
-LOSSES = {"poisson": poisson_loss, "mse": mse_loss, "mse_ssim": mse_ssim_loss}
+LOSSES = {"poisson": poisson_loss, "mse": mse_loss, "psnr": psnr_loss, "mse_ssim": mse_ssim_loss}

@@ -64,7 +64,7 @@ class TrainConfig:
     ----------
     architecture, arch_params : network name and constructor arguments.
     task : ``"denoise"`` or ``"deconvolve"``.
-    loss : ``"poisson"`` (default), ``"mse"`` or ``"mse_ssim"``.
+    loss : ``"poisson"`` (default), ``"psnr"``, ``"mse"`` or ``"mse_ssim"`` (:mod:`livedenoise.training.losses`).
     patch, batch : training patch side (pixels) and batch size.
     steps : optimiser steps in total; ``epoch_steps`` steps make an epoch (validation
         and checkpoint after each).

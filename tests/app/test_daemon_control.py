@@ -289,7 +289,7 @@ def test_ctl_status_set_model_set_and_stop_from_the_shell(capsys: pytest.Capture
     assert "no livedenoise daemon answered" in capsys.readouterr().err
 
 
-def test_an_engine_that_cannot_keep_up_is_said_once_early_with_what_to_do() -> None:
+def test_an_engine_that_cannot_keep_up_is_said_once_early_with_what_to_do(caplog) -> None:
     import io
 
     from _pipeline_helpers import SlowEngine
@@ -313,6 +313,8 @@ def test_an_engine_that_cannot_keep_up_is_said_once_early_with_what_to_do() -> N
     assert "--roi" in warnings[0] and "faster model" in warnings[0] and "GPU" in warnings[0]
     lines = text.splitlines()
     assert lines.index(warnings[0]) <= 12  # early: within the first statistics lines
+    # once in all: not repeated by a log record (stderr) beside the line (stdout)
+    assert not [r for r in caplog.records if "cannot keep up" in r.getMessage()]
 
 
 def test_an_engine_that_keeps_up_is_not_warned_about() -> None:

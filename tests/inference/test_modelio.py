@@ -135,8 +135,10 @@ SHIPPED_MARGIN_DB = {
     "resunet-denoise-v2": 6.0,
     "resunet-live-v3": 6.0,
     "resunet-live-v4": 6.0,
+    "resunet-live-v5": 6.0,
     "resunet-denoise-v3": 6.0,
     "resunet-denoise-v4": 6.0,
+    "resunet-denoise-v5": 6.0,
 }
 
 

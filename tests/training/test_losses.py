@@ -2,11 +2,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from livedenoise.training.losses import LOSSES, mse_loss, mse_ssim_loss, poisson_kl, poisson_loss, ssim
+from livedenoise.imaging.metrics import psnr
+from livedenoise.training.losses import (
+    LOSSES,
+    mse_loss,
+    mse_ssim_loss,
+    poisson_kl,
+    poisson_loss,
+    psnr_loss,
+    ssim,
+)
 
 
 @pytest.mark.parametrize(
@@ -82,4 +92,40 @@ def test_ssim_and_mse_ssim(rng):
     assert float(mse_ssim_loss(x * 50, x * 50)) == pytest.approx(0.0, abs=1e-4)
     assert float(mse_ssim_loss(x * 50 + 5, x * 50)) > 0.01
     assert float(mse_loss(x * 50, x * 50)) == 0.0
-    assert set(LOSSES) == {"poisson", "mse", "mse_ssim"}
+    assert set(LOSSES) == {"poisson", "mse", "psnr", "mse_ssim"}
+
+
+def test_psnr_loss_is_minus_the_mean_psnr_of_the_samples(rng):
+    """Each sample's PSNR against its own target's range, as the evaluation computes it, averaged in dB."""
+    t = torch.from_numpy(
+        (rng.random((3, 1, 16, 16)) * np.array([2.0, 50.0, 500.0])[:, None, None, None]).astype("float64")
+    )
+    p = t + torch.from_numpy(rng.normal(0, 1, t.shape))
+    expected = -np.mean([psnr(p[i, 0].numpy(), t[i, 0].numpy()) for i in range(3)])
+    assert float(psnr_loss(p, t)) == pytest.approx(expected, abs=1e-6)
+    # the exposure ratio scales the prediction, as in the other losses
+    assert float(psnr_loss(p / 4.0, t, ratio=4.0)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_psnr_loss_weighs_samples_alike_in_decibels():
+    """Halving one sample's error gains the same whatever its photon level; mse_loss only sees the dim one."""
+    t = torch.stack([torch.full((1, 8, 8), 2.0), torch.full((1, 8, 8), 500.0)])
+    t[:, :, 0, 0] = 0.0  # a range for each sample
+    err = torch.stack([torch.full((1, 8, 8), 0.5), torch.full((1, 8, 8), 2.0)])
+
+    def gain(loss, k):
+        halved = err.clone()
+        halved[k] /= 2
+        return float(loss(t + err, t) - loss(t + halved, t))
+
+    assert gain(psnr_loss, 0) == pytest.approx(gain(psnr_loss, 1), rel=1e-6)
+    assert gain(psnr_loss, 0) == pytest.approx(20 * math.log10(2) / 2, rel=1e-6)
+    assert gain(mse_loss, 0) > 1000 * gain(mse_loss, 1)
+
+
+def test_psnr_loss_is_finite_on_a_perfect_sample():
+    t = torch.rand(2, 1, 8, 8, dtype=torch.float64) * 10
+    p = t.clone().requires_grad_(True)
+    loss = psnr_loss(p, t)
+    loss.backward()
+    assert math.isfinite(float(loss.detach())) and torch.isfinite(p.grad).all()

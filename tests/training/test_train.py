@@ -427,3 +427,22 @@ def test_cli_train_records_bf16_and_prefetch_and_refuses_them_for_pairs(tmp_path
     rc = main(["train", "--pairs", str(tmp_path), "--precision", "bf16", "-o", str(tmp_path / "p.pt")])
     assert rc != 0
     assert "--precision and --prefetch apply to training on synthetic data" in capsys.readouterr().err
+
+
+def test_cli_train_with_the_psnr_loss_records_it_and_refuses_it_for_pairs(tmp_path, capsys):
+    from livedenoise.cli import main
+    from livedenoise.inference.modelio import load_model
+
+    out = tmp_path / "psnr.pt"
+    short = ["--steps", "2", "--epoch-steps", "2", "--batch", "2", "--patch", "32", "--val-size", "2"]
+    rc = main(["train", "--arch", "rln", "--loss", "psnr", *short, "--no-progress", "-o", str(out)])
+    assert rc == 0
+    _, card = load_model(out)
+    assert card.training["loss"] == "psnr" and "--loss psnr" in card.training["command"]
+    # the validation loss is minus the validation frames' mean PSNR
+    val = card.quality["validation"]
+    assert val["loss"] == pytest.approx(-val["psnr_db"], abs=0.01)
+    for mode in (["--pairs", str(tmp_path)], ["--self-supervised", str(tmp_path / "f.tif")]):
+        rc = main(["train", *mode, "--loss", "psnr", "-o", str(tmp_path / "p.pt")])
+        assert rc != 0
+        assert "--loss psnr applies to training on synthetic data" in capsys.readouterr().err
