@@ -411,13 +411,20 @@ def stages(model_id: str) -> list[list[str]]:
     return [list(spec)] if all(isinstance(a, str) for a in spec) else [list(st) for st in spec]
 
 
-def train(model_id: str) -> None:
-    from livedenoise.cli import main
-
+def stage_commands(model_id: str) -> list[list[str]]:
+    """The whole ``livedenoise train`` arguments of each stage, as :func:`train` runs them in order."""
+    out = []
     for i, stage in enumerate(stages(model_id)):
         # a stage that starts from another model's weights (--init) is a new run: its own checkpoints
         ckpt = f"runs/{model_id}" if "--init" not in stage else f"runs/{model_id}-stage{i + 1}"
-        args = ["train", *stage, "--checkpoint-dir", ckpt, "-o", f"models/{model_id}.pt", "--force"]
+        out.append(["train", *stage, "--checkpoint-dir", ckpt, "-o", f"models/{model_id}.pt", "--force"])
+    return out
+
+
+def train(model_id: str) -> None:
+    from livedenoise.cli import main
+
+    for args in stage_commands(model_id):
         rc = main(args)
         if rc:
             raise SystemExit(rc)
@@ -436,17 +443,21 @@ def finish(model_id: str) -> None:
     card.arch_params = {**card.arch_params, **AFTER_TRAINING[model_id]}
     net = build_network(card.architecture, **card.arch_params)
     net.load_state_dict(module.state_dict())  # the flux-keeping step has no weights of its own
-    card.description = (
-        card.description + " " if card.description else ""
-    ) + f"Output stage set after training: {AFTER_TRAINING[model_id]} (tools/train_shipped.py finish)."
+    said = f"Output stage set after training: {AFTER_TRAINING[model_id]} (tools/train_shipped.py finish)."
+    if said not in (card.description or ""):  # finish run again on a finished model says it once
+        card.description = (card.description + " " if card.description else "") + said
     card.training["reproduce"] = f"python tools/train_shipped.py train {model_id}"
-    runs = stages(model_id)
-    if len(runs) > 1:  # the card's command is the last stage's: record them all
-        card.training["stages"] = [shlex.join(["livedenoise", "train", *st]) for st in runs]
+    runs = stage_commands(model_id)
+    if len(runs) > 1:  # the card's command is the last stage's: record them all, runnable in order
+        card.training["stages"] = [shlex.join(["livedenoise", *st]) for st in runs]
         card.training["reproduce"] += " (runs the stages in order)"
         own, last = f"models/{model_id}.pt", runs[-1]
         if "--init" in last and last[last.index("--init") + 1] == own:
-            card.training["init"] = f"{own} after stage {len(runs) - 1} (the previous stage's output)"
+            after = f"{own} after stage {len(runs) - 1} (the previous stage's output)"
+            card.training["init"] = after
+            start = card.quality.get("validation", {}).get("start")
+            if isinstance(start, dict):
+                start["model"] = after
     dtype = STORED_AS.get(model_id, card.weights_dtype)
     if dtype != card.weights_dtype:
         # the network as load_model will give it back: the weights rounded to the stored dtype

@@ -336,9 +336,16 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
         last = ckpt_dir / "last.pt"
         if config.resume and last.is_file():
             ck = torch.load(last, map_location=device, weights_only=True)
-            if json.loads(ck["config"])["architecture"] != config.architecture:
+            saved = json.loads(ck["config"])
+            if saved["architecture"] != config.architecture:
                 raise ValueError(
                     f"checkpoint {last} is for another architecture; use another --checkpoint-dir"
+                )
+            if saved.get("loss", "poisson") != config.loss:  # its best loss is on another scale
+                raise ValueError(
+                    f"checkpoint {last} was trained with --loss {saved.get('loss', 'poisson')}, not "
+                    f"{config.loss}: resume with that loss, or start a new run from its weights with "
+                    "--init and another --checkpoint-dir"
                 )
             module.load_state_dict(ck["model"])
             module.to(memory_format=torch.channels_last)
@@ -509,6 +516,7 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
             "patch": config.patch,
             "lr": config.lr,
             "lr_schedule": config.lr_schedule,
+            "grad_clip": config.grad_clip,
             "time_s": round(elapsed, 1),
             "device": str(device),
             "torch_threads": torch.get_num_threads(),

@@ -105,6 +105,12 @@ def test_psnr_loss_is_minus_the_mean_psnr_of_the_samples(rng):
     assert float(psnr_loss(p, t)) == pytest.approx(expected, abs=1e-6)
     # the exposure ratio scales the prediction, as in the other losses
     assert float(psnr_loss(p / 4.0, t, ratio=4.0)) == pytest.approx(expected, abs=1e-6)
+    # a target whose range is under 1 e- (a dim patch): its own range, as metrics.psnr takes it
+    dim = t[:1] / 10
+    noisy = dim + 0.01
+    assert float(psnr_loss(noisy, dim)) == pytest.approx(
+        -psnr(noisy[0, 0].numpy(), dim[0, 0].numpy()), abs=1e-6
+    )
 
 
 def test_psnr_loss_weighs_samples_alike_in_decibels():

@@ -73,6 +73,17 @@ def test_a_run_in_stages_keeps_the_schedule_of_its_steps(tmp_path):
         _tiny(steps=9, stop_after=10)
 
 
+def test_resume_with_another_loss_is_refused(tmp_path):
+    """A best loss on another scale (the PSNR loss is about -35) would never be beaten: refused."""
+    train(_tiny(steps=6, epoch_steps=3, checkpoint_dir=str(tmp_path), loss="psnr"), progress=False)
+    with pytest.raises(ValueError, match="trained with --loss psnr, not poisson"):
+        train(_tiny(steps=9, epoch_steps=3, checkpoint_dir=str(tmp_path), resume=True), progress=False)
+    _, card, h = train(
+        _tiny(steps=9, epoch_steps=3, checkpoint_dir=str(tmp_path), resume=True, loss="psnr"), progress=False
+    )
+    assert [r["step"] for r in h] == [3, 6, 9] and card.training["grad_clip"] == 1.0
+
+
 def test_resume_on_other_validation_frames_measures_the_best_afresh(tmp_path, caplog):
     """A best loss measured on other validation frames is not compared with the new frames' losses."""
     import torch

@@ -1,0 +1,73 @@
+"""tools/train_shipped.py: what ``finish`` writes into the card of a model trained in stages."""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+from pathlib import Path
+
+import pytest
+
+from livedenoise.inference.modelio import ModelCard, load_model, save_model
+from livedenoise.inference.nets import build_network
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tool(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("train_shipped", ROOT / "tools" / "train_shipped.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    (tmp_path / "models").mkdir()
+    return mod
+
+
+def _trained(tmp_path: Path, model_id: str) -> None:
+    """A model as ``livedenoise train`` leaves it, before ``finish``."""
+    card = ModelCard(
+        id=model_id,
+        architecture="rln",
+        training={"command": "livedenoise train --arch rln", "init": f"models/{model_id}.pt"},
+        quality={
+            "validation": {"psnr_db": 20.0, "start": {"model": f"models/{model_id}.pt", "psnr_db": 19.0}}
+        },
+    )
+    save_model(build_network("rln"), card, tmp_path / "models" / f"{model_id}.pt")
+
+
+STAGE = ["--arch", "rln", "--task", "denoise", "--steps", "4"]
+
+
+def test_finish_records_every_stage_as_it_runs_and_the_previous_stages_output(tool, tmp_path, monkeypatch):
+    monkeypatch.setitem(
+        tool.SHIPPED, "two", [[*STAGE, "--init", "models/one.pt"], [*STAGE, "--init", "models/two.pt"]]
+    )
+    monkeypatch.setitem(tool.AFTER_TRAINING, "two", {"flux_block": 16})
+    _trained(tmp_path, "two")
+    tool.finish("two")
+    tool.finish("two")  # run again: says the same once
+    _, card = load_model(tmp_path / "models" / "two.pt")
+    stages = card.training["stages"]
+    # each stage whole, runnable in order: the arguments train() gives the CLI, output and checkpoints included
+    assert [shlex.split(st)[1:] for st in stages] == tool.stage_commands("two")
+    assert all(st.startswith("livedenoise train ") and "-o models/two.pt" in st for st in stages)
+    assert "--checkpoint-dir runs/two-stage2" in stages[1]
+    after = "models/two.pt after stage 1 (the previous stage's output)"
+    assert card.training["init"] == after and card.quality["validation"]["start"]["model"] == after
+    assert card.training["reproduce"] == "python tools/train_shipped.py train two (runs the stages in order)"
+    assert card.description.count("Output stage set after training") == 1
+    assert card.arch_params["flux_block"] == 16
+
+
+def test_finish_leaves_a_one_stage_card_without_stages(tool, tmp_path, monkeypatch):
+    monkeypatch.setitem(tool.SHIPPED, "one", [*STAGE, "--init", "models/zero.pt"])
+    monkeypatch.setitem(tool.AFTER_TRAINING, "one", {"flux_block": 16})
+    _trained(tmp_path, "one")
+    tool.finish("one")
+    _, card = load_model(tmp_path / "models" / "one.pt")
+    assert "stages" not in card.training
+    assert card.training["init"] == "models/one.pt"  # as train wrote it
+    assert card.training["reproduce"] == "python tools/train_shipped.py train one"
