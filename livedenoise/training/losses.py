@@ -80,16 +80,15 @@ def psnr_loss(pred: torch.Tensor, target: torch.Tensor, ratio=1.0, **_) -> torch
     recorded in the card) scales every step of it to unit norm; the v5 models were trained so.
     """
     r = _ratio(ratio, pred)
-    flat = target.flatten(1)
-    rng = torch.clamp(flat.max(dim=1).values - flat.min(dim=1).values, min=1e-12).view(-1, 1, 1, 1)
-    mse = (((r * pred - target) / rng) ** 2).flatten(1).mean(dim=1)
+    mse = (((r * pred - target) / _range(target, floor=1e-12)) ** 2).flatten(1).mean(dim=1)
     return (10.0 * torch.log10(mse + PSNR_FLOOR)).mean()
 
 
-def _range(t: torch.Tensor) -> torch.Tensor:
+def _range(t: torch.Tensor, floor: float = 1.0) -> torch.Tensor:
+    """Each sample's ``max - min``, at least ``floor``, shaped ``(N, 1, 1, 1)``."""
     flat = t.flatten(1)
     rng = flat.max(dim=1).values - flat.min(dim=1).values
-    return torch.clamp(rng, min=1.0).view(-1, 1, 1, 1)
+    return torch.clamp(rng, min=floor).view(-1, 1, 1, 1)
 
 
 def _gauss_window(size: int, sigma: float, like: torch.Tensor) -> torch.Tensor:

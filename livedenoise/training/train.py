@@ -341,9 +341,10 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
                 raise ValueError(
                     f"checkpoint {last} is for another architecture; use another --checkpoint-dir"
                 )
-            if saved.get("loss", "poisson") != config.loss:  # its best loss is on another scale
+            saved_loss = saved.get("loss", "poisson")
+            if saved_loss != config.loss:  # its best loss is on another scale
                 raise ValueError(
-                    f"checkpoint {last} was trained with --loss {saved.get('loss', 'poisson')}, not "
+                    f"checkpoint {last} was trained with --loss {saved_loss}, not "
                     f"{config.loss}: resume with that loss, or start a new run from its weights with "
                     "--init and another --checkpoint-dir"
                 )
