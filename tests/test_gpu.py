@@ -34,9 +34,11 @@ MODELS = [
     "resunet-live-v3",
     "resunet-live-v4",
     "resunet-live-v5",
+    "resunet-live-v6",
     "resunet-denoise-v3",
     "resunet-denoise-v4",
     "resunet-denoise-v5",
+    "resunet-denoise-v6",
 ]
 
 

@@ -71,3 +71,49 @@ def test_finish_leaves_a_one_stage_card_without_stages(tool, tmp_path, monkeypat
     assert "stages" not in card.training
     assert card.training["init"] == "models/one.pt"  # as train wrote it
     assert card.training["reproduce"] == "python tools/train_shipped.py train one"
+
+
+def test_a_soup_is_the_mean_of_its_runs_weights_with_every_run_recorded(tool, tmp_path, monkeypatch):
+    import torch
+
+    run = [*STAGE, "--val-size", "2"]
+    monkeypatch.setitem(tool.SHIPPED, "s", run)
+    monkeypatch.setitem(tool.SOUP_MEMBERS, "s", [[*run, "--seed", "5"]])
+    monkeypatch.setitem(tool.AFTER_TRAINING, "s", {"flux_block": 16})
+    _trained(tmp_path, "s")
+    (tmp_path / "runs").mkdir()
+    torch.manual_seed(1)
+    other = build_network("rln")
+    save_model(other, ModelCard(id="s-member2", architecture="rln"), tmp_path / "runs" / "s-member2.pt")
+    first, _ = load_model(tmp_path / "models" / "s.pt")
+    expected = {
+        k: (v + other.state_dict()[k]) / 2 if v.is_floating_point() else v
+        for k, v in first.state_dict().items()
+    }
+    tool.average_members("s")
+    tool.finish("s")
+    module, card = load_model(tmp_path / "models" / "s.pt")
+    for k, v in module.state_dict().items():
+        assert torch.allclose(v, expected[k], atol=1e-6) and v.dtype == expected[k].dtype, k
+    soup = card.training["soup"]
+    assert [shlex.split(r)[1:] for r in soup["runs"]] == tool.stage_commands("s") + tool.member_commands("s")
+    assert "-o runs/s-member2.pt" in soup["runs"][1] and len(soup["validation_psnr_db"]) == 2
+    # the validation figures are the mean's, on the first run's frames
+    v = card.quality["validation"]
+    assert v["frames"] == 2 and "loss" not in v and v["psnr_db"] not in soup["validation_psnr_db"]
+    assert card.description.count("the mean of 2 runs") == 1
+    assert card.training["reproduce"].endswith("(trains every run of training.soup, then averages them)")
+
+
+def test_a_soup_refuses_runs_of_another_network(tool, tmp_path, monkeypatch):
+    monkeypatch.setitem(tool.SHIPPED, "s", [*STAGE, "--val-size", "2"])
+    monkeypatch.setitem(tool.SOUP_MEMBERS, "s", [[*STAGE, "--seed", "5"]])
+    _trained(tmp_path, "s")
+    (tmp_path / "runs").mkdir()
+    save_model(
+        build_network("rln", activation="relu"),
+        ModelCard(id="x", architecture="rln", arch_params={"activation": "relu"}),
+        tmp_path / "runs" / "s-member2.pt",
+    )
+    with pytest.raises(SystemExit, match="another network"):
+        tool.average_members("s")

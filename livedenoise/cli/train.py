@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ Example (a quick RLN, a few minutes on a laptop CPU):
 Train on further from a shipped model, twice as fast on a CPU with AMX (Intel Xeon
 Sapphire Rapids and later): bfloat16 passes, the next batches made on a second core:
 
-  livedenoise train --arch resunet --init resunet-live-v5 --data sample --patch 128 --batch 16 \
+  livedenoise train --arch resunet --init resunet-live-v6 --data sample --patch 128 --batch 16 \
       --steps 4000 --lr 3e-4 --precision bf16 --prefetch 2 --checkpoint-dir runs/live -o my-live.pt
 
 Fine-tune on pairs of your own sample (from `livedenoise collect-pairs`):
@@ -80,6 +81,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="poisson: Poisson likelihood / KL in photoelectrons (default); psnr: minus each patch's PSNR "
         "against its target's range, averaged in dB (the evaluation's figure of merit: a last stage on a "
         "network trained with poisson); mse: range-scaled MSE; mse_ssim: RLN's MSE + SSIM",
+    )
+    p.add_argument(
+        "--bg-bias-weight",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="add W times each patch's squared mean error (e-^2) over its background region (target "
+        "within 2%% of its range above its minimum; patches spanning under 20 e- count 0) to the loss: "
+        "keeps the dark background next to bright structure at its counts (the v6 RESUNETs: 30); "
+        "default 0: off",
     )
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps in total (default 2000)")
     p.add_argument("--epoch-steps", type=int, default=200, help="steps per epoch: validation + checkpoint")
@@ -165,6 +176,7 @@ def canonical_command(args: argparse.Namespace) -> str:
         args.task,
         "--loss",
         args.loss,
+        *(["--bg-bias-weight", f"{args.bg_bias_weight:g}"] if args.bg_bias_weight else []),
         "--steps",
         str(args.steps),
         "--epoch-steps",
@@ -202,6 +214,38 @@ def canonical_command(args: argparse.Namespace) -> str:
         parts += ["--id", args.id]
     parts += ["-o", args.output]
     return shlex.join(parts)
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` that ``livedenoise train`` runs for these parsed arguments (synthetic data)."""
+    return TrainConfig(
+        architecture=args.arch,
+        arch_params=dict(args.arch_param),
+        task=args.task,
+        loss=args.loss,
+        bg_bias_weight=args.bg_bias_weight,
+        patch=args.patch,
+        batch=args.batch,
+        steps=args.steps,
+        stop_after=args.stop_after,
+        epoch_steps=args.epoch_steps,
+        lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        peak_e_range=tuple(args.peak_range),
+        data=args.data,
+        psf=args.psf,
+        seed=args.seed,
+        val_size=args.val_size,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+        device=args.device,
+        threads=args.threads,
+        init=args.init,
+        model_id=args.id or _output(args).stem,
+        precision=args.precision,
+        prefetch=args.prefetch,
+        command=canonical_command(args),
+    )
 
 
 def _output(args: argparse.Namespace) -> Path:
@@ -288,6 +332,14 @@ def run(args: argparse.Namespace) -> int:
             f"--loss {args.loss} applies to training on synthetic data; {mode} trains with the Poisson "
             "loss on its own counts: leave --loss out"
         )
+    if (args.pairs or args.self_supervised) and args.bg_bias_weight:
+        mode = "--pairs" if args.pairs else "--self-supervised"
+        raise CLIError(
+            f"--bg-bias-weight needs noise-free targets (synthetic data); {mode} trains on noisy counts, "
+            "whose darkest pixels are dark by their noise: leave it out"
+        )
+    if not (math.isfinite(args.bg_bias_weight) and args.bg_bias_weight >= 0):
+        raise CLIError(f"--bg-bias-weight must be a finite number >= 0 (0: off), got {args.bg_bias_weight}")
     if args.pairs:  # fine-tuning on a paired dataset (livedenoise.training.finetune, issue 5)
         return _run_pairs(
             args,
@@ -298,33 +350,7 @@ def run(args: argparse.Namespace) -> int:
     if args.self_supervised:  # learn the sample from its noisy frames (livedenoise.training.selfsup)
         return run_selfsup(args)
 
-    config = TrainConfig(
-        architecture=args.arch,
-        arch_params=dict(args.arch_param),
-        task=args.task,
-        loss=args.loss,
-        patch=args.patch,
-        batch=args.batch,
-        steps=args.steps,
-        stop_after=args.stop_after,
-        epoch_steps=args.epoch_steps,
-        lr=args.lr,
-        lr_schedule=args.lr_schedule,
-        peak_e_range=tuple(args.peak_range),
-        data=args.data,
-        psf=args.psf,
-        seed=args.seed,
-        val_size=args.val_size,
-        checkpoint_dir=args.checkpoint_dir,
-        resume=args.resume,
-        device=args.device,
-        threads=args.threads,
-        init=args.init,
-        model_id=args.id or out.stem,
-        precision=args.precision,
-        prefetch=args.prefetch,
-        command=canonical_command(args),
-    )
+    config = train_config(args)
     module, card, _history = train(config, progress=not args.no_progress)
     card, status = save_checked(module, card, out, accept_worse=args.accept_worse)
     v = card.quality.get("validation", {})

@@ -118,7 +118,8 @@ def nuclei(rng: np.random.Generator, size: int) -> np.ndarray:
         u = (dy * np.cos(th) + dx * np.sin(th)) * a / r
         v = (-dy * np.sin(th) + dx * np.cos(th)) / a / r
         d = np.sqrt(u * u + v * v)
-        body = 1.0 / (1.0 + np.exp((d - 1.0) * rng.uniform(10, 25)))
+        with np.errstate(over="ignore"):  # far outside the nucleus exp overflows to inf: body 0, as meant
+            body = 1.0 / (1.0 + np.exp((d - 1.0) * rng.uniform(10, 25)))
         rim = np.exp(-((d - 0.95) ** 2) / (2 * 0.06**2)) * rng.uniform(0.0, 0.5)
         chrom = 0.35 + rng.uniform(0.3, 0.8) * fine + rng.uniform(0.0, 0.5) * coarse
         nucleoli = np.zeros_like(img)

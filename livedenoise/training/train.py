@@ -65,6 +65,9 @@ class TrainConfig:
     architecture, arch_params : network name and constructor arguments.
     task : ``"denoise"`` or ``"deconvolve"``.
     loss : ``"poisson"`` (default), ``"psnr"``, ``"mse"`` or ``"mse_ssim"`` (:mod:`livedenoise.training.losses`).
+    bg_bias_weight : 0 (default: off), or the weight of each patch's squared mean error over its
+        background region (e-², :func:`~livedenoise.training.losses.with_background_bias`) added to
+        the loss, in training and validation alike.
     patch, batch : training patch side (pixels) and batch size.
     steps : optimiser steps in total; ``epoch_steps`` steps make an epoch (validation
         and checkpoint after each).
@@ -96,6 +99,7 @@ class TrainConfig:
     arch_params: dict[str, Any] = field(default_factory=dict)
     task: str = "denoise"
     loss: str = "poisson"
+    bg_bias_weight: float = 0.0
     patch: int = 64
     batch: int = 16
     steps: int = 2000
@@ -130,6 +134,10 @@ class TrainConfig:
             raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; expected one of {tuple(LOSSES)}")
+        if not (math.isfinite(self.bg_bias_weight) and self.bg_bias_weight >= 0):
+            raise ValueError(
+                f"bg_bias_weight must be a finite number >= 0 (0: off), got {self.bg_bias_weight}"
+            )
         if self.data not in DATA_KINDS:
             raise ValueError(f"unknown data {self.data!r}; expected one of {DATA_KINDS}")
         if self.psf is not None:
@@ -291,7 +299,7 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
     import torch
     from tqdm.auto import tqdm
 
-    from livedenoise.training.losses import LOSSES
+    from livedenoise.training.losses import BG_MIN_RANGE_E, LOSSES, with_background_bias
 
     t0 = time.perf_counter()
     if config.threads:
@@ -326,6 +334,8 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
     module.to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(module.parameters(), lr=config.lr)
     loss_fn = LOSSES[config.loss]
+    if config.bg_bias_weight:
+        loss_fn = with_background_bias(loss_fn, config.bg_bias_weight)
     history: list[dict[str, Any]] = []
     start = 0
     resumed_val: str | None = None
@@ -347,6 +357,13 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
                     f"checkpoint {last} was trained with --loss {saved_loss}, not "
                     f"{config.loss}: resume with that loss, or start a new run from its weights with "
                     "--init and another --checkpoint-dir"
+                )
+            saved_w = float(saved.get("bg_bias_weight", 0.0))
+            if saved_w != config.bg_bias_weight:  # likewise
+                raise ValueError(
+                    f"checkpoint {last} was trained with --bg-bias-weight {saved_w:g}, not "
+                    f"{config.bg_bias_weight:g}: resume with that weight, or start a new run from its "
+                    "weights with --init and another --checkpoint-dir"
                 )
             module.load_state_dict(ck["model"])
             module.to(memory_format=torch.channels_last)
@@ -509,6 +526,11 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
         training={
             "data": data_desc,
             "loss": config.loss,
+            **(
+                {"bg_bias_weight": config.bg_bias_weight, "bg_bias_min_range_e": BG_MIN_RANGE_E}
+                if config.bg_bias_weight
+                else {}
+            ),
             "command": config.command,
             "seed": config.seed,
             "steps": config.steps,

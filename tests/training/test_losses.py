@@ -10,12 +10,14 @@ import torch.nn.functional as F
 from livedenoise.imaging.metrics import psnr
 from livedenoise.training.losses import (
     LOSSES,
+    background_bias,
     mse_loss,
     mse_ssim_loss,
     poisson_kl,
     poisson_loss,
     psnr_loss,
     ssim,
+    with_background_bias,
 )
 
 
@@ -135,3 +137,56 @@ def test_psnr_loss_is_finite_on_a_perfect_sample():
     loss = psnr_loss(p, t)
     loss.backward()
     assert math.isfinite(float(loss.detach())) and torch.isfinite(p.grad).all()
+
+
+def test_background_bias_is_the_mean_error_over_each_samples_dark_pixels():
+    """The region: target within 2 % of its range above its minimum; errors on the structure do not count."""
+    t = torch.zeros(2, 1, 8, 8, dtype=torch.float64)
+    t[:, :, 2:5, 2:5] = 100.0  # structure on a flat background
+    t[1] += 30.0  # the second sample on 30 e- of background
+    t[1, 0, 0, 0] = 30.0 + 1.5  # 1.5 % of the range above the minimum: still background
+    p = t.clone()
+    p[:, :, 2:5, 2:5] += 5.0  # structure too bright: not counted
+    p[0, 0, 6, :] += 0.8  # 8 of the 55 background pixels of sample 0 lifted by 0.8 e-
+    p[1] -= 0.2  # sample 1 everywhere 0.2 e- too dark
+    b = background_bias(p, t)
+    assert b.shape == (2,)
+    assert float(b[0]) == pytest.approx(8 * 0.8 / 55) and float(b[1]) == pytest.approx(-0.2)
+    # in the input exposure's units: a target exposure 4x as long
+    assert torch.allclose(background_bias(p / 4.0, t, ratio=4.0), b)
+
+
+def test_with_background_bias_adds_the_weighted_squared_bias(rng):
+    t = torch.from_numpy(rng.random((3, 1, 16, 16)) * 50)
+    p = t + torch.from_numpy(rng.normal(0.1, 1.0, t.shape))
+    loss = with_background_bias(psnr_loss, 30.0)
+    expected = float(psnr_loss(p, t)) + 30.0 * float((background_bias(p, t) ** 2).mean())
+    assert float(loss(p, t)) == pytest.approx(expected, rel=1e-9)
+    # extra arguments (RLN's estimate) reach the wrapped loss
+    seen = {}
+    with_background_bias(lambda p, t, r, **kw: seen.update(kw) or p.sum() * 0, 1.0)(p, t, estimate=p)
+    assert "estimate" in seen
+    # a background lifted by 0.2 e-: the term pulls it down harder than the PSNR loss alone
+    dark = t <= t.flatten(1).min(1).values.view(-1, 1, 1, 1) + 0.02 * 50
+    grads = []
+    for fn in (psnr_loss, loss):
+        q = (t + 0.2 * dark).requires_grad_(True)
+        fn(q, t).backward()
+        grads.append(float(q.grad[dark].sum()))
+    assert grads[1] > grads[0] > 0
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="weight must be > 0"):
+            with_background_bias(psnr_loss, bad)
+
+
+def test_background_bias_term_can_leave_out_dim_samples():
+    """min_range_e: samples whose target spans fewer photoelectrons do not count (their darkest pixels are
+    chosen by their extremes, where any smoothing estimate reads above them)."""
+    t = torch.zeros(2, 1, 8, 8, dtype=torch.float64)
+    t[0, :, 2:5, 2:5] = 5.0
+    t[1, :, 2:5, 2:5] = 100.0
+    p = t + 0.5
+    zero = lambda p, t, r, **kw: p.sum() * 0  # noqa: E731
+    assert float(with_background_bias(zero, 2.0, min_range_e=0.0)(p, t)) == pytest.approx(2.0 * 0.25)
+    # by default (BG_MIN_RANGE_E, 20 e-) the 5 e- sample counts 0 in the batch's mean
+    assert float(with_background_bias(zero, 2.0)(p, t)) == pytest.approx(2.0 * 0.25 / 2)

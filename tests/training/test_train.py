@@ -457,3 +457,59 @@ def test_cli_train_with_the_psnr_loss_records_it_and_refuses_it_for_pairs(tmp_pa
         rc = main(["train", *mode, "--loss", "psnr", "-o", str(tmp_path / "p.pt")])
         assert rc != 0
         assert "--loss psnr applies to training on synthetic data" in capsys.readouterr().err
+
+
+def test_background_bias_weight_is_checked_recorded_and_kept_on_resume(tmp_path):
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="bg_bias_weight"):
+            TrainConfig(bg_bias_weight=bad)
+    _, card, _ = train(
+        _tiny(steps=6, epoch_steps=3, checkpoint_dir=str(tmp_path), bg_bias_weight=30.0), progress=False
+    )
+    assert card.training["bg_bias_weight"] == 30.0
+    # the validation loss includes the term (a best loss on another scale): resuming without it is refused
+    with pytest.raises(ValueError, match="trained with --bg-bias-weight 30, not 0"):
+        train(_tiny(steps=9, epoch_steps=3, checkpoint_dir=str(tmp_path), resume=True), progress=False)
+    _, card, h = train(
+        _tiny(steps=9, epoch_steps=3, checkpoint_dir=str(tmp_path), resume=True, bg_bias_weight=30.0),
+        progress=False,
+    )
+    assert [r["step"] for r in h] == [3, 6, 9]
+    _, card0, _ = train(_tiny(steps=3, epoch_steps=3), progress=False)
+    assert "bg_bias_weight" not in card0.training  # off: cards as before
+
+
+def test_cli_train_with_a_background_bias_weight_records_it_and_refuses_it_for_pairs(tmp_path, capsys):
+    from livedenoise.cli import main
+    from livedenoise.inference.modelio import load_model
+
+    out = tmp_path / "bg.pt"
+    short = ["--steps", "2", "--epoch-steps", "2", "--batch", "2", "--patch", "32", "--val-size", "2"]
+    rc = main(
+        [
+            "train",
+            "--arch",
+            "rln",
+            "--loss",
+            "psnr",
+            "--bg-bias-weight",
+            "30",
+            *short,
+            "--no-progress",
+            "-o",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    _, card = load_model(out)
+    assert (
+        card.training["bg_bias_weight"] == 30.0
+        and "--loss psnr --bg-bias-weight 30 " in card.training["command"]
+    )
+    for mode in (["--pairs", str(tmp_path)], ["--self-supervised", str(tmp_path / "f.tif")]):
+        rc = main(["train", *mode, "--bg-bias-weight", "30", "-o", str(tmp_path / "p.pt")])
+        assert rc != 0
+        assert "--bg-bias-weight needs noise-free targets" in capsys.readouterr().err
+    rc = main(["train", "--arch", "rln", "--bg-bias-weight", "-2", *short, "-o", str(tmp_path / "n.pt")])
+    assert rc != 0 and "--bg-bias-weight must be a finite number >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "n.pt").exists()
