@@ -91,6 +91,7 @@ def test_a_soup_is_the_mean_of_its_runs_weights_with_every_run_recorded(tool, tm
         for k, v in first.state_dict().items()
     }
     tool.average_members("s")
+    averaged, _ = load_model(tmp_path / "models" / "s.pt")  # as measured: before finish sets flux_block
     tool.finish("s")
     module, card = load_model(tmp_path / "models" / "s.pt")
     for k, v in module.state_dict().items():
@@ -98,9 +99,20 @@ def test_a_soup_is_the_mean_of_its_runs_weights_with_every_run_recorded(tool, tm
     soup = card.training["soup"]
     assert [shlex.split(r)[1:] for r in soup["runs"]] == tool.stage_commands("s") + tool.member_commands("s")
     assert "-o runs/s-member2.pt" in soup["runs"][1] and len(soup["validation_psnr_db"]) == 2
-    # the validation figures are the mean's, on the first run's frames
+    # the validation figures are the mean's, on the first run's frames (its seed, not the member's)
+    from livedenoise.cli import build_parser
+    from livedenoise.cli.train import train_config
+    from livedenoise.training.train import _default_val, evaluate_psnr
+
+    vx, vt, vr = _default_val(train_config(build_parser("train").parse_args(tool.stage_commands("s")[0])))
     v = card.quality["validation"]
-    assert v["frames"] == 2 and "loss" not in v and v["psnr_db"] not in soup["validation_psnr_db"]
+    assert v["frames"] == 2 and "loss" not in v
+    assert v["psnr_db"] == round(evaluate_psnr(averaged.eval(), vx, vt, vr)["psnr_db"], 3)
+    assert soup["validation_psnr_db"][1] == round(evaluate_psnr(other.eval(), vx, vt, vr)["psnr_db"], 3)
+    assert soup["time_s"] == 0.0  # neither stand-in run recorded a training time
+    # averaging again would weigh the first run twice: refused, saying how to start afresh
+    with pytest.raises(SystemExit, match="already the mean of 2 runs"):
+        tool.average_members("s")
     assert card.description.count("the mean of 2 runs") == 1
     assert card.training["reproduce"].endswith("(trains every run of training.soup, then averages them)")
 

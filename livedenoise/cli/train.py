@@ -176,7 +176,7 @@ def canonical_command(args: argparse.Namespace) -> str:
         args.task,
         "--loss",
         args.loss,
-        *(["--bg-bias-weight", f"{args.bg_bias_weight:g}"] if args.bg_bias_weight else []),
+        *(["--bg-bias-weight", f"{args.bg_bias_weight:.12g}"] if args.bg_bias_weight else []),
         "--steps",
         str(args.steps),
         "--epoch-steps",

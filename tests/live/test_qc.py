@@ -59,7 +59,7 @@ def test_default_model_with_the_true_maps_is_ok(sim_frames) -> None:
     frames, cal = sim_frames
     scores = _scores(frames, cal, _engine_restore(make_engine("cpu")))
     assert all(s["ok"] for s in scores), scores
-    assert all(QCBounds().chi2_low <= s["chi2"] <= 1.1 for s in scores)
+    assert all(0.70 <= s["chi2"] <= 1.1 for s in scores)  # 0.71-0.80 (README, Trust score)
     assert qc_verdict(scores[0]).startswith("qc ok")
 
 

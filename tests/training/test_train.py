@@ -477,6 +477,17 @@ def test_background_bias_weight_is_checked_recorded_and_kept_on_resume(tmp_path)
     assert [r["step"] for r in h] == [3, 6, 9]
     _, card0, _ = train(_tiny(steps=3, epoch_steps=3), progress=False)
     assert "bg_bias_weight" not in card0.training  # off: cards as before
+    # the validation loss holds the term: the same starting model scores higher with it
+    from livedenoise.inference.modelio import save_model
+
+    save_model(*train(_tiny(steps=3, epoch_steps=3), progress=False)[:2], tmp_path / "start.pt")
+    start = [
+        train(
+            _tiny(steps=3, epoch_steps=3, init=str(tmp_path / "start.pt"), bg_bias_weight=w), progress=False
+        )[1].quality["validation"]["start"]["loss"]
+        for w in (0.0, 1e4)
+    ]
+    assert start[1] > start[0]
 
 
 def test_cli_train_with_a_background_bias_weight_records_it_and_refuses_it_for_pairs(tmp_path, capsys):
