@@ -542,7 +542,7 @@ def average_members(model_id: str) -> None:
         return {"psnr_db": round(ev["psnr_db"], 3), "raw_psnr_db": round(ev["raw_psnr_db"], 3)}
 
     each = [val(m)["psnr_db"] for m, _ in loaded]  # before the first run's module takes the mean
-    states = [{k: v.clone() for k, v in m.state_dict().items()} for m, _ in loaded]
+    states = [m.state_dict() for m, _ in loaded]  # the mean is made whole before it is loaded
     module.load_state_dict(
         {
             k: sum(st[k] for st in states) / len(states) if v.is_floating_point() else v

@@ -320,20 +320,19 @@ def run(args: argparse.Namespace) -> int:
             f"{' and '.join(exists)} already exist(s); pass --force to overwrite or choose another -o"
         )
     check_writable_dir(out.parent if str(out.parent) else Path("."), "model")
-    if (args.pairs or args.self_supervised) and (args.precision != "fp32" or args.prefetch):
-        mode = "--pairs" if args.pairs else "--self-supervised"
+    # training on the sample's own frames: the options of synthetic training do not apply
+    mode = "--pairs" if args.pairs else "--self-supervised" if args.self_supervised else None
+    if mode and (args.precision != "fp32" or args.prefetch):
         raise CLIError(
             f"--precision and --prefetch apply to training on synthetic data; {mode} trains in fp32 "
             "on its own frames: leave them out"
         )
-    if (args.pairs or args.self_supervised) and args.loss != "poisson":
-        mode = "--pairs" if args.pairs else "--self-supervised"
+    if mode and args.loss != "poisson":
         raise CLIError(
             f"--loss {args.loss} applies to training on synthetic data; {mode} trains with the Poisson "
             "loss on its own counts: leave --loss out"
         )
-    if (args.pairs or args.self_supervised) and args.bg_bias_weight:
-        mode = "--pairs" if args.pairs else "--self-supervised"
+    if mode and args.bg_bias_weight:
         raise CLIError(
             f"--bg-bias-weight needs noise-free targets (synthetic data); {mode} trains on noisy counts, "
             "whose darkest pixels are dark by their noise: leave it out"

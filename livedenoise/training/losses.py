@@ -120,10 +120,8 @@ def background_bias(
     """
     pred, target = pred.float(), target.float()
     r = _ratio(ratio, pred)
-    flat = target.flatten(1)
-    lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
-    hi = flat.max(dim=1).values.view(-1, 1, 1, 1)
-    mask = (target <= lo + level * (hi - lo)).float()
+    lo = target.flatten(1).min(dim=1).values.view(-1, 1, 1, 1)
+    mask = (target <= lo + level * _range(target, floor=0.0)).float()
     n = mask.flatten(1).sum(dim=1)
     return ((r * pred - target) * mask).flatten(1).sum(dim=1) / n
 
