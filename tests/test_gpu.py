@@ -35,6 +35,7 @@ MODELS = [
     "resunet-live-v4",
     "resunet-live-v5",
     "resunet-live-v6",
+    "resunet-live-v7",
     "resunet-denoise-v3",
     "resunet-denoise-v4",
     "resunet-denoise-v5",

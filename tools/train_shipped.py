@@ -48,6 +48,7 @@ AFTER_TRAINING: dict[str, dict] = {
     "resunet-live-v4": {"flux_block": 32},
     "resunet-live-v5": {"flux_block": 32},
     "resunet-live-v6": {"flux_block": 32},
+    "resunet-live-v7": {"flux_block": 32},
     "resunet-denoise-v2": {"flux_block": 32},
     "resunet-denoise-v3": {"flux_block": 32},
     "resunet-denoise-v4": {"flux_block": 32},
@@ -64,6 +65,7 @@ STORED_AS: dict[str, str] = {
     "resunet-live-v4": "float16",
     "resunet-live-v5": "float16",
     "resunet-live-v6": "float16",
+    "resunet-live-v7": "float16",
     "resunet-denoise-v3": "float16",
     "resunet-denoise-v4": "float16",
     "resunet-denoise-v5": "float16",
@@ -379,6 +381,23 @@ SHIPPED: dict[str, list[str] | list[list[str]]] = {
         *BG_BIAS_TRAINING,
         *BF16_TRAINING,
     ],
+    # the batch's mean background error over its dark-background patches as well (the per-patch term
+    # sees mostly the flux stage's noise there), and the last step's weights: the terms trade synthetic
+    # validation for the counts, so the best validation epoch is not the one wanted
+    "resunet-live-v7": [
+        *_with(
+            _from_model(
+                LIVE_RECIPE, "resunet-live-v6", "resunet-live-v7", steps="1500", lr="5e-05", seed="17"
+            ),
+            {"--loss": "psnr", "--epoch-steps": "250"},
+        ),
+        *BG_BIAS_TRAINING,
+        "--dark-bias-weight",
+        "1000",
+        "--keep",
+        "last",
+        *BF16_TRAINING,
+    ],
     "resunet-denoise-v6": [
         *_with(
             _from_model(
@@ -432,6 +451,22 @@ SHIPPED: dict[str, list[str] | list[list[str]]] = {
         "rln-deconvolve-v1",
     ],
 }
+
+# the deconvolution RLN trained on with the PSNR loss: the Poisson loss weighs each pixel by its
+# inverse rate, so dim frames and bright ones pull unevenly; each patch's PSNR counts alike in dB
+# (v1 with 1500 such steps at lr 2e-3: 30.12 dB on blurred real structure against 26.80, Richardson-
+# Lucy at its best count per peak 27.22; 2026-12-07)
+SHIPPED["rln-deconvolve-v2"] = _with(
+    _from_model(
+        SHIPPED["rln-deconvolve-v1"],
+        "rln-deconvolve-v1",
+        "rln-deconvolve-v2",
+        steps="3000",
+        lr="0.002",
+        seed="6",
+    ),
+    {"--loss": "psnr"},
+)
 
 # Models whose weights are the mean of the weights of two or more runs from the same start (a "model
 # soup", Wortsman et al. 2022: fine-tunings of one network, averaged, lie in one basin and the mean is

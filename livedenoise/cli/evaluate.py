@@ -51,7 +51,7 @@ examples:
   livedenoise evaluate                               # all models, all baselines (~2-3 min on 2 cores)
   livedenoise evaluate --real --figure real.png      # real structures (GAT+BM3D if `bm3d` is installed)
   livedenoise evaluate --real --bm3d-every 3 --size 128 --json real.json
-  livedenoise evaluate --real --task deconvolve      # rln-deconvolve-v1 against Richardson-Lucy
+  livedenoise evaluate --real --task deconvolve      # the deconvolution RLNs against Richardson-Lucy
   livedenoise evaluate --models rln-denoise-v1 --baselines gat-nlm,tv --n 2 --json eval.json
   livedenoise evaluate --tune-baselines              # re-tune baseline parameters (tuning seed only)
 """

@@ -15,7 +15,7 @@ from livedenoise.cli._selfsup import add_selfsup_arguments, run_selfsup
 from livedenoise.imaging.psf import NAMED_PSFS
 from livedenoise.inference.modelio import save_model
 from livedenoise.training.finetune import FinetuneConfig, finetune
-from livedenoise.training.train import TRAIN_PRECISIONS, TrainConfig, train
+from livedenoise.training.train import KEEP_CHOICES, TRAIN_PRECISIONS, TrainConfig, train
 from livedenoise.util.atomic import check_writable_dir
 
 HELP = "train a restoration network (RLN or RESUNET) on synthetic phantoms"
@@ -34,7 +34,7 @@ Example (a quick RLN, a few minutes on a laptop CPU):
 Train on further from a shipped model, twice as fast on a CPU with AMX (Intel Xeon
 Sapphire Rapids and later): bfloat16 passes, the next batches made on a second core:
 
-  livedenoise train --arch resunet --init resunet-live-v6 --data sample --patch 128 --batch 16 \
+  livedenoise train --arch resunet --init resunet-live-v7 --data sample --patch 128 --batch 16 \
       --steps 4000 --lr 3e-4 --precision bf16 --prefetch 2 --checkpoint-dir runs/live -o my-live.pt
 
 Fine-tune on pairs of your own sample (from `livedenoise collect-pairs`):
@@ -91,6 +91,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "within 2%% of its range above its minimum; patches spanning under 20 e- count 0) to the loss: "
         "keeps the dark background next to bright structure at its counts (the v6 RESUNETs: 30); "
         "default 0: off",
+    )
+    p.add_argument(
+        "--dark-bias-weight",
+        type=float,
+        default=0.0,
+        metavar="W",
+        help="add W times the square of the batch's mean error (e-) over the background regions of its "
+        "dark-background patches (region under 1 e-, patches spanning 20 e- or more) to the loss: the "
+        "bias a dark background keeps next to bright structure, without each patch's noise "
+        "(resunet-live-v7: 1000); default 0: off",
+    )
+    p.add_argument(
+        "--keep",
+        choices=KEEP_CHOICES,
+        default="best",
+        help="the weights the output holds: best, the epoch with the lowest validation loss (default), or "
+        "last, the final step's (for losses that trade synthetic validation for real-structure "
+        "figures, such as the bias terms)",
     )
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps in total (default 2000)")
     p.add_argument("--epoch-steps", type=int, default=200, help="steps per epoch: validation + checkpoint")
@@ -177,6 +195,8 @@ def canonical_command(args: argparse.Namespace) -> str:
         "--loss",
         args.loss,
         *(["--bg-bias-weight", f"{args.bg_bias_weight:.12g}"] if args.bg_bias_weight else []),
+        *(["--dark-bias-weight", f"{args.dark_bias_weight:.12g}"] if args.dark_bias_weight else []),
+        *(["--keep", args.keep] if args.keep != "best" else []),
         "--steps",
         str(args.steps),
         "--epoch-steps",
@@ -224,6 +244,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         task=args.task,
         loss=args.loss,
         bg_bias_weight=args.bg_bias_weight,
+        dark_bias_weight=args.dark_bias_weight,
+        keep=args.keep,
         patch=args.patch,
         batch=args.batch,
         steps=args.steps,
@@ -332,13 +354,22 @@ def run(args: argparse.Namespace) -> int:
             f"--loss {args.loss} applies to training on synthetic data; {mode} trains with the Poisson "
             "loss on its own counts: leave --loss out"
         )
-    if mode and args.bg_bias_weight:
+    for flag, weight in (
+        ("--bg-bias-weight", args.bg_bias_weight),
+        ("--dark-bias-weight", args.dark_bias_weight),
+    ):
+        if mode and weight:
+            raise CLIError(
+                f"{flag} needs noise-free targets (synthetic data); {mode} trains on noisy counts, "
+                "whose darkest pixels are dark by their noise: leave it out"
+            )
+        if not (math.isfinite(weight) and weight >= 0):
+            raise CLIError(f"{flag} must be a finite number >= 0 (0: off), got {weight}")
+    if mode and args.keep != "best":
         raise CLIError(
-            f"--bg-bias-weight needs noise-free targets (synthetic data); {mode} trains on noisy counts, "
-            "whose darkest pixels are dark by their noise: leave it out"
+            f"--keep applies to training on synthetic data; {mode} stops early and keeps the weights "
+            "with the best held-out deviance: leave it out"
         )
-    if not (math.isfinite(args.bg_bias_weight) and args.bg_bias_weight >= 0):
-        raise CLIError(f"--bg-bias-weight must be a finite number >= 0 (0: off), got {args.bg_bias_weight}")
     if args.pairs:  # fine-tuning on a paired dataset (livedenoise.training.finetune, issue 5)
         return _run_pairs(
             args,

@@ -55,7 +55,7 @@ log = logging.getLogger("livedenoise")
 
 SCHEMA_VERSION = 1
 WEIGHTS_DTYPES = ("float32", "float16")
-DEFAULT_MODEL = "resunet-live-v6"
+DEFAULT_MODEL = "resunet-live-v7"
 """The fast live model, used when no model is named: RESUNET with a 4x pixel-unshuffle front end
 (the U-Net runs on 1/16 of the pixels), ~24 ms per 512x512 frame on a 2-core Xeon with AMX in bf16,
 ~40-60 ms in fp32 on 2-core CPUs without it (its card, the README's Speed section). The earlier live

@@ -43,7 +43,16 @@ from livedenoise.training.stream import Prefetch, batches
 from livedenoise.util.atomic import atomic_path
 from livedenoise.util.cpu import cpu_flags, cpu_model
 
-__all__ = ["TRAIN_PRECISIONS", "Prefetch", "TrainConfig", "batches", "evaluate_psnr", "psnr_db", "train"]
+__all__ = [
+    "KEEP_CHOICES",
+    "TRAIN_PRECISIONS",
+    "Prefetch",
+    "TrainConfig",
+    "batches",
+    "evaluate_psnr",
+    "psnr_db",
+    "train",
+]
 
 log = logging.getLogger("livedenoise")
 
@@ -54,6 +63,9 @@ TRAIN_PRECISIONS = ("fp32", "bf16")
 
 DATA_KINDS = ("legacy", "sample")
 """Synthetic training data: the original phantoms, or sample-like data (see TrainConfig.data)."""
+
+KEEP_CHOICES = ("best", "last")
+"""``TrainConfig.keep`` (``train --keep``): the output holds the best validation epoch's weights or the last step's."""
 
 
 @dataclass
@@ -68,6 +80,12 @@ class TrainConfig:
     bg_bias_weight : 0 (default: off), or the weight of each patch's squared mean error over its
         background region (e-², :func:`~livedenoise.training.losses.with_background_bias`) added to
         the loss, in training and validation alike.
+    dark_bias_weight : 0 (default: off), or the weight of the square of the batch's mean error over
+        the background regions of its dark-background patches (e-²,
+        :func:`~livedenoise.training.losses.with_dark_bias`), in training and validation alike.
+    keep : which weights the output holds: ``"best"`` (default), the epoch's with the lowest
+        validation loss, or ``"last"``, the final step's (where the loss trades synthetic validation
+        for what the evaluation on real structure measures, e.g. the bias terms).
     patch, batch : training patch side (pixels) and batch size.
     steps : optimiser steps in total; ``epoch_steps`` steps make an epoch (validation
         and checkpoint after each).
@@ -100,6 +118,8 @@ class TrainConfig:
     task: str = "denoise"
     loss: str = "poisson"
     bg_bias_weight: float = 0.0
+    dark_bias_weight: float = 0.0
+    keep: str = "best"
     patch: int = 64
     batch: int = 16
     steps: int = 2000
@@ -138,6 +158,12 @@ class TrainConfig:
             raise ValueError(
                 f"bg_bias_weight must be a finite number >= 0 (0: off), got {self.bg_bias_weight}"
             )
+        if not (math.isfinite(self.dark_bias_weight) and self.dark_bias_weight >= 0):
+            raise ValueError(
+                f"dark_bias_weight must be a finite number >= 0 (0: off), got {self.dark_bias_weight}"
+            )
+        if self.keep not in KEEP_CHOICES:
+            raise ValueError(f"unknown keep {self.keep!r}; expected one of {KEEP_CHOICES}")
         if self.data not in DATA_KINDS:
             raise ValueError(f"unknown data {self.data!r}; expected one of {DATA_KINDS}")
         if self.psf is not None:
@@ -274,6 +300,22 @@ def _init_arch_params(init: dict[str, Any], given: dict[str, Any], source: str) 
     return out
 
 
+def _refuse_another_loss(saved: dict[str, Any], config: TrainConfig, last: Path) -> None:
+    """A run resumes only with the loss and terms of its checkpoint: its best loss is on their scale."""
+    for key, flag, default in (
+        ("loss", "--loss", "poisson"),
+        ("bg_bias_weight", "--bg-bias-weight", 0.0),
+        ("dark_bias_weight", "--dark-bias-weight", 0.0),
+    ):
+        was, now = saved.get(key, default), getattr(config, key)
+        if was != now:
+            what, fmt = ("loss", str) if key == "loss" else ("weight", lambda v: f"{float(v):g}")
+            raise ValueError(
+                f"checkpoint {last} was trained with {flag} {fmt(was)}, not {fmt(now)}: resume with that "
+                f"{what}, or start a new run from its weights with --init and another --checkpoint-dir"
+            )
+
+
 def train(config: TrainConfig, data: Iterable | None = None, val_data=None, progress: bool = True):
     """Train a network.
 
@@ -299,7 +341,7 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
     import torch
     from tqdm.auto import tqdm
 
-    from livedenoise.training.losses import BG_MIN_RANGE_E, LOSSES, with_background_bias
+    from livedenoise.training.losses import loss_terms_record, training_loss
 
     t0 = time.perf_counter()
     if config.threads:
@@ -333,9 +375,7 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
     # channels-last: 3-5x faster convolutions (forward and backward) on CPU
     module.to(device, memory_format=torch.channels_last)
     opt = torch.optim.Adam(module.parameters(), lr=config.lr)
-    loss_fn = LOSSES[config.loss]
-    if config.bg_bias_weight:
-        loss_fn = with_background_bias(loss_fn, config.bg_bias_weight)
+    loss_fn = training_loss(config.loss, config.bg_bias_weight, config.dark_bias_weight)
     history: list[dict[str, Any]] = []
     start = 0
     resumed_val: str | None = None
@@ -351,20 +391,7 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
                 raise ValueError(
                     f"checkpoint {last} is for another architecture; use another --checkpoint-dir"
                 )
-            saved_loss = saved.get("loss", "poisson")
-            if saved_loss != config.loss:  # its best loss is on another scale
-                raise ValueError(
-                    f"checkpoint {last} was trained with --loss {saved_loss}, not "
-                    f"{config.loss}: resume with that loss, or start a new run from its weights with "
-                    "--init and another --checkpoint-dir"
-                )
-            saved_w = float(saved.get("bg_bias_weight", 0.0))
-            if saved_w != config.bg_bias_weight:  # likewise
-                raise ValueError(
-                    f"checkpoint {last} was trained with --bg-bias-weight {saved_w:g}, not "
-                    f"{config.bg_bias_weight:g}: resume with that weight, or start a new run from its "
-                    "weights with --init and another --checkpoint-dir"
-                )
+            _refuse_another_loss(saved, config, last)
             module.load_state_dict(ck["model"])
             module.to(memory_format=torch.channels_last)
             opt.load_state_dict(ck["optim"])
@@ -512,11 +539,12 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
         bar.close()
         if prefetch is not None:
             prefetch.close()
-    if best[1] is not None:
+    out_step = step if config.keep == "last" else best[2]
+    if config.keep == "best" and best[1] is not None:
         module.load_state_dict(best[1])
     module.to("cpu", memory_format=torch.contiguous_format).eval()
     elapsed = time.perf_counter() - t0
-    best_rec = next((h for h in history if h["step"] == best[2]), history[-1] if history else {})
+    best_rec = next((h for h in history if h["step"] == out_step), history[-1] if history else {})
     card = ModelCard(
         id=config.model_id or f"{config.architecture}-{config.task}-custom",
         architecture=config.architecture,
@@ -526,15 +554,12 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
         training={
             "data": data_desc,
             "loss": config.loss,
-            **(
-                {"bg_bias_weight": config.bg_bias_weight, "bg_bias_min_range_e": BG_MIN_RANGE_E}
-                if config.bg_bias_weight
-                else {}
-            ),
+            **loss_terms_record(config.bg_bias_weight, config.dark_bias_weight),
             "command": config.command,
             "seed": config.seed,
             "steps": config.steps,
             "best_step": best[2],
+            **({"kept": "last", "output_step": out_step} if config.keep == "last" else {}),
             "batch": config.batch,
             "patch": config.patch,
             "lr": config.lr,

@@ -137,6 +137,7 @@ SHIPPED_MARGIN_DB = {
     "resunet-live-v4": 6.0,
     "resunet-live-v5": 6.0,
     "resunet-live-v6": 6.0,
+    "resunet-live-v7": 6.0,
     "resunet-denoise-v3": 6.0,
     "resunet-denoise-v4": 6.0,
     "resunet-denoise-v5": 6.0,

@@ -18,6 +18,7 @@ from livedenoise.training.losses import (
     psnr_loss,
     ssim,
     with_background_bias,
+    with_dark_bias,
 )
 
 
@@ -192,3 +193,39 @@ def test_background_bias_term_can_leave_out_dim_samples():
     assert float(with_background_bias(zero, 2.0, min_range_e=0.0)(p, t)) == pytest.approx(2.0 * 0.25)
     # by default (BG_MIN_RANGE_E, 20 e-) the 5 e- sample counts 0 in the batch's mean
     assert float(with_background_bias(zero, 2.0)(p, t)) == pytest.approx(2.0 * 0.25 / 2)
+
+
+def test_dark_bias_term_is_the_squared_batch_mean_over_dark_background_samples():
+    """Dark: the background region's target mean under 1 e- and a range of 20 e- or more; the batch mean of
+    their background errors is squared (each sample's noise cancels), the others do not count."""
+    t = torch.zeros(4, 1, 8, 8, dtype=torch.float64)
+    t[:, :, 2:5, 2:5] = 100.0
+    t[2] += 10.0  # 10 e- of background: not dark
+    t[3, :, 2:5, 2:5] = 5.0  # dark but spanning 5 e-: left out
+    p = t.clone()
+    p[0] += 0.3  # background errors +0.3 and -0.1 (and the structure's, not counted)
+    p[1] -= 0.1
+    p[2] += 2.0
+    p[3] += 2.0
+    zero = lambda p, t, r, **kw: p.sum() * 0  # noqa: E731
+    assert float(with_dark_bias(zero, 1000.0)(p, t)) == pytest.approx(1000.0 * 0.1**2)
+    # opposite errors cancel: the per-sample noise the term is made to ignore
+    q = t.clone()
+    q[0] += 0.2
+    q[1] -= 0.2
+    assert float(with_dark_bias(zero, 1000.0)(q, t)) == pytest.approx(0.0, abs=1e-9)
+    # no dark sample in the batch: nothing added; the wrapped loss and its extra arguments pass through
+    seen = {}
+    base = lambda p, t, r, **kw: seen.update(kw) or p.sum() * 0 + 7.0  # noqa: E731
+    assert float(with_dark_bias(base, 1000.0)(p[2:3], t[2:3], estimate=p)) == pytest.approx(7.0)
+    assert "estimate" in seen
+    # in the input exposure's units, as the other terms
+    assert float(with_dark_bias(zero, 1000.0)(p / 4.0, t, ratio=4.0)) == pytest.approx(10.0)
+    # its gradient pulls a lifted dark background down
+    r = (t[:2] + 0.3).requires_grad_(True)
+    with_dark_bias(zero, 1000.0)(r, t[:2]).backward()
+    dark = t[:2] <= 2.0
+    assert float(r.grad[dark].min()) > 0 and float(r.grad[~dark].abs().max()) == 0.0
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="weight must be > 0"):
+            with_dark_bias(zero, bad)

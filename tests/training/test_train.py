@@ -459,10 +459,14 @@ def test_cli_train_with_the_psnr_loss_records_it_and_refuses_it_for_pairs(tmp_pa
         assert "--loss psnr applies to training on synthetic data" in capsys.readouterr().err
 
 
-def test_background_bias_weight_is_checked_recorded_and_kept_on_resume(tmp_path):
-    for bad in (-1.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="bg_bias_weight"):
-            TrainConfig(bg_bias_weight=bad)
+@pytest.mark.parametrize("key", ["bg_bias_weight", "dark_bias_weight"])
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_bias_weights_must_be_finite_and_not_negative(key, bad):
+    with pytest.raises(ValueError, match=f"{key} must be a finite number >= 0"):
+        TrainConfig(**{key: bad})
+
+
+def test_background_bias_weight_is_recorded_and_kept_on_resume(tmp_path):
     _, card, _ = train(
         _tiny(steps=6, epoch_steps=3, checkpoint_dir=str(tmp_path), bg_bias_weight=30.0), progress=False
     )
@@ -523,4 +527,75 @@ def test_cli_train_with_a_background_bias_weight_records_it_and_refuses_it_for_p
         assert "--bg-bias-weight needs noise-free targets" in capsys.readouterr().err
     rc = main(["train", "--arch", "rln", "--bg-bias-weight", "-2", *short, "-o", str(tmp_path / "n.pt")])
     assert rc != 0 and "--bg-bias-weight must be a finite number >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "n.pt").exists()
+
+
+def test_dark_bias_weight_is_recorded_and_kept_on_resume(tmp_path):
+    _, card, _ = train(
+        _tiny(steps=4, epoch_steps=2, checkpoint_dir=str(tmp_path), dark_bias_weight=1000.0), progress=False
+    )
+    assert card.training["dark_bias_weight"] == 1000.0 and card.training["dark_bias_background_e"] == 1.0
+    with pytest.raises(ValueError, match="trained with --dark-bias-weight 1000, not 0"):
+        train(_tiny(steps=6, epoch_steps=2, checkpoint_dir=str(tmp_path), resume=True), progress=False)
+    assert "dark_bias_weight" not in train(_tiny(steps=2, epoch_steps=2), progress=False)[1].training
+
+
+def test_keep_last_outputs_the_final_steps_weights_not_the_best_epochs(tmp_path):
+    """--keep last outputs the final step's weights whichever epoch validated best, and the card says so
+    (with the default, the best epoch's)."""
+    import torch
+
+    with pytest.raises(ValueError, match="unknown keep"):
+        TrainConfig(keep="first")
+    runs = {}
+    for keep in ("best", "last"):
+        torch.manual_seed(0)
+        module, card, hist = train(
+            _tiny(steps=6, epoch_steps=2, keep=keep, checkpoint_dir=str(tmp_path / keep)),
+            progress=False,
+        )
+        runs[keep] = (module, card, hist)
+    _, card_b, hist = runs["best"]
+    _, card_l, _ = runs["last"]
+    best_step = min(hist, key=lambda h: h["val_loss"])["step"]
+    assert card_b.training["best_step"] == best_step and "kept" not in card_b.training
+    assert card_l.training["kept"] == "last" and card_l.training["output_step"] == 6
+    # the card's validation figures are those of the weights it holds
+    last_rec = hist[-1]
+    assert card_l.quality["validation"]["loss"] == pytest.approx(round(last_rec["val_loss"], 5))
+    ck = torch.load(tmp_path / "last" / "last.pt", map_location="cpu", weights_only=True)
+    final = runs["last"][0].state_dict()
+    assert all(torch.equal(final[k].cpu(), ck["model"][k].cpu()) for k in final)
+    if best_step != 6:  # the best epoch's weights differ from the final ones
+        best_w = runs["best"][0].state_dict()
+        assert any(not torch.equal(best_w[k].cpu(), final[k].cpu()) for k in final)
+
+
+SHORT_RUN = ["--steps", "2", "--epoch-steps", "2", "--batch", "2", "--patch", "32", "--val-size", "2"]
+
+
+def _cli_train(out, *options: str) -> int:
+    """``livedenoise train`` of a tiny RLN run with ``options``, written to ``out``; its exit code."""
+    from livedenoise.cli import main
+
+    return main(["train", "--arch", "rln", *options, *SHORT_RUN, "--no-progress", "-o", str(out)])
+
+
+def test_cli_train_dark_bias_and_keep_are_in_the_command_and_refused_for_pairs(tmp_path, capsys):
+    from livedenoise.cli import main
+    from livedenoise.inference.modelio import load_model
+
+    out = tmp_path / "dark.pt"
+    rc = _cli_train(out, "--dark-bias-weight", "1000", "--keep", "last")
+    assert rc == 0
+    _, card = load_model(out)
+    cmd = card.training["command"]
+    assert "--dark-bias-weight 1000 --keep last " in cmd and card.training["kept"] == "last"
+    for mode in (["--pairs", str(tmp_path)], ["--self-supervised", str(tmp_path / "f.tif")]):
+        rc = main(["train", *mode, "--dark-bias-weight", "10", "-o", str(tmp_path / "p.pt")])
+        assert rc != 0 and "--dark-bias-weight needs noise-free targets" in capsys.readouterr().err
+        rc = main(["train", *mode, "--keep", "last", "-o", str(tmp_path / "p.pt")])
+        assert rc != 0 and "--keep applies to training on synthetic data" in capsys.readouterr().err
+    rc = _cli_train(tmp_path / "n.pt", "--dark-bias-weight", "nan")
+    assert rc != 0 and "--dark-bias-weight must be a finite number >= 0" in capsys.readouterr().err
     assert not (tmp_path / "n.pt").exists()
