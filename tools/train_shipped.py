@@ -55,6 +55,7 @@ AFTER_TRAINING: dict[str, dict] = {
     "resunet-denoise-v5": {"flux_block": 32},
     "resunet-denoise-v6": {"flux_block": 32},
     "rln-deconvolve-v1": {"flux_block": 16},
+    "rln-deconvolve-v2": {"flux_block": 16},
 }
 
 

@@ -82,7 +82,8 @@ class TrainConfig:
         the loss, in training and validation alike.
     dark_bias_weight : 0 (default: off), or the weight of the square of the batch's mean error over
         the background regions of its dark-background patches (e-²,
-        :func:`~livedenoise.training.losses.with_dark_bias`), in training and validation alike.
+        :func:`~livedenoise.training.losses.with_dark_bias`), in training and validation alike (there
+        over each chunk of 8 validation frames, so its validation value depends on that chunking).
     keep : which weights the output holds: ``"best"`` (default), the epoch's with the lowest
         validation loss, or ``"last"``, the final step's (where the loss trades synthetic validation
         for what the evaluation on real structure measures, e.g. the bias terms).

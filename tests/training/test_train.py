@@ -541,34 +541,35 @@ def test_dark_bias_weight_is_recorded_and_kept_on_resume(tmp_path):
 
 
 def test_keep_last_outputs_the_final_steps_weights_not_the_best_epochs(tmp_path):
-    """--keep last outputs the final step's weights whichever epoch validated best, and the card says so
-    (with the default, the best epoch's)."""
+    """A checkpoint whose best no later epoch can beat, resumed to the end: with the default the output is
+    that best epoch's weights, with keep="last" the final step's, and the card's figures are the output's."""
+    import shutil
+
     import torch
 
     with pytest.raises(ValueError, match="unknown keep"):
         TrainConfig(keep="first")
-    runs = {}
+    train(_tiny(steps=4, epoch_steps=2, checkpoint_dir=str(tmp_path / "start")), progress=False)
+    ck = torch.load(tmp_path / "start" / "last.pt", weights_only=True)
+    ck["best_loss"] = -1e9  # step 4's weights stay the best
+    torch.save(ck, tmp_path / "start" / "last.pt")
+    out = {}
     for keep in ("best", "last"):
-        torch.manual_seed(0)
-        module, card, hist = train(
-            _tiny(steps=6, epoch_steps=2, keep=keep, checkpoint_dir=str(tmp_path / keep)),
-            progress=False,
-        )
-        runs[keep] = (module, card, hist)
-    _, card_b, hist = runs["best"]
-    _, card_l, _ = runs["last"]
-    best_step = min(hist, key=lambda h: h["val_loss"])["step"]
-    assert card_b.training["best_step"] == best_step and "kept" not in card_b.training
-    assert card_l.training["kept"] == "last" and card_l.training["output_step"] == 6
-    # the card's validation figures are those of the weights it holds
-    last_rec = hist[-1]
-    assert card_l.quality["validation"]["loss"] == pytest.approx(round(last_rec["val_loss"], 5))
-    ck = torch.load(tmp_path / "last" / "last.pt", map_location="cpu", weights_only=True)
-    final = runs["last"][0].state_dict()
-    assert all(torch.equal(final[k].cpu(), ck["model"][k].cpu()) for k in final)
-    if best_step != 6:  # the best epoch's weights differ from the final ones
-        best_w = runs["best"][0].state_dict()
-        assert any(not torch.equal(best_w[k].cpu(), final[k].cpu()) for k in final)
+        shutil.copytree(tmp_path / "start", tmp_path / keep)
+        cfg = _tiny(steps=6, epoch_steps=2, keep=keep, checkpoint_dir=str(tmp_path / keep), resume=True)
+        module, card, hist = train(cfg, progress=False)
+        final = torch.load(tmp_path / keep / "last.pt", weights_only=True)["model"]
+        out[keep] = (module.state_dict(), card, hist, final)
+    weights, card, _, final = out["best"]
+    assert card.training["best_step"] == 4 and "kept" not in card.training
+    assert all(torch.equal(weights[k], ck["best_model"][k].cpu()) for k in weights)
+    assert any(not torch.equal(weights[k], final[k].cpu()) for k in weights)  # step 6 moved them
+    weights, card, hist, final = out["last"]
+    assert card.training["kept"] == "last" and card.training["output_step"] == 6
+    assert card.training["best_step"] == 4  # still recorded
+    assert all(torch.equal(weights[k], final[k].cpu()) for k in weights)
+    assert hist[-1]["step"] == 6
+    assert card.quality["validation"]["loss"] == pytest.approx(round(hist[-1]["val_loss"], 5))
 
 
 SHORT_RUN = ["--steps", "2", "--epoch-steps", "2", "--batch", "2", "--patch", "32", "--val-size", "2"]
