@@ -155,14 +155,10 @@ class TrainConfig:
             raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; expected one of {tuple(LOSSES)}")
-        if not (math.isfinite(self.bg_bias_weight) and self.bg_bias_weight >= 0):
-            raise ValueError(
-                f"bg_bias_weight must be a finite number >= 0 (0: off), got {self.bg_bias_weight}"
-            )
-        if not (math.isfinite(self.dark_bias_weight) and self.dark_bias_weight >= 0):
-            raise ValueError(
-                f"dark_bias_weight must be a finite number >= 0 (0: off), got {self.dark_bias_weight}"
-            )
+        for key in ("bg_bias_weight", "dark_bias_weight"):
+            weight = getattr(self, key)
+            if not (math.isfinite(weight) and weight >= 0):
+                raise ValueError(f"{key} must be a finite number >= 0 (0: off), got {weight}")
         if self.keep not in KEEP_CHOICES:
             raise ValueError(f"unknown keep {self.keep!r}; expected one of {KEEP_CHOICES}")
         if self.data not in DATA_KINDS:
@@ -545,7 +541,7 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
         module.load_state_dict(best[1])
     module.to("cpu", memory_format=torch.contiguous_format).eval()
     elapsed = time.perf_counter() - t0
-    best_rec = next((h for h in history if h["step"] == out_step), history[-1] if history else {})
+    out_rec = next((h for h in history if h["step"] == out_step), history[-1] if history else {})
     card = ModelCard(
         id=config.model_id or f"{config.architecture}-{config.task}-custom",
         architecture=config.architecture,
@@ -578,9 +574,9 @@ def train(config: TrainConfig, data: Iterable | None = None, val_data=None, prog
         quality={
             "validation": {
                 "frames": len(vx),
-                "psnr_db": round(best_rec.get("val_psnr_db", float("nan")), 3),
-                "raw_psnr_db": round(best_rec.get("val_raw_psnr_db", float("nan")), 3),
-                "loss": round(best_rec.get("val_loss", float("nan")), 5),
+                "psnr_db": round(out_rec.get("val_psnr_db", float("nan")), 3),
+                "raw_psnr_db": round(out_rec.get("val_raw_psnr_db", float("nan")), 3),
+                "loss": round(out_rec.get("val_loss", float("nan")), 5),
             }
         },
     )

@@ -410,27 +410,22 @@ def test_training_precision_and_prefetch_are_checked():
         TrainConfig(prefetch=-1)
 
 
+SHORT_RUN = ["--steps", "2", "--epoch-steps", "2", "--batch", "2", "--patch", "32", "--val-size", "2"]
+
+
+def _cli_train(out, *options: str) -> int:
+    """``livedenoise train`` of a tiny RLN run with ``options``, written to ``out``; its exit code."""
+    from livedenoise.cli import main
+
+    return main(["train", "--arch", "rln", *options, *SHORT_RUN, "--no-progress", "-o", str(out)])
+
+
 def test_cli_train_records_bf16_and_prefetch_and_refuses_them_for_pairs(tmp_path, capsys):
     from livedenoise.cli import main
     from livedenoise.inference.modelio import load_model
 
     out = tmp_path / "bf.pt"
-    common = ["--steps", "2", "--epoch-steps", "2", "--batch", "2", "--patch", "32", "--val-size", "2"]
-    rc = main(
-        [
-            "train",
-            "--arch",
-            "rln",
-            *common,
-            "--precision",
-            "bf16",
-            "--prefetch",
-            "2",
-            "--no-progress",
-            "-o",
-            str(out),
-        ]
-    )
+    rc = _cli_train(out, "--precision", "bf16", "--prefetch", "2")
     assert rc == 0
     _, card = load_model(out)
     assert "--precision bf16 --prefetch 2" in card.training["command"]
@@ -445,8 +440,7 @@ def test_cli_train_with_the_psnr_loss_records_it_and_refuses_it_for_pairs(tmp_pa
     from livedenoise.inference.modelio import load_model
 
     out = tmp_path / "psnr.pt"
-    short = ["--steps", "2", "--epoch-steps", "2", "--batch", "2", "--patch", "32", "--val-size", "2"]
-    rc = main(["train", "--arch", "rln", "--loss", "psnr", *short, "--no-progress", "-o", str(out)])
+    rc = _cli_train(out, "--loss", "psnr")
     assert rc == 0
     _, card = load_model(out)
     assert card.training["loss"] == "psnr" and "--loss psnr" in card.training["command"]
@@ -499,22 +493,7 @@ def test_cli_train_with_a_background_bias_weight_records_it_and_refuses_it_for_p
     from livedenoise.inference.modelio import load_model
 
     out = tmp_path / "bg.pt"
-    short = ["--steps", "2", "--epoch-steps", "2", "--batch", "2", "--patch", "32", "--val-size", "2"]
-    rc = main(
-        [
-            "train",
-            "--arch",
-            "rln",
-            "--loss",
-            "psnr",
-            "--bg-bias-weight",
-            "30",
-            *short,
-            "--no-progress",
-            "-o",
-            str(out),
-        ]
-    )
+    rc = _cli_train(out, "--loss", "psnr", "--bg-bias-weight", "30")
     assert rc == 0
     _, card = load_model(out)
     assert (
@@ -525,7 +504,7 @@ def test_cli_train_with_a_background_bias_weight_records_it_and_refuses_it_for_p
         rc = main(["train", *mode, "--bg-bias-weight", "30", "-o", str(tmp_path / "p.pt")])
         assert rc != 0
         assert "--bg-bias-weight needs noise-free targets" in capsys.readouterr().err
-    rc = main(["train", "--arch", "rln", "--bg-bias-weight", "-2", *short, "-o", str(tmp_path / "n.pt")])
+    rc = _cli_train(tmp_path / "n.pt", "--bg-bias-weight", "-2")
     assert rc != 0 and "--bg-bias-weight must be a finite number >= 0" in capsys.readouterr().err
     assert not (tmp_path / "n.pt").exists()
 
@@ -570,16 +549,6 @@ def test_keep_last_outputs_the_final_steps_weights_not_the_best_epochs(tmp_path)
     assert all(torch.equal(weights[k], final[k].cpu()) for k in weights)
     assert hist[-1]["step"] == 6
     assert card.quality["validation"]["loss"] == pytest.approx(round(hist[-1]["val_loss"], 5))
-
-
-SHORT_RUN = ["--steps", "2", "--epoch-steps", "2", "--batch", "2", "--patch", "32", "--val-size", "2"]
-
-
-def _cli_train(out, *options: str) -> int:
-    """``livedenoise train`` of a tiny RLN run with ``options``, written to ``out``; its exit code."""
-    from livedenoise.cli import main
-
-    return main(["train", "--arch", "rln", *options, *SHORT_RUN, "--no-progress", "-o", str(out)])
 
 
 def test_cli_train_dark_bias_and_keep_are_in_the_command_and_refused_for_pairs(tmp_path, capsys):
