@@ -9,9 +9,11 @@ import pytest
 
 from livedenoise.cli import main
 from livedenoise.training.evaluate_real import (
+    FIGURE_METHODS,
     REAL_DIR,
     RealEvalConfig,
     evaluate_real,
+    figure_methods,
     format_real_markdown,
     load_real_crops,
     make_real_frames,
@@ -143,3 +145,25 @@ def test_models_run_as_a_self_ensemble_when_asked(capsys):
         RealEvalConfig(ensemble=3)
     assert main(["evaluate", "--ensemble", "4", "--models", "none", "--n", "1"]) == 2
     assert "--real evaluations of the denoise task only" in capsys.readouterr().err
+
+
+def test_figure_shows_the_shipped_models_the_best_others_and_every_baseline():
+    from livedenoise.inference.modelio import DEFAULT_MODEL, QUALITY_MODEL
+
+    others = [f"old-{i}" for i in range(10)]
+    models = [others[0], DEFAULT_MODEL, *others[1:], f"{QUALITY_MODEL} (ensemble 8)"]
+    baselines = ["tv", "gat-nlm", "gat-bm3d"]
+    psnr = {m: 30.0 + i * 0.1 for i, m in enumerate(others)}  # old-9 best, then old-8
+    psnr.update({DEFAULT_MODEL: 20.0, f"{QUALITY_MODEL} (ensemble 8)": 21.0, "tv": 25, "gat-nlm": 26})
+    psnr["gat-bm3d"] = 27.0
+    report = {
+        "methods": ["raw", *models, *baselines],
+        "models": {m: {} for m in models},
+        "summary": {m: {"psnr": v} for m, v in psnr.items()},
+    }
+    shown = figure_methods(report)
+    assert len(shown) == FIGURE_METHODS
+    # in the report's order: the shipped ones (however they score), the 3 best others, the baselines
+    assert shown == [DEFAULT_MODEL, "old-7", "old-8", "old-9", f"{QUALITY_MODEL} (ensemble 8)", *baselines]
+    few = {**report, "methods": ["raw", "old-0", "tv"]}
+    assert figure_methods(few) == ["old-0", "tv"]  # up to the limit: every method

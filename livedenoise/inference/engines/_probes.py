@@ -48,7 +48,9 @@ __all__ = [
 
 log = logging.getLogger("livedenoise")
 
-PROBE_SCHEMA = 1
+PROBE_SCHEMA = 2
+"""2 (2026-12-07): the networks' bf16 numerics changed (RESUNET's skip, RLN's output mean), so the
+answers cached under 1 are measured again."""
 CACHE_ENV = "LIVEDENOISE_CACHE"
 
 

@@ -30,6 +30,23 @@ from livedenoise.inference.nets._common import (
 __all__ = ["RCAB", "ResUNet"]
 
 
+def _as_seen_by_body(z: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """The Anscombe image ``z`` rounded as the body sees it, for the residual skip ``z + body(f)``.
+
+    In bfloat16 (8 significant bits) ``z - 4`` is rounded to steps of up to 1/4 (at 500 e-)
+    before the body sees it. The body removes noise from what it sees, so with the exact ``z``
+    on the skip the rounding error would pass into the output untouched; with the rounded
+    ``z`` it is denoised like the rest. Float32 weights and no autocast: ``z`` itself. Under
+    autocast the first convolution rounds its input to the autocast type, so the same applies.
+    """
+    low = f.dtype
+    if low == z.dtype and torch.is_autocast_enabled(z.device.type):
+        low = torch.get_autocast_dtype(z.device.type)
+    if low == z.dtype:
+        return z
+    return (z - 4.0).to(low).to(z.dtype) + 4.0
+
+
 class ChannelAttention(nn.Module):
     """Squeeze-and-excitation: global average pool, bottleneck MLP, sigmoid gate."""
 
@@ -137,6 +154,7 @@ class ResUNet(nn.Module):
         z, (h, w) = pad_to_multiple(to_vst(x_e), self.multiple)
         # the transforms run in the input's precision, the body in the weights' (bf16 inference)
         f = (z - 4.0).to(self.head.weight.dtype)  # centre the typical Anscombe range
+        z = _as_seen_by_body(z, f)
         if self.unshuffle > 1:
             f = F.pixel_unshuffle(f, self.unshuffle)
         f = self.head(f)
