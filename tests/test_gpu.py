@@ -36,10 +36,12 @@ MODELS = [
     "resunet-live-v5",
     "resunet-live-v6",
     "resunet-live-v7",
+    "resunet-live-v8",
     "resunet-denoise-v3",
     "resunet-denoise-v4",
     "resunet-denoise-v5",
     "resunet-denoise-v6",
+    "resunet-denoise-v7",
 ]
 
 

@@ -25,7 +25,7 @@ example:
   livedenoise denoise cells.tif -o cells_restored.tif --calibration CAL.tif
   livedenoise denoise roi.tif -o out.tif --calibration FULLSENSOR.tif --roi 768,768
   livedenoise denoise cells.tif -o out.tif --no-calibration --gain-adu-per-e 0.46 --offset-adu 100
-  livedenoise denoise cells.tif -o best.tif --calibration CAL.tif --model resunet-denoise-v6 --ensemble 8
+  livedenoise denoise cells.tif -o best.tif --calibration CAL.tif --model resunet-denoise-v7 --ensemble 8
 """
 
 

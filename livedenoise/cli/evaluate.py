@@ -22,8 +22,8 @@ from livedenoise.training.evaluate_real import (
     RealEvalConfig,
     evaluate_real,
     format_real_markdown,
-    write_real_figure,
 )
+from livedenoise.training.real_figure import write_real_figure
 from livedenoise.util.atomic import atomic_path, check_writable_dir
 
 HELP = "measure PSNR/SSIM/NRMSE of the models and classical baselines on held-out synthetic frames"

@@ -34,7 +34,7 @@ Example (a quick RLN, a few minutes on a laptop CPU):
 Train on further from a shipped model, twice as fast on a CPU with AMX (Intel Xeon
 Sapphire Rapids and later): bfloat16 passes, the next batches made on a second core:
 
-  livedenoise train --arch resunet --init resunet-live-v7 --data sample --patch 128 --batch 16 \
+  livedenoise train --arch resunet --init resunet-live-v8 --data sample --patch 256 --batch 2 \
       --steps 4000 --lr 3e-4 --precision bf16 --prefetch 2 --checkpoint-dir runs/live -o my-live.pt
 
 Fine-tune on pairs of your own sample (from `livedenoise collect-pairs`):
@@ -100,7 +100,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="add W times the square of the batch's mean error (e-) over the background regions of its "
         "dark-background patches (region under 1 e-, patches spanning 20 e- or more) to the loss: the "
         "bias a dark background keeps next to bright structure, without each patch's noise "
-        "(resunet-live-v7: 1000); default 0: off",
+        "(resunet-live-v7, -v8: 1000); default 0: off",
     )
     p.add_argument(
         "--keep",

@@ -55,12 +55,12 @@ log = logging.getLogger("livedenoise")
 
 SCHEMA_VERSION = 1
 WEIGHTS_DTYPES = ("float32", "float16")
-DEFAULT_MODEL = "resunet-live-v7"
+DEFAULT_MODEL = "resunet-live-v8"
 """The fast live model, used when no model is named: RESUNET with a 4x pixel-unshuffle front end
 (the U-Net runs on 1/16 of the pixels), ~24 ms per 512x512 frame on a 2-core Xeon with AMX in bf16,
 ~40-60 ms in fp32 on 2-core CPUs without it (its card, the README's Speed section). The earlier live
-models (``resunet-live-v1``-``v5``, the RLNs ``rln-denoise-v1``/``-v2``) stay shipped and selectable."""
-QUALITY_MODEL = "resunet-denoise-v6"
+models (``resunet-live-v1``-``v7``, the RLNs ``rln-denoise-v1``/``-v2``) stay shipped and selectable."""
+QUALITY_MODEL = "resunet-denoise-v7"
 """The quality model: ``livedenoise denoise`` uses it when asked, the daemon where it keeps up with the
 camera (a GPU engine, or a small or slow frame on the CPU; see :mod:`livedenoise.app.modelchoice`)."""
 UNITS = "photoelectrons"

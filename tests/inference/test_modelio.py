@@ -138,10 +138,12 @@ SHIPPED_MARGIN_DB = {
     "resunet-live-v5": 6.0,
     "resunet-live-v6": 6.0,
     "resunet-live-v7": 6.0,
+    "resunet-live-v8": 6.0,
     "resunet-denoise-v3": 6.0,
     "resunet-denoise-v4": 6.0,
     "resunet-denoise-v5": 6.0,
     "resunet-denoise-v6": 6.0,
+    "resunet-denoise-v7": 6.0,
 }
 
 

@@ -26,7 +26,7 @@ from livedenoise.inference.engines.onnx import (
 RTOL, ATOL_E = 2e-5, 1e-3
 # sizes that need the networks' internal padding and sizes that do not
 SIZES = [(64, 64), (67, 93), (130, 77)]
-SHIPPED = ["rln-denoise-v1", "resunet-denoise-v1", "resunet-live-v7", "rln-deconvolve-v2"]
+SHIPPED = ["rln-denoise-v1", "resunet-denoise-v1", "resunet-live-v8", "rln-deconvolve-v2"]
 # small arch params so the fresh-weights tests stay fast
 FRESH = {"rln": {}, "resunet": {"channels": (8, 16, 32), "mid_blocks": 1}}
 

@@ -9,16 +9,14 @@ import pytest
 
 from livedenoise.cli import main
 from livedenoise.training.evaluate_real import (
-    FIGURE_METHODS,
     REAL_DIR,
     RealEvalConfig,
     evaluate_real,
-    figure_methods,
     format_real_markdown,
     load_real_crops,
     make_real_frames,
-    write_real_figure,
 )
+from livedenoise.training.real_figure import FIGURE_METHODS, figure_methods, write_real_figure
 
 TINY = {
     "crops": ["nuclei-dsb", "dendrites-purkinje"],
