@@ -410,8 +410,7 @@ SHIPPED: dict[str, list[str] | list[list[str]]] = {
         *BF16_TRAINING,
     ],
     # the batch's mean background error over its dark-background patches as well (the per-patch term
-    # sees mostly the flux stage's noise there), and the last step's weights: the terms trade synthetic
-    # validation for the counts, so the best validation epoch is not the one wanted
+    # sees mostly the flux stage's noise there), and the last step's weights (BIAS_TRAINING)
     "resunet-live-v7": [
         *_with(
             _from_model(
@@ -419,11 +418,7 @@ SHIPPED: dict[str, list[str] | list[list[str]]] = {
             ),
             {"--loss": "psnr", "--epoch-steps": "250"},
         ),
-        *BG_BIAS_TRAINING,
-        "--dark-bias-weight",
-        "1000",
-        "--keep",
-        "last",
+        *BIAS_TRAINING,
         *BF16_TRAINING,
     ],
     "resunet-denoise-v6": [

@@ -23,6 +23,11 @@ FIGURE_METHODS = 8
 """Methods with crops and curves in the figure (the tables hold them all)."""
 
 
+def _baselines(report: dict[str, Any], methods: list[str]) -> list[str]:
+    """The classical baselines among ``methods`` (every method the report has no model entry for)."""
+    return [m for m in methods if m not in report["models"]]
+
+
 def figure_methods(report: dict[str, Any]) -> list[str]:
     """The methods the figure shows (all of them up to :data:`FIGURE_METHODS`; every one is in the tables).
 
@@ -33,7 +38,7 @@ def figure_methods(report: dict[str, Any]) -> list[str]:
     if len(methods) <= FIGURE_METHODS:
         return methods
     models = [m for m in methods if m in report["models"]]
-    baselines = [m for m in methods if m not in report["models"]]
+    baselines = _baselines(report, methods)
     shipped = [m for m in models if m.split(" (")[0] in (DEFAULT_MODEL, QUALITY_MODEL)]
     others = sorted(
         (m for m in models if m not in shipped),
@@ -45,7 +50,7 @@ def figure_methods(report: dict[str, Any]) -> list[str]:
 
 def _reference(report: dict[str, Any], shown: list[str]) -> str:
     """The method the figure's gain panel is measured against: GAT+BM3D, else the best baseline, else raw."""
-    baselines = [m for m in shown if m not in report["models"]]
+    baselines = _baselines(report, shown)
     if "gat-bm3d" in baselines:
         return "gat-bm3d"
     scored = [m for m in baselines if report["summary"][m]["psnr"] is not None]
@@ -103,13 +108,14 @@ def write_real_figure(report: dict[str, Any], path: str | Path) -> None:
         ys = [report["by_peak"][m][str(p)]["psnr"] for p in peaks]
         return np.array([np.nan if v is None else v for v in ys], float)
 
+    curves = {m: curve(m) for m in ["raw", *methods]}
     ref = _reference(report, methods)
     ax = fig.add_subplot(grid[rows - 1, :cols])
     gain = fig.add_subplot(grid[rows - 1, cols:])
-    for m in ["raw", *methods]:
-        (line,) = ax.plot(peaks, curve(m), marker="o", label=m)
+    for m, ys in curves.items():
+        (line,) = ax.plot(peaks, ys, marker="o", label=m)
         if m != ref:
-            gain.plot(peaks, curve(m) - curve(ref), marker="o", color=line.get_color(), label=m)
+            gain.plot(peaks, ys - curves[ref], marker="o", color=line.get_color(), label=m)
     gain.axhline(0.0, color="k", lw=0.8)
     for a, ylabel in ((ax, "PSNR (dB)"), (gain, f"PSNR − {ref} (dB)")):
         a.set_xscale("log")
@@ -117,7 +123,7 @@ def write_real_figure(report: dict[str, Any], path: str | Path) -> None:
         a.set_ylabel(ylabel)
         a.grid(True, alpha=0.3)
     if ref != "raw":
-        lo = np.nanmin([np.nanmin(curve(m) - curve(ref)) for m in methods if m != ref] or [0.0])
+        lo = np.nanmin([np.nanmin(curves[m] - curves[ref]) for m in methods if m != ref] or [0.0])
         gain.set_ylim(max(lo, -6.0) - 0.5, None)  # raw sits 20 dB below: the scale is the methods'
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
