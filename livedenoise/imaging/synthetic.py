@@ -43,6 +43,7 @@ from livedenoise.imaging.psf import (
     gaussian_psf,
     named_psf,
 )
+from livedenoise.imaging.samples import _coords, _splat
 
 __all__ = [
     "BACKGROUNDS",
@@ -86,29 +87,6 @@ EVAL_SEED_OFFSET = 1_000_000_007
 
 
 # ---------------------------------------------------------------- phantoms
-
-
-def _coords(size: int) -> tuple[np.ndarray, np.ndarray]:
-    c = np.arange(size, dtype=np.float32)
-    return c[:, None], c[None, :]
-
-
-def _splat(img: np.ndarray, ys: np.ndarray, xs: np.ndarray, w: np.ndarray) -> None:
-    """Add weights at sub-pixel positions with bilinear splatting (in place)."""
-    h, wd = img.shape
-    y0 = np.floor(ys).astype(np.int64)
-    x0 = np.floor(xs).astype(np.int64)
-    fy = (ys - y0).astype(np.float32)
-    fx = (xs - x0).astype(np.float32)
-    for dy, dx, ww in (
-        (0, 0, (1 - fy) * (1 - fx)),
-        (1, 0, fy * (1 - fx)),
-        (0, 1, (1 - fy) * fx),
-        (1, 1, fy * fx),
-    ):
-        yy, xx = y0 + dy, x0 + dx
-        ok = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < wd)
-        np.add.at(img, (yy[ok], xx[ok]), (w * ww)[ok])
 
 
 def _dots(rng, size, n):
