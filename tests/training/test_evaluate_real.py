@@ -11,6 +11,7 @@ from livedenoise.cli import main
 from livedenoise.training.evaluate_real import (
     REAL_DIR,
     RealEvalConfig,
+    _level_check,
     evaluate_real,
     format_real_markdown,
     load_real_crops,
@@ -65,6 +66,19 @@ def test_unknown_crop_or_psf_is_refused():
         load_real_crops(["nope"])
 
 
+def test_level_check_says_which_part_missed_and_by_how_much():
+    def row(bias, truth, bg_bias, bg_truth):
+        return {"bias_e": bias, "truth_mean_e": truth, "bg_bias_e": bg_bias, "bg_truth_e": bg_truth}
+
+    # whole frames at 20 e-: 0.5 % is 0.1 e-; background regions at 1 e-: the 0.05 e- floor applies
+    assert _level_check([row(0.08, 20.0, 0.04, 1.0), row(-0.02, 20.0, 0.05, 1.0)]) == (True, [])
+    kept, why = _level_check([row(0.08, 20.0, 0.06, 1.0), row(0.04, 20.0, 0.08, 1.0)])
+    assert kept is False and why == ["background regions +0.070 e-/px (allowed ±0.050)"]
+    kept, why = _level_check([row(-0.3, 20.0, None, None), row(-0.1, 20.0, None, None)])
+    assert kept is False and why == ["whole frames -0.200 e-/px (allowed ±0.100)"]
+    assert _level_check([]) == (None, [])
+
+
 def test_evaluate_real_reports_psnr_bias_and_time(tmp_path):
     cfg = RealEvalConfig(
         models=["rln-denoise-v2"], baselines=["tv"], engine_options={"precision": "fp32"}, **TINY
@@ -84,6 +98,9 @@ def test_evaluate_real_reports_psnr_bias_and_time(tmp_path):
     # counts kept per level (on 32-pixel frames even the raw frame's noise can miss 0.05 e-)
     for m in report["methods"]:
         assert isinstance(report["summary"][m]["levels_not_kept"], list)
+        assert sorted(report["summary"][m]["levels_not_kept_why"]) == sorted(
+            report["summary"][m]["levels_not_kept"]
+        )
         for level in report["by_peak"][m].values():
             assert level["level_kept"] in (True, False)
     text = format_real_markdown(report)
