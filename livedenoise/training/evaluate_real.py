@@ -251,7 +251,7 @@ def _level_check(rows: list[dict[str, Any]]) -> tuple[bool | None, list[str]]:
     for name, part, bias_key, truth_key in parts:
         bias = float(np.mean([r[bias_key] for r in part]))
         allowed = max(KEEP_REL * float(np.mean([r[truth_key] for r in part])), KEEP_ABS_E)
-        if abs(bias) > allowed:
+        if not abs(bias) <= allowed:  # a NaN bias misses too
             misses.append(f"{name} {bias:+.3f} e-/px (allowed ±{allowed:.3f})")
     return not misses, misses
 

@@ -77,6 +77,7 @@ def test_level_check_says_which_part_missed_and_by_how_much():
     kept, why = _level_check([row(-0.3, 20.0, None, None), row(-0.1, 20.0, None, None)])
     assert kept is False and why == ["whole frames -0.200 e-/px (allowed ±0.100)"]
     assert _level_check([]) == (None, [])
+    assert _level_check([row(float("nan"), 20.0, None, None)])[0] is False  # a NaN frame never passes
 
 
 def test_evaluate_real_reports_psnr_bias_and_time(tmp_path):
