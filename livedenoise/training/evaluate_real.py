@@ -256,11 +256,6 @@ def _level_check(rows: list[dict[str, Any]]) -> tuple[bool | None, list[str]]:
     return not misses, misses
 
 
-def _level_kept(rows: list[dict[str, Any]]) -> bool | None:
-    """Counts kept at one level (:func:`_level_check`)."""
-    return _level_check(rows)[0]
-
-
 def _methods(cfg: RealEvalConfig) -> tuple[list[tuple[str, Any]], list[str]]:
     avail = available_baselines("denoise")
     if cfg.baselines is None:
@@ -366,11 +361,9 @@ def evaluate_real(cfg: RealEvalConfig, progress: bool | None = None) -> dict[str
         for _, eng in engines:
             eng.close()
 
-    def level_rows(method: str, key: str, level: float) -> list[dict[str, Any]]:
-        return [s for s, fr in zip(per[method], frames) if s is not None and fr[key] == level]
-
     def agg(method: str, key: str, level: float) -> dict[str, Any]:
-        rows = level_rows(method, key, level)
+        rows = [s for s, fr in zip(per[method], frames) if s is not None and fr[key] == level]
+        kept, misses = _level_check(rows)
         return {
             "n": len(rows),
             "psnr": _mean([r["psnr"] for r in rows]),
@@ -378,8 +371,17 @@ def evaluate_real(cfg: RealEvalConfig, progress: bool | None = None) -> dict[str
             "bias_e": _mean([r["bias_e"] for r in rows]),
             "bg_bias_e": _mean([r["bg_bias_e"] for r in rows]),
             "kept": _mean([float(r["kept"]) for r in rows]),
-            "level_kept": _level_kept(rows),
+            "level_kept": kept,
+            "level_misses": misses,
         }
+
+    by_level = {
+        name: {m: {str(v): agg(m, key, float(v)) for v in levels} for m in methods}
+        for name, key, levels in (
+            ("by_peak", "peak_e", cfg.peaks),
+            ("by_background", "background_e", cfg.backgrounds),
+        )
+    }
 
     slow_frames = [fr["index"] for fr in frames if fr["index"] % cfg.slow_every == 0]
     summary = {}
@@ -395,11 +397,9 @@ def evaluate_real(cfg: RealEvalConfig, progress: bool | None = None) -> dict[str
             "kept": _mean([float(r["kept"]) for r in rows]),
         }
         misses = {
-            f"{'peak' if key == 'peak_e' else 'background'} {level:g} e-": _level_check(
-                level_rows(m, key, level)
-            )[1]
-            for key, levels in (("peak_e", cfg.peaks), ("background_e", cfg.backgrounds))
-            for level in map(float, levels)
+            f"{'peak' if name == 'by_peak' else 'background'} {float(v):g} e-": level["level_misses"]
+            for name in ("by_peak", "by_background")
+            for v, level in by_level[name][m].items()
         }
         summary[m]["levels_not_kept"] = [lvl for lvl, why in misses.items() if why]
         summary[m]["levels_not_kept_why"] = {lvl: why for lvl, why in misses.items() if why}
@@ -410,10 +410,7 @@ def evaluate_real(cfg: RealEvalConfig, progress: bool | None = None) -> dict[str
         "models": model_info,
         "frames": [{k: fr[k] for k in ("index", "peak_e", "background_e", "crop", "psf")} for fr in frames],
         "per_frame": per,
-        "by_peak": {m: {str(p): agg(m, "peak_e", float(p)) for p in cfg.peaks} for m in methods},
-        "by_background": {
-            m: {str(b): agg(m, "background_e", float(b)) for b in cfg.backgrounds} for m in methods
-        },
+        **by_level,
         "summary": summary,
         "slow_frames": len(slow_frames),
         "ms_per_frame": {m: (1e3 * float(np.median(v)) if v else None) for m, v in times.items()},
